@@ -1,0 +1,100 @@
+"""Intermediate graph -> Caffe net: check support for every layer, then let each handler emit."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ConversionError, UnsupportedError
+from ..intermediate import Layer, Model
+from .handlers import handler_for, load_builtin, HANDLERS
+from .netspec import CaffeLayer, NetSpec
+from .profiles import Profile, get_profile
+
+
+class Blob:
+    """A Caffe blob standing for one TensorFlow tensor.
+
+    `shape` is Caffe's (NCHW for 4-D). `flattened_from` is (H, W, C) when the blob is a
+    flattened 4-D tensor: Caffe flattened it in C,H,W order where TensorFlow used H,W,C.
+    """
+
+    def __init__(self, name, shape, flattened_from=None):
+        self.name = name
+        self.shape = [int(d) for d in shape]
+        self.flattened_from = tuple(flattened_from) if flattened_from else None
+
+    def to_caffe(self, tf_value: np.ndarray) -> np.ndarray:
+        """Bring a TensorFlow activation into this blob's layout (for verification)."""
+        value = np.asarray(tf_value)
+        if value.ndim == 4:
+            value = value.transpose(0, 3, 1, 2)
+        elif self.flattened_from is not None:
+            h, w, c = self.flattened_from
+            value = value.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
+        return value.reshape(self.shape)
+
+
+def nchw(shape: Sequence[int]) -> List[int]:
+    shape = [int(d) for d in shape]
+    return [shape[0], shape[3], shape[1], shape[2]] if len(shape) == 4 else shape
+
+
+class EmitContext:
+    """What a handler sees while emitting: the model, the net being built, the blobs so far."""
+
+    def __init__(self, model: Model, net: NetSpec, profile: Profile):
+        self.model = model
+        self.net = net
+        self.profile = profile
+        self.blobs: Dict[str, Blob] = {}
+
+    def bottom(self, layer: Layer, index: int = 0) -> Blob:
+        return self.blobs[layer.inputs[index]]
+
+    def input_tf_shape(self, layer: Layer, index: int = 0) -> List[int]:
+        return self.model.layer(layer.inputs[index]).output_shape
+
+    def name(self, layer: Layer, suffix: str = "") -> str:
+        return layer.caffe_name + ("/" + suffix if suffix else "")
+
+    def add(self, caffe_layer: CaffeLayer) -> CaffeLayer:
+        return self.net.add(caffe_layer)
+
+    def produce(self, layer: Layer, top: str, shape: Optional[Sequence[int]] = None,
+                flattened_from: Optional[Tuple[int, int, int]] = None) -> Blob:
+        """Declare that Caffe blob `top` holds `layer`'s output (default shape: TF's, in NCHW)."""
+        blob = Blob(top, shape if shape is not None else nchw(layer.output_shape), flattened_from)
+        self.blobs[layer.name] = blob
+        return blob
+
+
+def unsupported_layers(model: Model, profile: Profile) -> List[str]:
+    """Every layer that cannot be converted, as 'name (type): reason' lines."""
+    load_builtin()
+    problems = []
+    for layer in model.layers:
+        if layer.type not in HANDLERS:
+            problems.append("'%s' (%s): no handler for this layer type" % (layer.name, layer.type))
+            continue
+        reason = HANDLERS[layer.type].check(layer, model, profile)
+        if reason:
+            problems.append("'%s' (%s): %s" % (layer.name, layer.type, reason))
+    return problems
+
+
+def build_net(model: Model, profile_name: str = "bvlc") -> Tuple[NetSpec, Dict[str, Blob]]:
+    profile = get_profile(profile_name)
+    problems = unsupported_layers(model, profile)
+    if problems:
+        raise UnsupportedError(problems)
+    net = NetSpec(model.name)
+    ctx = EmitContext(model, net, profile)
+    for layer in model.layers:
+        handler_for(layer.type).emit(layer, ctx)
+    profile.enforce(net)
+    names = [layer.name for layer in net.layers]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConversionError("%s: Caffe layer names would repeat: %s" % (model.source, ", ".join(duplicates)))
+    return net, ctx.blobs

@@ -1,0 +1,38 @@
+"""The project's one error type and the command-line wrapper that turns it into one line."""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+
+class ConversionError(Exception):
+    """A problem the user can act on; its message is one line naming the file/layer at fault."""
+
+
+class UnsupportedError(ConversionError):
+    """Layers that cannot be converted; lists all of them at once."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        lines = "; ".join(self.problems)
+        super().__init__("%d unsupported layer(s): %s" % (len(self.problems), lines))
+
+
+@contextlib.contextmanager
+def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
+    """Exit with one line and status 2 on a ConversionError (status 130 on Ctrl-C).
+
+    With debug=True the exception propagates unchanged, traceback included.
+    """
+    if debug:
+        yield
+        return
+    try:
+        yield
+    except ConversionError as error:
+        message = " ".join(str(error).split())
+        sys.stderr.write("%s: error: %s\n" % (prog, message))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("%s: interrupted; no output was written\n" % prog)
+        sys.exit(130)

@@ -1,0 +1,326 @@
+"""Reads and writes the HDF5 intermediate: the contract between the export and import stages.
+
+The format is specified in docs/intermediate-format.md. This module runs in both environments
+(Python 3.11 / numpy 2 / h5py 3.14 on the TensorFlow side, Python 3.9 / numpy 1.19 / h5py 2.10
+in Debian bullseye's Caffe), so it sticks to what all of them have.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional
+from urllib.parse import quote, unquote
+
+import h5py
+import numpy as np
+
+from .errors import ConversionError
+
+FORMAT_NAME = "tf2caffe-intermediate"
+FORMAT_VERSION = 1
+
+# type -> (required config keys, required arrays, optional arrays). Exporters map every source
+# framework onto these types; the import stage's handlers are keyed by them.
+SPATIAL = ("kernel_size", "strides", "dilation", "padding")
+VOCABULARY = {
+    "input": (("shape",), (), ()),
+    "conv2d": (("filters", "groups") + SPATIAL, ("kernel",), ("bias",)),
+    "depthwise_conv2d": (("depth_multiplier",) + SPATIAL, ("kernel",), ("bias",)),
+    "conv2d_transpose": (("filters", "kernel_size", "strides", "padding"), ("kernel",), ("bias",)),
+    "dense": (("units",), ("kernel",), ("bias",)),
+    "batch_norm": (("epsilon",), ("moving_mean", "moving_variance"), ("gamma", "beta")),
+    "max_pool2d": (("pool_size", "strides", "padding"), (), ()),
+    "avg_pool2d": (("pool_size", "strides", "padding"), (), ()),
+    "global_max_pool2d": (("keepdims",), (), ()),
+    "global_avg_pool2d": (("keepdims",), (), ()),
+    "pad2d": (("padding", "mode", "value"), (), ()),
+    "crop2d": (("cropping",), (), ()),
+    "activation": (("function",), (), ()),
+    "prelu": ((), ("alpha",), ()),
+    "add": ((), (), ()),
+    "subtract": ((), (), ()),
+    "multiply": ((), (), ()),
+    "maximum": ((), (), ()),
+    "minimum": ((), (), ()),
+    "average": ((), (), ()),
+    "concat": (("axis",), (), ()),
+    "flatten": ((), (), ()),
+    "reshape": (("target_shape",), (), ()),
+    "identity": (("reason",), (), ()),
+    "upsample2d": (("size", "interpolation"), (), ()),
+    "rescale": (("scale", "offset"), (), ()),
+    "normalize": (("epsilon",), ("mean", "variance"), ()),
+    "lrn": (("depth_radius", "bias", "alpha", "beta"), (), ()),
+}
+# Activations recorded for verification: every model output, and the input of an output that is
+# a squashing function (a softmax of random weights is ~1/classes and hides ordering bugs).
+SQUASHING = ("softmax", "sigmoid")
+
+
+class IntermediateError(ConversionError):
+    pass
+
+
+class Layer:
+    """One layer: a vocabulary type, its config, its inputs (layer names) and its arrays.
+
+    `arrays` maps a role ("kernel", "bias", ...) to an array in TensorFlow's layout; when read
+    from a file the arrays stay on disk until `array()` asks for one.
+    """
+
+    def __init__(self, name, type, inputs=(), config=None, output_shape=None, arrays=None,
+                 tf_names=None, caffe_name=None):
+        self.name = name
+        self.type = type
+        self.inputs = list(inputs)
+        self.config = dict(config or {})
+        self.output_shape = [int(d) for d in output_shape] if output_shape is not None else None
+        self.arrays = arrays if arrays is not None else {}
+        self.tf_names = dict(tf_names or {})
+        self.caffe_name = caffe_name or name
+        self.source = ""  # the file it was read from, for error messages
+
+    def has(self, role) -> bool:
+        return role in self.arrays
+
+    def array(self, role) -> np.ndarray:
+        if role not in self.arrays:
+            raise IntermediateError("%slayer '%s': no '%s' array" % (_at(self.source), self.name, role))
+        value = np.asarray(self.arrays[role][()], dtype=np.float32)
+        if not np.all(np.isfinite(value)):
+            raise IntermediateError("%slayer '%s': array '%s' (%s) contains NaN or Inf" % (
+                _at(self.source), self.name, role, self.tf_names.get(role, role)))
+        return value
+
+    def __repr__(self):
+        return "Layer(%r, %r, inputs=%r)" % (self.name, self.type, self.inputs)
+
+
+class Model:
+    """A whole model: ordered layers (inputs before their consumers) plus the reference data."""
+
+    def __init__(self, name, layers, outputs, attrs=None, reference_inputs=None,
+                 reference_activations=None, labels=None):
+        self.name = name
+        self.layers = list(layers)
+        self.outputs = list(outputs)
+        self.attrs = dict(attrs or {})
+        self.reference_inputs = dict(reference_inputs or {})
+        self.reference_activations = reference_activations if reference_activations is not None else {}
+        self.labels = labels
+        self.source = ""
+        self._by_name = {layer.name: layer for layer in self.layers}
+
+    @property
+    def inputs(self) -> List[str]:
+        return [layer.name for layer in self.layers if layer.type == "input"]
+
+    def layer(self, name) -> Layer:
+        return self._by_name[name]
+
+    def consumers(self, name) -> List[Layer]:
+        return [layer for layer in self.layers if name in layer.inputs]
+
+    def compared_layers(self) -> List[str]:
+        """Layers whose activations verification must compare (outputs and their logits)."""
+        names = []
+        for name in self.outputs:
+            layer = self._by_name[name]
+            if layer.type == "activation" and layer.config["function"] in SQUASHING:
+                names.append(layer.inputs[0])
+            names.append(name)
+        return names
+
+    def activation(self, name) -> np.ndarray:
+        return np.asarray(self.reference_activations[name][()])
+
+
+def _at(source):
+    return "%s: " % source if source else ""
+
+
+def _key(name):
+    # Layer names may contain '/', HDF5's path separator.
+    return quote(name, safe="")
+
+
+def _json_attr(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def write(path, model: Model) -> None:
+    """Write `model` to `path` atomically (a temporary file in the same folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=folder)
+    os.close(handle)
+    try:
+        with h5py.File(tmp, "w") as f:  # default libver: h5py 2.10 must read it
+            attrs = dict(model.attrs)
+            attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, model_name=model.name,
+                         input_layout="NHWC")
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.attrs["outputs"] = _json_attr(model.outputs)
+            f.attrs["layer_order"] = _json_attr([layer.name for layer in model.layers])
+            layers = f.create_group("layers")
+            for layer in model.layers:
+                group = layers.create_group(_key(layer.name))
+                group.attrs["name"] = layer.name
+                group.attrs["type"] = layer.type
+                group.attrs["inputs"] = _json_attr(layer.inputs)
+                group.attrs["config"] = _json_attr(layer.config)
+                group.attrs["output_shape"] = _json_attr(layer.output_shape)
+                group.attrs["caffe_name"] = layer.caffe_name
+                for role, value in layer.arrays.items():
+                    data = group.create_dataset(role, data=np.asarray(value, dtype=np.float32))
+                    data.attrs["tf_name"] = layer.tf_names.get(role, role)
+            reference = f.create_group("reference")
+            inputs = reference.create_group("inputs")
+            for name, value in model.reference_inputs.items():
+                inputs.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
+            activations = reference.create_group("activations")
+            for name, value in model.reference_activations.items():
+                activations.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
+            if model.labels is not None:
+                reference.create_dataset("labels", data=np.asarray(model.labels, dtype=np.int64))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_json(owner, key, where):
+    if key not in owner.attrs:
+        raise IntermediateError("%s: missing attribute '%s'" % (where, key))
+    try:
+        return json.loads(_text(owner.attrs[key]))
+    except ValueError:
+        raise IntermediateError("%s: attribute '%s' is not valid JSON" % (where, key))
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def open_file(path) -> h5py.File:
+    """Open an intermediate file for reading, with one-line errors for the usual failures."""
+    if not os.path.exists(path):
+        raise IntermediateError("%s: no such file" % path)
+    if os.path.isdir(path):
+        raise IntermediateError("%s: is a directory, not an HDF5 file" % path)
+    if not os.access(path, os.R_OK):
+        raise IntermediateError("%s: not readable (permission denied)" % path)
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as error:
+        raise IntermediateError("%s: not a readable HDF5 file (truncated or corrupt?): %s" % (
+            path, str(error).split("(")[0].strip()))
+
+
+def read(path) -> Model:
+    """Read and validate an intermediate file. Arrays stay on disk until asked for, so the
+    returned model keeps the file open for its lifetime."""
+    f = open_file(path)
+    try:
+        return _read(f, path)
+    except IntermediateError:
+        f.close()
+        raise
+    except (KeyError, OSError, RuntimeError, TypeError, ValueError) as error:
+        f.close()
+        raise IntermediateError("%s: unreadable intermediate (%s: %s)" % (
+            path, type(error).__name__, str(error).split("\n")[0]))
+
+
+def _read(f, path) -> Model:
+    if _text(f.attrs.get("format", "")) != FORMAT_NAME:
+        raise IntermediateError("%s: not a tf2caffe intermediate (no format attribute '%s')" % (
+            path, FORMAT_NAME))
+    version = int(f.attrs.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise IntermediateError("%s: format version %d is newer than this tf2caffe reads (%d); "
+                                "upgrade tf2caffe" % (path, version, FORMAT_VERSION))
+    if version < 1:
+        raise IntermediateError("%s: invalid format version %d" % (path, version))
+    for group in ("layers", "reference"):
+        if group not in f:
+            raise IntermediateError("%s: missing group '/%s'" % (path, group))
+    layers = []
+    seen = set()
+    for name in _load_json(f, "layer_order", path):
+        if _key(name) not in f["layers"]:
+            raise IntermediateError("%s: layer '%s' is listed but has no group /layers/%s" % (
+                path, name, _key(name)))
+        layer = _read_layer(f["layers"][_key(name)], name, path)
+        for source in layer.inputs:
+            if source not in seen:
+                raise IntermediateError("%s: layer '%s' takes input '%s', which is not an earlier "
+                                        "layer" % (path, name, source))
+        seen.add(name)
+        layers.append(layer)
+    outputs = _load_json(f, "outputs", path)
+    for name in outputs:
+        if name not in seen:
+            raise IntermediateError("%s: output '%s' is not a layer" % (path, name))
+    reference = f["reference"]
+    reference_inputs = {}
+    for layer in layers:
+        if layer.type != "input":
+            continue
+        key = "inputs/" + _key(layer.name)
+        if key not in reference:
+            raise IntermediateError("%s: no reference input for input layer '%s'" % (path, layer.name))
+        data = reference[key]
+        if list(data.shape)[1:] != list(layer.output_shape)[1:]:
+            raise IntermediateError("%s: reference input '%s' has shape %s, the layer expects %s" % (
+                path, layer.name, list(data.shape), layer.output_shape))
+        reference_inputs[layer.name] = data
+    activations = {}
+    if "activations" in reference:
+        for key in reference["activations"]:
+            name = unquote(key)
+            if name not in seen:
+                raise IntermediateError("%s: reference activation for unknown layer '%s'" % (path, name))
+            activations[name] = reference["activations"][key]
+    attrs = {key: (_text(value) if isinstance(value, (bytes, str)) else value.item() if hasattr(value, "item") else value)
+             for key, value in f.attrs.items() if key not in ("outputs", "layer_order")}
+    labels = reference["labels"][()] if "labels" in reference else None
+    model = Model(_text(f.attrs.get("model_name", os.path.basename(path))), layers, outputs, attrs,
+                  reference_inputs, activations, labels)
+    model.source = path
+    model.file = f
+    for name in model.compared_layers():
+        if name not in activations:
+            raise IntermediateError("%s: no reference activation for compared layer '%s'" % (path, name))
+    return model
+
+
+def _read_layer(group, name, path) -> Layer:
+    where = "%s: layer '%s'" % (path, name)
+    kind = _text(group.attrs.get("type", ""))
+    if kind not in VOCABULARY:
+        raise IntermediateError("%s: unknown layer type '%s'" % (where, kind))
+    required_config, required_arrays, optional_arrays = VOCABULARY[kind]
+    config = _load_json(group, "config", where)
+    for key in required_config:
+        if key not in config:
+            raise IntermediateError("%s: config lacks '%s'" % (where, key))
+    arrays, tf_names = {}, {}
+    for role in group:
+        if role not in required_arrays + optional_arrays:
+            raise IntermediateError("%s: unexpected array '%s' for type '%s'" % (where, role, kind))
+        data = group[role]
+        if not isinstance(data, h5py.Dataset) or data.dtype.kind != "f":
+            raise IntermediateError("%s: array '%s' is not floating point" % (where, role))
+        arrays[role] = data
+        tf_names[role] = _text(data.attrs.get("tf_name", role))
+    for role in required_arrays:
+        if role not in arrays:
+            raise IntermediateError("%s: missing array '%s'" % (where, role))
+    layer = Layer(name, kind, _load_json(group, "inputs", where), config,
+                  _load_json(group, "output_shape", where), arrays, tf_names,
+                  _text(group.attrs.get("caffe_name", name)))
+    layer.source = path
+    return layer
