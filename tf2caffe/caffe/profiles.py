@@ -2,7 +2,8 @@
 
 The default, `bvlc`, is the inference layers of BVLC Caffe 1.0 that OpenCV 4.x's Caffe importer
 also loads. It deliberately excludes layers the Debian test build happens to have (Clip, Swish)
-and ones OpenCV cannot load (DummyData), so output of the default profile runs everywhere.
+and ones OpenCV 4.x cannot create (DummyData, Bias, Threshold), so output of the default profile
+runs everywhere.
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from ..errors import ConversionError
 BVLC_INFERENCE = frozenset([
     "Input", "Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU", "PReLU", "ELU",
     "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Softmax", "BatchNorm", "Scale",
-    "Bias", "LRN", "MVN", "Eltwise", "Concat", "Slice", "Split", "Silence", "Flatten", "Reshape",
-    "Dropout", "Threshold",
+    "LRN", "MVN", "Eltwise", "Concat", "Slice", "Split", "Silence", "Flatten", "Reshape", "Dropout",
 ])
 
 

@@ -1,0 +1,176 @@
+"""Activations and PReLU, plus the chain-of-layers helper other families use.
+
+BVLC Caffe lacks ReLU6, clipping and hard-sigmoid; they are composed exactly from ReLU and
+Power: with Power(x) = shift + scale·x, `m - ReLU(m - x)` is min(x, m) (negation is exact).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from ..netspec import CaffeLayer
+from . import Handler, register
+from .shape import caffe_axis, in_blob_order, order_problem
+
+
+class Step(NamedTuple):
+    """One layer of a chain: it takes the previous layer's top (plus `extra_bottoms`)."""
+    suffix: str
+    type: str
+    params: Optional[Dict] = None
+    blobs: Sequence = ()
+    extra_bottoms: Sequence[str] = ()
+
+
+def add_step(ctx, name: str, bottom: str, step: Step) -> str:
+    """Emit one step as Caffe layer `name` with top `name` (never in place); returns the top."""
+    ctx.add(CaffeLayer(name, step.type, [bottom] + list(step.extra_bottoms), [name],
+                       step.params, step.blobs))
+    return name
+
+
+def emit_chain(ctx, layer, bottom: str, steps: List[Step]) -> str:
+    """Emit `steps` from blob `bottom`; the last layer (and its top) takes `layer`'s own name,
+    the others `<name>/<suffix>`. Returns the last top."""
+    top = bottom
+    for index, step in enumerate(steps):
+        top = add_step(ctx, ctx.name(layer, "" if index == len(steps) - 1 else step.suffix), top, step)
+    return top
+
+
+def power(suffix, scale=1.0, shift=0.0) -> Step:
+    """Power layer computing shift + scale·x (Caffe multiplies first, then adds, like TF)."""
+    params = {}
+    if scale != 1.0:
+        params["scale"] = float(scale)
+    if shift != 0.0:
+        params["shift"] = float(shift)
+    return Step(suffix, "Power", {"power_param": params})
+
+
+def relu(suffix, negative_slope=0.0) -> Step:
+    return Step(suffix, "ReLU", {"relu_param": {"negative_slope": float(negative_slope)}}
+                if negative_slope else None)
+
+
+def clip_above(maximum, profile, negative_slope=0.0) -> List[Step]:
+    """Steps computing min(max(x, 0) + slope·min(x, 0), maximum) (slope ≥ 0)."""
+    if maximum == 6 and not negative_slope and profile.allows("ReLU6"):
+        return [Step("relu6", "ReLU6")]
+    return [relu("relu", negative_slope), power("flip", -1.0, maximum),
+            relu("relu2"), power("min", -1.0, maximum)]
+
+
+def _relu(layer, profile, _x):
+    slope = float(layer.config.get("negative_slope") or 0.0)
+    maximum = layer.config.get("max_value")
+    if maximum is None:
+        return [relu("relu", slope)]
+    return clip_above(float(maximum), profile, slope)
+
+
+def _swish(layer, profile, x):
+    if profile.allows("Swish"):
+        return [Step("swish", "Swish")]
+    return [Step("sigmoid", "Sigmoid"),
+            Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
+
+
+def _hard_sigmoid(layer, profile, _x):
+    # clip(slope·x + offset, 0, 1) as relu6(6·slope·x + 6·offset) / 6: for Keras 3's slope 1/6
+    # and offset 0.5 that is its own relu6(x + 3) / 6.
+    slope = float(layer.config.get("slope", 1.0 / 6.0))
+    offset = float(layer.config.get("offset", 0.5))
+    return ([power("affine", 6.0 * slope, 6.0 * offset)] + clip_above(6.0, profile)
+            + [power("scale", 1.0 / 6.0)])
+
+
+def _softmax_axis(layer, rank):
+    axis = layer.config.get("axis", -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return None
+        axis = axis[0]
+    return caffe_axis(axis, rank)
+
+
+# function -> steps(layer, profile, input blob name); an empty list emits nothing.
+STEPS = {
+    "relu": _relu,
+    "relu6": lambda layer, profile, x: clip_above(6.0, profile),
+    "leaky_relu": lambda layer, profile, x: [relu("relu", layer.config["alpha"])],
+    "elu": lambda layer, profile, x: [Step("elu", "ELU", {"elu_param": {
+        "alpha": float(layer.config.get("alpha", 1.0))}})],
+    "sigmoid": lambda layer, profile, x: [Step("sigmoid", "Sigmoid")],
+    "tanh": lambda layer, profile, x: [Step("tanh", "TanH")],
+    "softmax": lambda layer, profile, x: [Step("softmax", "Softmax", {"softmax_param": {
+        "axis": _softmax_axis(layer, len(layer.output_shape))}})],
+    "swish": _swish,
+    "hard_sigmoid": _hard_sigmoid,
+    "linear": lambda layer, profile, x: [],
+}
+
+
+@register("activation")
+class Activation(Handler):
+    summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, sigmoid, "
+               "tanh, softmax (any axis), swish, hard_sigmoid, linear; ReLU6 and clipping as "
+               "ReLU/Power chains (ReLU6, Swish in the opencv profile)")
+    caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "Eltwise", "ReLU6", "Swish")
+
+    def check(self, layer, model, profile):
+        function = layer.config["function"]
+        if function not in STEPS:
+            return "activation '%s' has no exact Caffe equivalent" % function
+        if function == "leaky_relu" and "alpha" not in layer.config:
+            return "leaky_relu without 'alpha' in its config"
+        if function == "relu" and float(layer.config.get("threshold") or 0.0) != 0.0:
+            return ("ReLU with threshold %s is a step x·[x > t]: Caffe's Threshold layer would "
+                    "do it, but OpenCV cannot load it" % layer.config["threshold"])
+        if function == "relu" and layer.config.get("max_value") is not None and \
+                float(layer.config.get("negative_slope") or 0.0) < 0:
+            return "ReLU with a negative negative_slope and a max_value is not supported"
+        if function == "softmax" and _softmax_axis(layer, len(layer.output_shape)) is None:
+            return "softmax over several axes (%s) has no Caffe equivalent" % layer.config["axis"]
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        bottom = ctx.bottom(layer)
+        steps = STEPS[layer.config["function"]](layer, ctx.profile, bottom.name)
+        top = emit_chain(ctx, layer, bottom.name, steps) if steps else bottom.name
+        ctx.produce(layer, top, bottom.shape, bottom.flattened_from)
+
+
+def _prelu_slopes(layer, model) -> Optional[np.ndarray]:
+    """PReLU slopes per Caffe channel, or None when they vary along H or W."""
+    alpha = layer.array("alpha")
+    shape = model.layer(layer.inputs[0]).output_shape
+    if len(shape) != 4:
+        return alpha.reshape(-1) if alpha.size > 1 else np.full(shape[-1], alpha.reshape(-1)[0])
+    alpha = np.broadcast_to(alpha.reshape(alpha.shape[-3:] if alpha.ndim >= 3 else (1, 1, -1)),
+                            shape[1:])
+    if not np.all(alpha == alpha[:1, :1, :]):
+        return None
+    return np.ascontiguousarray(alpha[0, 0, :])
+
+
+@register("prelu")
+class PReLU(Handler):
+    summary = "PReLU with per-channel slopes (alpha shared over H and W)"
+    caffe_layers = ("PReLU",)
+
+    def check(self, layer, model, profile):
+        if len(model.layer(layer.inputs[0]).output_shape) not in (2, 4):
+            return "only 2-D and 4-D inputs are supported"
+        if _prelu_slopes(layer, model) is None:
+            return ("slopes vary over H or W; Caffe's PReLU has one slope per channel "
+                    "(use shared_axes=[1, 2])")
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        bottom = ctx.bottom(layer)
+        name = ctx.name(layer)
+        slopes = lambda: in_blob_order(_prelu_slopes(layer, ctx.model), bottom)
+        ctx.add(CaffeLayer(name, "PReLU", [bottom.name], [name], blobs=[slopes]))
+        ctx.produce(layer, name, bottom.shape, bottom.flattened_from)

@@ -1,0 +1,132 @@
+"""BatchNorm, Keras Normalization and Rescaling, and LRN."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Handler, register
+from .activation import Step, emit_chain, power
+from .shape import in_blob_order, order_problem
+
+
+def _per_channel(layer, ctx, values):
+    """A scalar or per-channel sequence as a float32 vector in the bottom blob's feature order."""
+    channels = layer.output_shape[-1]
+    vector = np.broadcast_to(np.asarray(values, np.float32).reshape(-1), (channels,))
+    return in_blob_order(np.ascontiguousarray(vector), ctx.bottom(layer))
+
+
+def _vector_problem(layer, values, what):
+    size = np.asarray(values).size
+    if size not in (1, layer.output_shape[-1]):
+        return "%s has %d values for %d channels" % (what, size, layer.output_shape[-1])
+    return None
+
+
+def _emit(layer, ctx, steps):
+    bottom = ctx.bottom(layer)
+    top = emit_chain(ctx, layer, bottom.name, steps)
+    ctx.produce(layer, top, bottom.shape, bottom.flattened_from)
+
+
+def _scale(suffix, scale, bias=None) -> Step:
+    """Scale over the channel axis: x·scale (+ bias), vectors given as callables."""
+    blobs = [scale] + ([bias] if bias is not None else [])
+    return Step(suffix, "Scale", {"scale_param": {"bias_term": bias is not None}}, blobs)
+
+
+@register("batch_norm")
+class BatchNorm(Handler):
+    summary = "BatchNorm (global statistics, TF epsilon) + Scale for gamma/beta"
+    caffe_layers = ("BatchNorm", "Scale")
+
+    def check(self, layer, model, profile):
+        if len(layer.output_shape) not in (2, 4):
+            return "only 2-D and 4-D inputs are supported"
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        ordered = lambda role: lambda: _per_channel(layer, ctx, layer.array(role))
+        steps = [Step("bn", "BatchNorm", {"batch_norm_param": {
+            "use_global_stats": True, "eps": float(layer.config["epsilon"])}},
+            [ordered("moving_mean"), ordered("moving_variance"), lambda: np.ones(1, np.float32)])]
+        if layer.has("gamma") or layer.has("beta"):
+            gamma = ordered("gamma") if layer.has("gamma") else \
+                lambda: np.ones(layer.output_shape[-1], np.float32)
+            steps.append(_scale("scale", gamma, ordered("beta") if layer.has("beta") else None))
+        _emit(layer, ctx, steps)
+
+
+@register("rescale")
+class Rescale(Handler):
+    summary = "x·scale + offset: Power for scalars, Scale with bias per channel"
+    caffe_layers = ("Power", "Scale")
+
+    def check(self, layer, model, profile):
+        for key in ("scale", "offset"):
+            problem = _vector_problem(layer, layer.config[key], key)
+            if problem:
+                return problem
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        scale, offset = layer.config["scale"], layer.config["offset"]
+        if np.size(scale) == 1 and np.size(offset) == 1:
+            step = power("rescale", np.ravel(scale)[0], np.ravel(offset)[0])
+        else:
+            step = _scale("rescale", lambda: _per_channel(layer, ctx, scale),
+                          lambda: _per_channel(layer, ctx, offset))
+        _emit(layer, ctx, [step])
+
+
+@register("normalize")
+class Normalize(Handler):
+    summary = "(x - mean) / max(sqrt(variance), epsilon): subtract, then multiply (Power or Scale)"
+    caffe_layers = ("Power", "Scale")
+
+    def check(self, layer, model, profile):
+        for role in ("mean", "variance"):
+            problem = _vector_problem(layer, layer.array(role), role)
+            if problem:
+                return problem
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        # Subtracting first, as Keras does, keeps the result exact when |mean| >> std.
+        def inverse_std():
+            std = np.maximum(np.sqrt(layer.array("variance")), np.float32(layer.config["epsilon"]))
+            return (1.0 / std.astype(np.float64)).astype(np.float32)
+
+        if layer.array("mean").size == 1 and layer.array("variance").size == 1:
+            steps = [power("center", shift=-float(layer.array("mean").reshape(-1)[0])),
+                     power("scale", float(inverse_std().reshape(-1)[0]))]
+        else:
+            steps = [_scale("center", lambda: _per_channel(layer, ctx, 1.0),
+                            lambda: _per_channel(layer, ctx, -layer.array("mean"))),
+                     _scale("scale", lambda: _per_channel(layer, ctx, inverse_std()))]
+        _emit(layer, ctx, steps)
+
+
+@register("lrn")
+class LRN(Handler):
+    summary = ("LRN across channels in the portable form: k = 1, alpha·n/bias, then "
+               "Power(bias^-beta) (OpenCV ignores k)")
+    caffe_layers = ("LRN", "Power")
+
+    def check(self, layer, model, profile):
+        if len(layer.output_shape) != 4:
+            return "LRN on a %d-D tensor (only 4-D, over channels)" % len(layer.output_shape)
+        if float(layer.config["bias"]) <= 0:
+            return "LRN with bias %s <= 0" % layer.config["bias"]
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        config = layer.config
+        size = 2 * int(config["depth_radius"]) + 1
+        bias, beta = float(config["bias"]), float(config["beta"])
+        # x / (bias + alpha·sum)^beta = bias^-beta · x / (1 + (alpha/bias)·sum)^beta
+        steps = [Step("lrn", "LRN", {"lrn_param": {
+            "local_size": size, "alpha": float(config["alpha"]) * size / bias, "beta": beta,
+            "k": 1.0, "norm_region": "ACROSS_CHANNELS"}})]
+        if bias != 1.0:
+            steps.append(power("scale", bias ** -beta))
+        _emit(layer, ctx, steps)

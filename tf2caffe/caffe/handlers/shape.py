@@ -1,0 +1,141 @@
+"""Flatten and Reshape, and the element-order bookkeeping they make necessary.
+
+TensorFlow flattens a 4-D tensor in H,W,C order, Caffe in C,H,W order. The two orders agree
+when H·W == 1 or C == 1; otherwise the flattened blob is a permutation of TensorFlow's. That
+permutation can be folded into the weights of a following Dense (and into per-feature vectors
+of element-wise layers on the way), but BVLC Caffe has no Permute layer, so anything else that
+sees the flattened order (a Concat, a model output, a reshape to another shape) is refused.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..emit import nchw
+from ..netspec import CaffeLayer, shape_param
+from . import Handler, register
+
+# Layer types that treat every feature alike or per-feature with their own vectors, so they pass
+# a flattened tensor through in Caffe's order (their per-feature arrays are permuted to match).
+FEATURE_WISE = frozenset([
+    "identity", "activation", "prelu", "batch_norm", "rescale", "normalize",
+    "add", "subtract", "multiply", "maximum", "minimum", "average",
+])
+# Layer types whose handlers deal with a flattened input themselves.
+ORDER_AWARE = frozenset(["dense", "flatten", "reshape"])
+
+
+def orders_agree(hwc) -> bool:
+    """Whether TensorFlow's H,W,C and Caffe's C,H,W flattening orders of (H, W, C) coincide."""
+    h, w, c = hwc
+    return h * w == 1 or c == 1
+
+
+def flattening_of(model, name):
+    """The flatten/reshape layer whose 4-D input tensor `name` holds in TensorFlow's H,W,C
+    order (so Caffe holds it permuted), or None."""
+    layer = model.layer(name)
+    if len(layer.output_shape) != 2:
+        return None
+    if layer.type in ("flatten", "reshape"):
+        source = model.layer(layer.inputs[0]).output_shape
+        if len(source) == 4:
+            return None if orders_agree(source[1:]) else layer
+        return flattening_of(model, layer.inputs[0])
+    if layer.type in FEATURE_WISE:
+        return flattening_of(model, layer.inputs[0])
+    return None
+
+
+def order_problem(layer, model) -> Optional[str]:
+    """Why `layer` would see or expose a flattened tensor in the wrong order (None if fine)."""
+    own = flattening_of(model, layer.name)
+    if own is not None and layer.name in model.outputs:
+        return ("model output is the flattening of a 4-D tensor ('%s'): TensorFlow orders it "
+                "H,W,C, Caffe's Flatten C,H,W, and BVLC Caffe has no Permute" % own.name)
+    if layer.type in ORDER_AWARE:
+        return None
+    sources = [flattening_of(model, name) for name in layer.inputs]
+    hwc = {None if f is None else tuple(model.layer(f.inputs[0]).output_shape[1:]) for f in sources}
+    if hwc == {None} or (layer.type in FEATURE_WISE and len(hwc) == 1):
+        return None
+    flatten = next(f for f in sources if f is not None)
+    return ("Flatten of a 4-D tensor ('%s') feeding %s cannot be reproduced in BVLC Caffe "
+            "(no Permute): Caffe flattens in C,H,W order, TensorFlow in H,W,C" % (flatten.name, layer.type))
+
+
+def caffe_axis(axis, rank) -> int:
+    """A TensorFlow axis (NHWC for 4-D, possibly negative) as the Caffe (NCHW) axis."""
+    axis = int(axis) % rank
+    return (0, 2, 3, 1)[axis] if rank == 4 else axis
+
+
+def in_blob_order(values: np.ndarray, blob) -> np.ndarray:
+    """A vector over TensorFlow's last axis, reordered like the features of Caffe `blob`."""
+    if blob.flattened_from is None:
+        return values
+    h, w, c = blob.flattened_from
+    return values.reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+
+
+def emit_flatten(layer, ctx) -> None:
+    bottom = ctx.bottom(layer)
+    if len(bottom.shape) == 2:
+        ctx.produce(layer, bottom.name, bottom.shape, bottom.flattened_from)
+        return
+    name = ctx.name(layer)
+    ctx.add(CaffeLayer(name, "Flatten", [bottom.name], [name]))
+    hwc = ctx.input_tf_shape(layer)[1:]
+    ctx.produce(layer, name, flattened_from=None if orders_agree(hwc) else hwc)
+
+
+@register("flatten")
+class Flatten(Handler):
+    summary = "Flatten; a following Dense takes TensorFlow's H,W,C order into its weights"
+    caffe_layers = ("Flatten",)
+
+    def check(self, layer, model, profile):
+        if len(model.layer(layer.inputs[0]).output_shape) not in (2, 4):
+            return "only 2-D and 4-D inputs are supported"
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        emit_flatten(layer, ctx)
+
+
+@register("reshape")
+class Reshape(Handler):
+    summary = ("Reshape where TensorFlow's and Caffe's element orders agree; "
+               "flatten-like reshapes as Flatten")
+    caffe_layers = ("Reshape", "Flatten")
+
+    def check(self, layer, model, profile):
+        source = model.layer(layer.inputs[0])
+        shape_in, shape_out = source.output_shape, layer.output_shape
+        if len(shape_in) not in (2, 4) or len(shape_out) not in (2, 4):
+            return "only reshapes between 2-D and 4-D tensors are supported (got %s -> %s)" % (
+                shape_in, shape_out)
+        if len(shape_out) == 2 or shape_in == shape_out:
+            return order_problem(layer, model)
+        flatten = flattening_of(model, source.name)
+        if flatten is not None:
+            unflattened = model.layer(flatten.inputs[0]).output_shape
+            if shape_out[1:] == unflattened[1:]:
+                return order_problem(layer, model)
+        elif orders_agree(shape_out[1:]) and (len(shape_in) == 2 or orders_agree(shape_in[1:])):
+            return order_problem(layer, model)
+        return ("reshape %s -> %s: Caffe's element order differs (TensorFlow reshapes in H,W,C "
+                "order, Caffe in C,H,W) and BVLC Caffe has no Permute" % (shape_in[1:], shape_out[1:]))
+
+    def emit(self, layer, ctx):
+        bottom = ctx.bottom(layer)
+        if list(ctx.input_tf_shape(layer)) == list(layer.output_shape):
+            ctx.produce(layer, bottom.name, bottom.shape, bottom.flattened_from)
+        elif len(layer.output_shape) == 2:
+            emit_flatten(layer, ctx)
+        else:
+            name = ctx.name(layer)
+            ctx.add(CaffeLayer(name, "Reshape", [bottom.name], [name], {
+                "reshape_param": {"shape": shape_param([0] + nchw(layer.output_shape)[1:])}}))
+            ctx.produce(layer, name)
