@@ -1,0 +1,184 @@
+"""Convolutions (conv2d, depthwise_conv2d, conv2d_transpose) and the layers that move pixels around
+them (pad2d, crop2d, upsample2d). Geometry and the Slice crops live in `spatial`."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+from . import Handler, register
+from .spatial import (Chain, align, caffe_conv_count, effective_kernel, tf_pads, tf_window_count,
+                      window_params)
+
+
+def _pair(layer, key, default=(1, 1)) -> List[int]:
+    return [int(v) for v in layer.config.get(key, default)]
+
+
+def _conv_axis(size, kernel, stride, dilation, pads):
+    extent = effective_kernel(kernel, dilation)
+    out = tf_window_count(size, extent, stride, pads)
+    return align(size, out, stride, pads[0], lambda pad: caffe_conv_count(size, extent, stride, pad)), out
+
+
+def _with_bias(layer, weight) -> list:
+    return [weight] + ([lambda: layer.array("bias")] if layer.has("bias") else [])
+
+
+def _channel_copy(channels, kernel, stride, pad):
+    """Params and weights of a grouped (de)convolution that copies every channel: weights one,
+    no bias (zero padding, nearest upsampling)."""
+    params = {"num_output": channels, "bias_term": False, "group": channels}
+    params.update(window_params(kernel, stride, pad))
+    ones = np.ones((channels, 1) + tuple(kernel), dtype=np.float32)
+    return {"convolution_param": params}, [ones]
+
+
+def _emit_convolution(layer, ctx, num_output: int, group: int, weight) -> None:
+    """A Caffe Convolution with TensorFlow's windows: symmetric pads that align them, then Slice
+    crops of the extra outputs (see `spatial.align`)."""
+    batch, _, h, w = ctx.bottom(layer).shape
+    kernels, strides = _pair(layer, "kernel_size"), _pair(layer, "strides")
+    dilations = _pair(layer, "dilation")
+    pads = tf_pads(layer.config["padding"], (h, w), kernels, strides, dilations)
+    axes = [_conv_axis(*args) for args in zip((h, w), kernels, strides, dilations, pads)]
+    params = {"num_output": num_output, "bias_term": layer.has("bias")}
+    params.update(window_params(kernels, strides, [plan.pad for plan, _ in axes]))
+    if dilations != [1, 1]:
+        params["dilation"] = dilations[0] if dilations[0] == dilations[1] else dilations
+    if group != 1:
+        params["group"] = group
+    shape = [batch, num_output] + [plan.lead + out + plan.trail for plan, out in axes]
+    chain = Chain(ctx, layer)
+    chain.then("conv", "Convolution", {"convolution_param": params}, shape, _with_bias(layer, weight))
+    chain.crop([(plan.lead, plan.trail) for plan, _ in axes])
+    chain.produce()
+
+
+@register("conv2d")
+class Conv2D(Handler):
+    caffe_layers = ("Convolution", "Slice", "Silence", "Split")
+    summary = ("Convolution (groups, dilation); odd 'same' padding: pad begin+stride, Slice off the "
+               "first row/column")
+
+    def emit(self, layer, ctx):
+        # TF (kh, kw, in/groups, out) -> Caffe (out, in/groups, kh, kw)
+        _emit_convolution(layer, ctx, int(layer.config["filters"]), int(layer.config["groups"]),
+                          lambda: layer.array("kernel").transpose(3, 2, 0, 1))
+
+
+@register("depthwise_conv2d")
+class DepthwiseConv2D(Handler):
+    caffe_layers = Conv2D.caffe_layers
+    summary = "Convolution with group = C, num_output = C*M (output c*M + m reads channel c)"
+
+    def emit(self, layer, ctx):
+        channels = ctx.bottom(layer).shape[1]
+        multiplier = int(layer.config["depth_multiplier"])
+
+        def weight():
+            kernel = layer.array("kernel")  # (kh, kw, C, M)
+            kh, kw = kernel.shape[:2]
+            return kernel.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None]
+
+        _emit_convolution(layer, ctx, channels * multiplier, channels, weight)
+
+
+@register("conv2d_transpose")
+class Conv2DTranspose(Handler):
+    caffe_layers = ("Deconvolution", "Slice", "Silence", "Split")
+    summary = "Deconvolution; 'same': pad = floor((k-s)/2), Slice off a trailing row when k-s is odd"
+
+    def check(self, layer, model, profile) -> Optional[str]:
+        if layer.config["padding"] not in ("same", "valid"):
+            return "padding %r: only 'same' and 'valid' are supported" % (layer.config["padding"],)
+        if _pair(layer, "dilation") != [1, 1]:
+            return "dilated transposed convolution is not supported"
+        return None
+
+    def emit(self, layer, ctx):
+        batch, _, h, w = ctx.bottom(layer).shape
+        kernels, strides = _pair(layer, "kernel_size"), _pair(layer, "strides")
+        filters = int(layer.config["filters"])
+        same = layer.config["padding"] == "same"
+        # Caffe's full output is (in-1)*s + k; TensorFlow's is in*s ('same') or (in-1)*s + max(k, s)
+        # ('valid'), starting `lead` rows into the full one. A kernel shorter than the stride is
+        # zero-extended to the stride so that Caffe also writes TensorFlow's trailing bias-only rows.
+        extended = [max(kernel, stride) for kernel, stride in zip(kernels, strides)]
+        leads, trails, caffe = [], [], []
+        for size, kernel, stride, extent in zip((h, w), kernels, strides, extended):
+            full = (size - 1) * stride + extent
+            lead = max(kernel - stride, 0) // 2 if same else 0
+            leads.append(lead)
+            trails.append(full - 2 * lead - (size * stride if same else full))
+            caffe.append(full - 2 * lead)
+
+        def weight():
+            kernel = layer.array("kernel").transpose(3, 2, 0, 1)  # (kh, kw, out, in) -> (in, out, kh, kw)
+            zeros = [(0, 0), (0, 0)] + [(0, e - k) for e, k in zip(extended, kernels)]
+            return np.pad(kernel, zeros, mode="constant")
+
+        params = {"num_output": filters, "bias_term": layer.has("bias")}
+        params.update(window_params(extended, strides, leads))
+        chain = Chain(ctx, layer)
+        chain.then("deconv", "Deconvolution", {"convolution_param": params},
+                   [batch, filters] + caffe, _with_bias(layer, weight))
+        chain.crop([(0, trails[0]), (0, trails[1])])
+        chain.produce()
+
+
+@register("pad2d")
+class Pad2D(Handler):
+    caffe_layers = ("Convolution", "Slice", "Silence", "Split")
+    summary = ("zero padding as a per-channel 1x1 Convolution of ones (BVLC has no Pad layer) padding "
+               "the larger side of each axis, then Slice off the surplus")
+
+    def check(self, layer, model, profile) -> Optional[str]:
+        if layer.config["mode"] != "constant":
+            return "padding mode '%s' has no BVLC Caffe equivalent (only zero padding)" % (
+                layer.config["mode"],)
+        if float(layer.config["value"]) != 0.0:
+            return "constant padding with value %g: only zero padding is supported" % (
+                float(layer.config["value"]),)
+        return None
+
+    def emit(self, layer, ctx):
+        n, channels, h, w = ctx.bottom(layer).shape
+        (top, bottom), (left, right) = [[int(v) for v in pair] for pair in layer.config["padding"]]
+        pads = [max(top, bottom), max(left, right)]
+        params, ones = _channel_copy(channels, (1, 1), (1, 1), pads)
+        chain = Chain(ctx, layer)
+        chain.then("pad", "Convolution", params, [n, channels, h + 2 * pads[0], w + 2 * pads[1]], ones)
+        chain.crop([(pads[0] - top, pads[0] - bottom), (pads[1] - left, pads[1] - right)])
+        chain.produce()
+
+
+@register("crop2d")
+class Crop2D(Handler):
+    caffe_layers = ("Slice", "Silence", "Split")
+    summary = "Slice per cropped axis, cut-off parts silenced"
+
+    def emit(self, layer, ctx):
+        chain = Chain(ctx, layer)
+        chain.crop([[int(v) for v in pair] for pair in layer.config["cropping"]])
+        chain.produce()
+
+
+@register("upsample2d")
+class UpSample2D(Handler):
+    caffe_layers = ("Deconvolution",)
+    summary = "nearest: Deconvolution group = C, kernel = stride = factor, weights ones, no bias"
+
+    def check(self, layer, model, profile) -> Optional[str]:
+        if layer.config["interpolation"] != "nearest":
+            return ("interpolation '%s' has no exact BVLC Caffe equivalent (only 'nearest' upsampling "
+                    "is converted)" % layer.config["interpolation"])
+        return None
+
+    def emit(self, layer, ctx):
+        n, channels, h, w = ctx.bottom(layer).shape
+        factors = _pair(layer, "size")
+        params, ones = _channel_copy(channels, factors, factors, (0, 0))
+        chain = Chain(ctx, layer)
+        chain.then("upsample", "Deconvolution", params, [n, channels, h * factors[0], w * factors[1]], ones)
+        chain.produce()
