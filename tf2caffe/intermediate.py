@@ -184,6 +184,9 @@ def write(path, model: Model) -> None:
                 activations.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
             if model.labels is not None:
                 reference.create_dataset("labels", data=np.asarray(model.labels, dtype=np.int64))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -198,6 +201,12 @@ def _load_json(owner, key, where):
         return json.loads(_text(owner.attrs[key]))
     except ValueError:
         raise IntermediateError("%s: attribute '%s' is not valid JSON" % (where, key))
+
+
+def _attr_value(value):
+    if isinstance(value, (bytes, str)):
+        return _text(value)
+    return value.item() if hasattr(value, "item") else value
 
 
 def _text(value):
@@ -284,8 +293,8 @@ def _read(f, path) -> Model:
             if name not in seen:
                 raise IntermediateError("%s: reference activation for unknown layer '%s'" % (path, name))
             activations[name] = reference["activations"][key]
-    attrs = {key: (_text(value) if isinstance(value, (bytes, str)) else value.item() if hasattr(value, "item") else value)
-             for key, value in f.attrs.items() if key not in ("outputs", "layer_order")}
+    attrs = {key: _attr_value(value) for key, value in f.attrs.items()
+             if key not in ("outputs", "layer_order")}
     labels = reference["labels"][()] if "labels" in reference else None
     model = Model(_text(f.attrs.get("model_name", os.path.basename(path))), layers, outputs, attrs,
                   reference_inputs, activations, labels)

@@ -1,0 +1,83 @@
+"""Shared by the handler-family tests: build seeded Keras cases, convert them in one batch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+import keras
+import pytest
+
+from harness import Result, assert_exact, convert_keras_batch
+# Re-exported for test_conv.py, which imports it from here.
+from harness import convert_intermediate_batch as convert_intermediates  # noqa: F401
+from tf2caffe import intermediate, opencv_check
+from tf2caffe.caffe import emit, native_backend, verify
+
+
+def chain(shape, *layers) -> keras.Model:
+    """Input of `shape` (without batch) through `layers` in sequence."""
+    inputs = keras.Input(shape)
+    outputs = inputs
+    for layer in layers:
+        outputs = layer(outputs)
+    return keras.Model(inputs, outputs)
+
+
+def build(cases: Dict[str, Callable[[], keras.Model]], seed: int = 0) -> Dict[str, keras.Model]:
+    """Each case's model, built with the same seed, so weights do not depend on case order."""
+    models = {}
+    for name, make in cases.items():
+        keras.utils.set_random_seed(seed)
+        models[name] = make()
+    return models
+
+
+def convert(cases: Dict[str, Callable[[], keras.Model]], tmp_dir) -> Dict[str, Result]:
+    return convert_keras_batch(build(cases), tmp_dir)
+
+
+def assert_refused(result: Result, layer: str, reason: str) -> None:
+    """The conversion stopped before writing anything, naming `layer` and saying why."""
+    assert result.error is not None, "%s: converted, but should have been refused" % result.name
+    message = result.error
+    assert "'%s'" % layer in message and reason in message, "%s: unexpected error: %s" % (result.name, message)
+
+
+def opencv_only_errors(keras_model: keras.Model, name: str, profile: str, tmp_dir: Path) -> Dict[str, float]:
+    """Relative error per mapped layer in OpenCV of a net emitted for `profile`, written without
+    Caffe (for layer types pycaffe lacks, such as ReLU6)."""
+    from tf2caffe.export.keras import model_to_intermediate
+
+    model = model_to_intermediate(keras_model, name, per_layer=True)
+    h5, prototxt, caffemodel = (str(tmp_dir / (name + suffix)) for suffix in (".h5", ".prototxt", ".caffemodel"))
+    intermediate.write(h5, model)
+    net, blobs = emit.build_net(model, profile)
+    native_backend.save(net, prototxt, caffemodel)
+    targets = verify.generated_targets(model, blobs, [(layer.name, layer.tops) for layer in net.layers])
+    inputs = {layer: blobs[layer].name for layer in model.inputs}
+    errors = opencv_check.check(h5, prototxt, caffemodel, inputs, targets)
+    return {layer: value["max_rel"] for layer, value in errors.items()}
+
+
+def family_tests(cases: Dict[str, Callable[[], keras.Model]],
+                 refused: Dict[str, Tuple[Callable[[], keras.Model], str, str]], label: str):
+    """The module fixture and tests of a handler family: `cases` (name -> model builder) and
+    `refused` (name -> (builder, layer, reason)) all converted in one batch, then every case
+    asserted exact and every refusal asserted to name its layer and reason. Use as
+    `results, test_exact, test_refused = family_tests(CASES, REFUSED, "dense")`."""
+
+    @pytest.fixture(scope="module")
+    def results(tmp_path_factory):
+        every = dict(cases, **{name: make for name, (make, _, _) in refused.items()})
+        return convert(every, tmp_path_factory.mktemp(label))
+
+    @pytest.mark.parametrize("name", sorted(cases))
+    def test_exact(results, name):
+        assert_exact(results[name])
+
+    @pytest.mark.parametrize("name", sorted(refused))
+    def test_refused(results, name):
+        _, layer, reason = refused[name]
+        assert_refused(results[name], layer, reason)
+
+    return results, test_exact, test_refused

@@ -1,0 +1,77 @@
+"""Activation handlers: every function and its awkward settings, exact in pycaffe and OpenCV."""
+from __future__ import annotations
+
+import keras
+import pytest
+
+from handler_batch import build, family_tests, opencv_only_errors
+
+L = keras.layers
+SPREAD = 4.0  # widens the reference input so every kink (0, 6, max_value, ±3) is crossed
+
+
+def on_image(activation, shape=(5, 6, 4)):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, activation(L.Rescaling(SPREAD)(inputs)))
+
+
+def on_vector(activation, features=12):
+    inputs = keras.Input((features,))
+    return keras.Model(inputs, activation(L.Dense(7)(inputs)))
+
+
+CASES = {
+    "relu": lambda: on_image(L.ReLU()),
+    "relu_max_value_6": lambda: on_image(L.ReLU(max_value=6.0)),
+    "relu_max_value_3_5": lambda: on_image(L.ReLU(max_value=3.5)),
+    "relu_negative_slope": lambda: on_image(L.ReLU(negative_slope=0.1)),
+    "relu_negative_slope_max_value": lambda: on_image(L.ReLU(negative_slope=0.1, max_value=4.0)),
+    "relu6": lambda: on_image(L.Activation("relu6")),
+    "leaky_relu": lambda: on_image(L.LeakyReLU(negative_slope=0.2)),
+    "prelu_shared_hw": lambda: on_image(L.PReLU(
+        alpha_initializer=keras.initializers.RandomUniform(-0.5, 0.5), shared_axes=[1, 2])),
+    "prelu_vector": lambda: on_vector(L.PReLU(alpha_initializer=keras.initializers.RandomUniform(-0.5, 0.5))),
+    "elu": lambda: on_image(L.Activation("elu")),
+    "elu_alpha": lambda: on_image(L.ELU(alpha=0.7)),
+    "sigmoid": lambda: on_image(L.Activation("sigmoid")),
+    "tanh": lambda: on_image(L.Activation("tanh")),
+    "softmax_axis_-1": lambda: on_image(L.Softmax(axis=-1)),
+    "softmax_axis_3": lambda: on_image(L.Softmax(axis=3)),
+    "softmax_axis_1": lambda: on_image(L.Softmax(axis=1)),
+    "softmax_vector": lambda: on_vector(L.Softmax()),
+    "swish": lambda: on_image(L.Activation("swish")),
+    "hard_sigmoid": lambda: on_image(L.Activation("hard_sigmoid")),
+    "linear": lambda: on_image(L.Activation("linear")),
+    "dense_fused_tanh": lambda: on_vector(lambda x: L.Dense(5, activation="tanh")(x)),
+}
+REFUSED = {
+    "relu_threshold": (lambda: on_image(L.ReLU(threshold=0.5, name="thresholded")),
+                       "thresholded", "threshold"),
+    "prelu_unshared": (lambda: on_image(L.PReLU(
+        alpha_initializer=keras.initializers.RandomUniform(-0.5, 0.5), name="prelu_hwc")),
+                       "prelu_hwc", "vary over H or W"),
+}
+# Emitted for the opencv profile as single layers pycaffe does not know: checked in OpenCV only.
+OPENCV_PROFILE = {
+    "relu6": ("ReLU6", CASES["relu6"]),
+    "relu_max_value_6": ("ReLU6", CASES["relu_max_value_6"]),
+    "swish": ("Swish", CASES["swish"]),
+    "hard_sigmoid": ("ReLU6", CASES["hard_sigmoid"]),
+}
+
+
+results, test_exact, test_refused = family_tests(CASES, REFUSED, "activation")
+
+
+def test_relu6_composed_from_bvlc_layers(results):
+    types = results["relu6"].caffe_types
+    assert "ReLU6" not in types and types.count("ReLU") == 2 and types.count("Power") >= 2
+
+
+@pytest.mark.parametrize("name", sorted(OPENCV_PROFILE))
+def test_opencv_profile(tmp_path, name):
+    caffe_type, make = OPENCV_PROFILE[name]
+    model = build({name: make})[name]
+    errors = opencv_only_errors(model, name, "opencv", tmp_path)
+    assert errors and max(errors.values()) <= 1e-5, errors
+    assert caffe_type in (tmp_path / (name + ".prototxt")).read_text()

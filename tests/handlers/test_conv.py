@@ -1,0 +1,133 @@
+"""Convolution family (conv2d, depthwise, separable, transposed, zero padding, cropping, nearest
+upsampling): every awkward geometry exact in pycaffe and OpenCV."""
+from __future__ import annotations
+
+import itertools
+
+import keras
+import pytest
+
+from harness import assert_exact
+from handler_batch import chain, convert_intermediates, family_tests
+from tf2caffe import intermediate
+from tf2caffe.export.keras import model_to_intermediate
+
+L = keras.layers
+CHANNELS = 8
+# H != W with one even and one odd side: 'same' padding is odd on one axis and even on the
+# other in the same layer. The second size has a 7-row side (k=2, s=3: Caffe pad 3 > kernel).
+SIZES = ((16, 15), (7, 10))
+
+
+def image(*layers, size=SIZES[0]):
+    return chain(tuple(size) + (CHANNELS,), *layers)
+
+
+def conv_case(kernel, stride, padding, size):
+    return lambda: image(L.Conv2D(12, kernel, strides=stride, padding=padding), size=size)
+
+
+CASES = {
+    "conv_k%d_s%d_%s_%dx%d" % (k, s, padding, h, w): conv_case(k, s, padding, (h, w))
+    for k, s, padding, (h, w) in itertools.product((1, 2, 3, 4, 5, 7), (1, 2, 3), ("same", "valid"), SIZES)
+    if padding == "same" or (h, w) == SIZES[0]
+}
+CASES.update({
+    "conv_dilation2_same": lambda: image(L.Conv2D(12, 3, dilation_rate=2, padding="same")),
+    "conv_dilation2_k4_same": lambda: image(L.Conv2D(12, 4, dilation_rate=2, padding="same")),
+    "conv_dilation_2x3_valid": lambda: image(L.Conv2D(12, 3, dilation_rate=(2, 3), padding="valid")),
+    "conv_kernel_3x5_strides_2x1": lambda: image(L.Conv2D(12, (3, 5), strides=(2, 1), padding="same")),
+    "conv_no_bias": lambda: image(L.Conv2D(12, 3, strides=2, padding="same", use_bias=False)),
+    "conv_groups2": lambda: image(L.Conv2D(12, 3, strides=2, padding="same", groups=2)),
+    "conv_fused_relu": lambda: image(L.Conv2D(12, 3, strides=2, padding="same", activation="relu")),
+    "conv_stack_s2": lambda: image(L.Conv2D(12, 3, strides=2, padding="same", activation="relu"),
+                                   L.Conv2D(16, 3, strides=2, padding="same"), size=(32, 29)),
+    "depthwise_m1_s1": lambda: image(L.DepthwiseConv2D(3, padding="same")),
+    "depthwise_m2_s1": lambda: image(L.DepthwiseConv2D(3, depth_multiplier=2, padding="same")),
+    "depthwise_m1_s2": lambda: image(L.DepthwiseConv2D(3, strides=2, padding="same")),
+    "depthwise_m2_s2": lambda: image(L.DepthwiseConv2D(3, strides=2, depth_multiplier=2, padding="same")),
+    "depthwise_m2_s2_valid_no_bias": lambda: image(L.DepthwiseConv2D(
+        3, strides=2, depth_multiplier=2, padding="valid", use_bias=False)),
+    "separable_s1": lambda: image(L.SeparableConv2D(12, 3, padding="same")),
+    "separable_m2_s2_relu": lambda: image(L.SeparableConv2D(
+        12, 3, strides=2, depth_multiplier=2, padding="same", activation="relu")),
+    "transpose_k1_s2_valid": lambda: image(L.Conv2DTranspose(6, 1, strides=2, padding="valid")),
+    "transpose_k3_s4_same": lambda: image(L.Conv2DTranspose(6, 3, strides=4, padding="same"),
+                                          size=(7, 6)),
+    "transpose_k4_s2_same_no_bias": lambda: image(L.Conv2DTranspose(
+        6, 4, strides=2, padding="same", use_bias=False)),
+    "pad_sym_conv": lambda: image(L.ZeroPadding2D(2), L.Conv2D(12, 5, strides=2)),
+    "pad_asym_conv": lambda: image(L.ZeroPadding2D(((0, 1), (0, 1))), L.Conv2D(12, 3, strides=2)),
+    "pad_asym_depthwise": lambda: image(L.ZeroPadding2D(((1, 2), (3, 0))),
+                                        L.DepthwiseConv2D(3, strides=2)),
+    "pad_sym_max_pool": lambda: image(L.ZeroPadding2D(1), L.MaxPooling2D(3, strides=2)),
+    "pad_asym_max_pool": lambda: image(L.ZeroPadding2D(((1, 0), (2, 1))), L.MaxPooling2D(2)),
+    # TensorFlow averages the zeros ZeroPadding2D adds as real cells: no divisor correction.
+    "pad_asym_avg_pool": lambda: image(L.ZeroPadding2D(((1, 0), (2, 1))), L.AveragePooling2D(3, strides=2)),
+    "crop_sym": lambda: image(L.Cropping2D(2)),
+    "crop_asym": lambda: image(L.Cropping2D(((1, 3), (0, 2)))),
+    "crop_leading_only": lambda: image(L.Cropping2D(((2, 0), (1, 0)))),
+    "crop_trailing_only": lambda: image(L.Cropping2D(((0, 2), (0, 1)))),
+    "crop_rows_then_conv": lambda: image(L.Cropping2D(((1, 0), (0, 0))), L.Conv2D(12, 3)),
+    "upsample_x2": lambda: image(L.UpSampling2D(2), size=(7, 8)),
+    "upsample_2x3": lambda: image(L.UpSampling2D((2, 3)), size=(7, 8)),
+    "upsample_then_conv": lambda: image(L.UpSampling2D(2), L.Conv2D(12, 3, padding="same"), size=(7, 8)),
+})
+CASES.update({
+    "transpose_k%d_s%d_%s" % (k, s, padding): (
+        lambda k=k, s=s, padding=padding: image(L.Conv2DTranspose(6, k, strides=s, padding=padding),
+                                                size=(7, 8)))
+    for k, s, padding in itertools.product((2, 3, 4), (1, 2), ("same", "valid"))
+})
+REFUSED = {
+    "upsample_bilinear": (lambda: image(L.UpSampling2D(2, interpolation="bilinear", name="bilinear_up")),
+                          "bilinear_up", "no exact BVLC Caffe equivalent"),
+}
+
+results, test_exact, test_refused = family_tests(CASES, REFUSED, "conv")
+
+# Explicit [[top, bottom], [left, right]] conv padding (tf.nn.conv2d; no Keras layer has it):
+# begin > end, end > begin by more than the stride, and stride 1.
+EXPLICIT = {
+    "explicit_0_1_0_1_s2": (((0, 1), (0, 1)), 2),
+    "explicit_3_0_2_5_s2": (((3, 0), (2, 5)), 2),
+    "explicit_0_2_1_0_s1": (((0, 2), (1, 0)), 1),
+}
+
+
+def explicit_padding_model(name, pads, stride) -> intermediate.Model:
+    """ZeroPadding2D + a 'valid' Conv2D, exported, with the padding folded into the convolution
+    as explicit padding: the same function, so TensorFlow's reference stays valid."""
+    keras.utils.set_random_seed(0)
+    model = model_to_intermediate(image(L.ZeroPadding2D(pads), L.Conv2D(12, 3, strides=stride)), name,
+                                  per_layer=True)
+    pad, conv = model.layers[1:3]
+    assert (pad.type, conv.type) == ("pad2d", "conv2d")
+    conv.config["padding"], conv.inputs = pad.config["padding"], pad.inputs
+    activations = {layer: value for layer, value in model.reference_activations.items() if layer != pad.name}
+    return intermediate.Model(name, [layer for layer in model.layers if layer is not pad], model.outputs,
+                              model.attrs, model.reference_inputs, activations)
+
+
+@pytest.fixture(scope="module")
+def explicit_results(tmp_path_factory):
+    models = {name: explicit_padding_model(name, *case) for name, case in EXPLICIT.items()}
+    return convert_intermediates(models, tmp_path_factory.mktemp("conv_explicit"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPLICIT))
+def test_explicit_padding_exact(explicit_results, name):
+    assert_exact(explicit_results[name])
+
+
+def test_odd_same_padding_is_cropped_not_shifted(results):
+    """Stride 2 on an even side: pad begin + stride, then Slice off the first row."""
+    prototxt = results["conv_k3_s2_same_16x15"].prototxt
+    assert "pad_h: 2" in prototxt and "pad_w: 1" in prototxt
+    assert prototxt.count('type: "Slice"') == 1 and "slice_point: 1" in prototxt
+
+
+def test_only_bvlc_layers(results):
+    allowed = {"Input", "Convolution", "Deconvolution", "Slice", "Silence", "Split", "Pooling", "ReLU"}
+    for name in CASES:
+        assert set(results[name].caffe_types) <= allowed, (name, results[name].caffe_types)

@@ -1,0 +1,115 @@
+"""The `tf2caffe` command line: import in the Caffe chroot, convert, --check-only, the harness."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import intermediate_models
+from harness import assert_exact, convert_keras_batch
+
+from tf2caffe import cli, opencv_check
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def tf2caffe(*args, cwd=PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tf2caffe", *map(str, args)], cwd=str(cwd),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          timeout=600)
+
+
+def test_version():
+    completed = tf2caffe("--version")
+    assert completed.returncode == 0 and completed.stdout.startswith("tf2caffe 0.")
+
+
+def test_import_help_is_instant_and_loads_no_framework():
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom tf2caffe import cli\ntry:\n    cli.main(['import', '--help'])\n"
+         "except SystemExit:\n    pass\nassert not {'tensorflow', 'keras', 'cv2', 'h5py'} & set(sys.modules)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "--prototxt" in completed.stdout and "--debug" in completed.stdout
+    assert time.monotonic() - started < 3
+
+
+def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
+    files = [intermediate_models.write(intermediate_models.mlp(name, seed=seed), tmp_path)
+             for seed, name in enumerate(["first", "second"])]
+    report = tmp_path / "out" / "report.json"
+    # Relative paths: the chroot sees the same working directory.
+    completed = tf2caffe("import", "first.h5", "second.h5", "-o", "out", "--report", "out/report.json",
+                         "--per-layer", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    assert "verified: max relative error" in completed.stdout
+    results = json.loads(report.read_text())["results"]
+    assert sorted(results) == ["first.h5", "second.h5"]
+    for name, entry in results.items():
+        assert entry["verified"]
+        entry["file"] = str(tmp_path / entry["file"])
+        entry["files"] = {kind: str(tmp_path / path) for kind, path in entry["files"].items()}
+        for errors in opencv_check.check_report_entry(entry).values():
+            assert errors["max_rel"] <= 1e-6
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "first.caffemodel", "first.prototxt", "report.json", "second.caffemodel", "second.prototxt"]
+    assert len(files) == 2
+
+
+def small_cnn(seed=0):
+    import keras
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, activation="relu")(x)
+    outputs = keras.layers.Dense(5, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_harness_converts_a_batch_exactly(tmp_path):
+    results = convert_keras_batch({"cnn_a": small_cnn(0), "cnn_b": small_cnn(1)}, tmp_path)
+    for result in results.values():
+        assert_exact(result)
+        assert "Convolution" in result.caffe_types and "InnerProduct" in result.caffe_types
+        assert result.per_layer and result.prototxt.startswith('name: "')
+
+
+def test_convert_writes_the_model_and_a_short_report(tmp_path):
+    small_cnn().save(str(tmp_path / "cnn.keras"))
+    completed = tf2caffe("convert", tmp_path / "cnn.keras", "-o", tmp_path / "out")
+    assert completed.returncode == 0, completed.stderr
+    assert "max relative error: pycaffe" in completed.stdout and "OpenCV" in completed.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn.caffemodel", "cnn.h5", "cnn.prototxt"]
+
+
+def check_only(src, out, capsys):
+    """`tf2caffe convert SRC -o OUT --check-only` in this process (TensorFlow is loaded already)."""
+    status = cli.main(["convert", str(src), "-o", str(out), "--check-only"])
+    return status, capsys.readouterr().out
+
+
+def test_convert_check_only_lists_every_unsupported_layer_and_writes_nothing(tmp_path, capsys):
+    import keras
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.ReLU(threshold=0.5, name="step_one")(inputs)
+    x = keras.layers.Conv2D(2, 1)(x)
+    x = keras.layers.ReLU(threshold=0.25, name="step_two")(x)
+    keras.Model(inputs, x).save(str(tmp_path / "bad.keras"))
+    status, stdout = check_only(tmp_path / "bad.keras", tmp_path / "out", capsys)
+    assert status == 2
+    assert "2 of 4 layers cannot be converted" in stdout
+    assert "'step_one'" in stdout and "'step_two'" in stdout
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_convert_check_only_passes_a_supported_model(tmp_path, capsys):
+    small_cnn().save(str(tmp_path / "cnn.keras"))
+    status, stdout = check_only(tmp_path / "cnn.keras", tmp_path / "out", capsys)
+    assert status == 0
+    assert "can be converted" in stdout
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -1,0 +1,45 @@
+"""How OpenCV's Caffe runtime hands out named outputs (TensorFlow side, no Caffe needed: the
+.caffemodel is written by tf2caffe's native writer)."""
+import numpy as np
+
+from tf2caffe import opencv_check
+from tf2caffe.caffe import native_backend, verify
+from tf2caffe.caffe.emit import Blob
+from tf2caffe.caffe.netspec import CaffeLayer, NetSpec, shape_param
+
+
+def one_by_one(x, weight, bias):
+    return np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x) + bias[None, :, None, None]
+
+
+def test_outputs_of_in_place_layers_second_tops_and_renamed_convolutions(tmp_path):
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 3, 4, 5).astype(np.float32)
+    w1, b1 = rng.randn(4, 3, 1, 1).astype(np.float32), rng.randn(4).astype(np.float32)
+    w2, b2 = rng.randn(2, 4, 1, 1).astype(np.float32), rng.randn(2).astype(np.float32)
+    net = NetSpec("fetch")
+    for layer in [
+        CaffeLayer("data", "Input", [], ["data"], {"input_param": {"shape": shape_param(x.shape)}}),
+        CaffeLayer("conv_layer", "Convolution", ["data"], ["conv"],
+                   {"convolution_param": {"num_output": 4, "kernel_size": 1}}, [w1, b1]),
+        CaffeLayer("relu", "ReLU", ["conv"], ["conv"]),
+        CaffeLayer("split", "Slice", ["conv"], ["first", "rest"], {"slice_param": {"axis": 2, "slice_point": [1]}}),
+        CaffeLayer("silence", "Silence", ["first"], []),
+        # OpenCV 4.x names a Convolution after its top: found through the blob name.
+        CaffeLayer("conv2_layer", "Convolution", ["rest"], ["conv2"],
+                   {"convolution_param": {"num_output": 2, "kernel_size": 1}}, [w2, b2]),
+    ]:
+        net.add(layer)
+    prototxt, caffemodel = str(tmp_path / "fetch.prototxt"), str(tmp_path / "fetch.caffemodel")
+    native_backend.save(net, prototxt, caffemodel)
+
+    relu = np.maximum(one_by_one(x, w1, b1), 0)
+    expected = {"relu": relu, "rest": relu[:, :, 1:], "conv2": one_by_one(relu[:, :, 1:], w2, b2)}
+    writers = verify.last_writers([(layer.name, layer.tops) for layer in net.layers])
+    targets = {name: verify.Target(name, Blob(name if name != "relu" else "conv", value.shape),
+                                   *writers[name if name != "relu" else "conv"])
+               for name, value in expected.items()}
+    assert (targets["relu"].caffe_layer, targets["rest"].top_index) == ("relu", 1)
+    fetched = opencv_check.run(opencv_check.load(prototxt, caffemodel), {"data": x}, targets, prototxt)
+    for name, value in expected.items():
+        np.testing.assert_allclose(fetched[name], value, rtol=1e-5, atol=1e-5, err_msg=name)

@@ -1,0 +1,205 @@
+"""Numerical verification shared by the pycaffe and OpenCV checks.
+
+Which Caffe blob stands for which TensorFlow layer (`Target`), and the error measures. Runs on
+numpy 1.19 (Caffe side) and numpy 2 (TensorFlow side), with no Caffe or OpenCV import.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..intermediate import Model
+from .emit import Blob
+
+# A mapped layer is exact when its relative error is at most this (the project's bar).
+LAYER_TOLERANCE = 1e-5
+# A compared tensor whose spread is below this fraction of its magnitude cannot reveal a
+# wrong conversion (e.g. a saturated softmax, a dead ReLU).
+DEGENERATE_SPREAD = 1e-6
+
+
+class Target:
+    """Where a TensorFlow layer's output lives in the Caffe net: blob `blob.name`, written last by
+    Caffe layer `caffe_layer` as its top number `top_index` (OpenCV fetches outputs by layer)."""
+
+    def __init__(self, tf_layer: str, blob: Blob, caffe_layer: str, top_index: int):
+        self.tf_layer = tf_layer
+        self.blob = blob
+        self.caffe_layer = caffe_layer
+        self.top_index = top_index
+
+    def to_json(self) -> Dict:
+        return {"blob": self.blob.name, "shape": self.blob.shape,
+                "flattened_from": list(self.blob.flattened_from) if self.blob.flattened_from else None,
+                "caffe_layer": self.caffe_layer, "top_index": self.top_index}
+
+    @classmethod
+    def from_json(cls, tf_layer: str, data: Dict) -> "Target":
+        return cls(tf_layer, Blob(data["blob"], data["shape"], data["flattened_from"]),
+                   data["caffe_layer"], data["top_index"])
+
+
+def last_writers(caffe_layers: Sequence[Tuple[str, Sequence[str]]]) -> Dict[str, Tuple[str, int]]:
+    """blob -> (the last Caffe layer writing it, its top index): after a forward pass a blob holds
+    that layer's output, since in-place layers overwrite it."""
+    writers = {}
+    for name, tops in caffe_layers:
+        for index, top in enumerate(tops):
+            writers[top] = (name, index)
+    return writers
+
+
+def generated_targets(model: Model, blobs: Dict[str, Blob],
+                      caffe_layers: Sequence[Tuple[str, Sequence[str]]]) -> Dict[str, Target]:
+    """Targets in a generated net: a TF layer maps to the blob its handler produced. Several TF
+    layers may share a blob: an identity layer (same value: all comparable), or a later layer
+    that overwrites it in place (then only the last one's value survives the forward pass)."""
+    writers = last_writers(caffe_layers)
+    write_count = Counter(top for _, tops in caffe_layers for top in tops)
+    last_owner = {}
+    for layer in model.layers:
+        if layer.name in blobs and layer.type != "input":
+            last_owner[blobs[layer.name].name] = layer.name
+    targets = {}
+    for layer in model.layers:
+        blob = blobs.get(layer.name)
+        if layer.type == "input" or blob is None or blob.name not in writers:
+            continue
+        if write_count[blob.name] == 1 or last_owner[blob.name] == layer.name:
+            caffe_layer, index = writers[blob.name]
+            targets[layer.name] = Target(layer.name, blob, caffe_layer, index)
+    return targets
+
+
+def handwritten_targets(model: Model, blobs: Dict[str, Blob],
+                        caffe_layers: Sequence[Tuple[str, Sequence[str]]]) -> Dict[str, Target]:
+    """Targets in a hand-written net: a TF layer maps through its caffe_name to that prototxt
+    layer's first top, when that layer is the last to write it."""
+    writers = last_writers(caffe_layers)
+    tops = {name: list(layer_tops) for name, layer_tops in caffe_layers}
+    targets = {}
+    for layer in model.layers:
+        if layer.type == "input" or layer.name not in blobs or not tops.get(layer.caffe_name):
+            continue
+        top = tops[layer.caffe_name][0]
+        if writers[top] != (layer.caffe_name, 0):
+            continue
+        generated = blobs[layer.name]
+        targets[layer.name] = Target(layer.name, Blob(top, generated.shape, generated.flattened_from),
+                                     layer.caffe_name, 0)
+    return targets
+
+
+def compared_targets(model: Model, targets: Dict[str, Target]) -> Dict[str, Target]:
+    """The targets of `model.compared_layers()`; every one must exist."""
+    chosen = {}
+    for name in model.compared_layers():
+        if name not in targets:
+            raise ConversionError(
+                "%s: cannot verify layer '%s' (Caffe name '%s'): no Caffe layer holds its output "
+                "after the forward pass" % (model.source, name, model.layer(name).caffe_name))
+        chosen[name] = targets[name]
+    return chosen
+
+
+def relative_error(caffe: np.ndarray, tf: np.ndarray) -> float:
+    """max|caffe - tf| / max|tf| (the project's error measure)."""
+    scale = float(np.max(np.abs(tf))) if tf.size else 0.0
+    worst = max_abs_error(caffe, tf)
+    if scale == 0.0:
+        return 0.0 if worst == 0.0 else float("inf")
+    return worst / scale
+
+
+def max_abs_error(caffe: np.ndarray, tf: np.ndarray) -> float:
+    difference = np.abs(np.asarray(caffe, dtype=np.float64) - np.asarray(tf, dtype=np.float64))
+    return float(np.max(difference)) if difference.size else 0.0
+
+
+def in_caffe_layout(target: Target, tf_value: np.ndarray, where: str) -> np.ndarray:
+    """TensorFlow's activation rearranged into the target blob's layout."""
+    try:
+        return target.blob.to_caffe(tf_value)
+    except ValueError:
+        raise ConversionError("%s: layer '%s': TensorFlow's output of shape %s does not fit Caffe "
+                              "blob '%s' of shape %s" % (where, target.tf_layer, list(np.shape(tf_value)),
+                                                          target.blob.name, target.blob.shape))
+
+
+def check_shapes_match(target: Target, caffe_value: np.ndarray, expected: np.ndarray, where: str) -> None:
+    if tuple(caffe_value.shape) != tuple(expected.shape):
+        raise ConversionError("%s: layer '%s': Caffe blob '%s' has shape %s, TensorFlow's output is "
+                              "%s in Caffe's layout" % (where, target.tf_layer, target.blob.name,
+                                                        list(caffe_value.shape), list(expected.shape)))
+
+
+def mapped_error(target: Target, caffe_value: np.ndarray, tf_value: np.ndarray) -> float:
+    """Relative error of one mapped layer; infinite when the shapes cannot even be matched."""
+    try:
+        expected = target.blob.to_caffe(tf_value)
+    except ValueError:
+        return float("inf")
+    if tuple(expected.shape) != tuple(caffe_value.shape):
+        return float("inf")
+    return relative_error(caffe_value, expected)
+
+
+def check_not_degenerate(name: str, tf: np.ndarray, where: str) -> None:
+    scale = float(np.max(np.abs(tf))) if tf.size else 0.0
+    spread = float(np.max(tf) - np.min(tf)) if tf.size else 0.0
+    if spread <= DEGENERATE_SPREAD * scale:
+        raise ConversionError("%s: the reference output of layer '%s' is degenerate (max - min = %.3g, "
+                              "max |x| = %.3g): it cannot tell a correct conversion from a wrong one; "
+                              "export with a different input or seed" % (where, name, spread, scale))
+
+
+def compare(fetched: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+    """{layer: {"max_abs", "max_rel"}} for every layer in `expected` (Caffe layout on both sides)."""
+    return {name: {"max_abs": max_abs_error(fetched[name], value),
+                   "max_rel": relative_error(fetched[name], value)}
+            for name, value in expected.items()}
+
+
+def first_over(errors: Dict[str, float], order: Sequence[str], limit: float = LAYER_TOLERANCE) -> Optional[str]:
+    """The first layer in model order whose error exceeds `limit` (where divergence starts)."""
+    for name in order:
+        if name in errors and not errors[name] <= limit:
+            return name
+    return None
+
+
+def top1(values: np.ndarray) -> np.ndarray:
+    return np.argmax(np.asarray(values).reshape(len(values), -1), axis=1)
+
+
+def accuracy(caffe_output: np.ndarray, tf_output: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+    """Top-1 accuracy of both frameworks on the reference labels, and how often they agree."""
+    labels = np.asarray(labels).reshape(-1)
+    caffe_top, tf_top = top1(caffe_output), top1(tf_output)
+    return {"caffe": float(np.mean(caffe_top == labels)),
+            "tensorflow": float(np.mean(tf_top == labels)),
+            "agreement": float(np.mean(caffe_top == tf_top)),
+            "count": int(labels.size)}
+
+
+def targets_to_json(targets: Dict[str, Target]) -> Dict[str, Dict]:
+    return {name: target.to_json() for name, target in targets.items()}
+
+
+def targets_from_json(data: Dict[str, Dict]) -> Dict[str, Target]:
+    return {name: Target.from_json(name, value) for name, value in data.items()}
+
+
+def worst(errors: Dict[str, Dict[str, float]]) -> Tuple[Optional[str], float]:
+    """(layer, max relative error) over compared layers."""
+    if not errors:
+        return None, 0.0
+    name = max(errors, key=lambda key: errors[key]["max_rel"])
+    return name, errors[name]["max_rel"]
+
+
+def names_in_order(model: Model) -> List[str]:
+    return [layer.name for layer in model.layers]

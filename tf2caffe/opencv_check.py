@@ -1,0 +1,83 @@
+"""Second, independent check of a converted model: OpenCV's own Caffe reader and runtime.
+
+TensorFlow side (OpenCV 4.x, `cv2.dnn.readNetFromCaffe`). The blobs to compare come from the
+import report's targets, so both runtimes compare exactly the same tensors.
+
+OpenCV fetches outputs by LAYER name (`forwardAndRetrieve` returns every top of a layer), so a
+target names the Caffe layer that writes its blob last (in-place layers overwrite the blob in
+Caffe; OpenCV keeps each layer's output apart). OpenCV 4.x renames a Convolution layer after its
+top, so a name OpenCV does not know is looked up by the blob's name.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from . import intermediate
+from .caffe import verify
+from .caffe.emit import Blob, nchw
+from .errors import ConversionError
+
+
+def load(prototxt: str, caffemodel: str):
+    import cv2
+    try:
+        return cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
+    except cv2.error as error:
+        raise ConversionError("%s: OpenCV cannot load the model: %s" % (prototxt, _first_line(error)))
+
+
+def _first_line(error) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def opencv_layer_name(net, target: verify.Target, where: str) -> str:
+    for name in (target.caffe_layer, target.blob.name):
+        if net.getLayerId(name) >= 0:
+            return name
+    raise ConversionError("%s: OpenCV has no layer '%s' (writing blob '%s', the output of '%s')" % (
+        where, target.caffe_layer, target.blob.name, target.tf_layer))
+
+
+def run(net, inputs: Dict[str, np.ndarray], targets: Dict[str, verify.Target], where: str) -> Dict[str, np.ndarray]:
+    """Forward `inputs` (blob -> Caffe-layout array) once; each target's output."""
+    import cv2
+    names = {tf_layer: opencv_layer_name(net, target, where) for tf_layer, target in targets.items()}
+    layers = sorted(set(names.values()))
+    try:
+        for blob, value in inputs.items():
+            net.setInput(np.ascontiguousarray(value, dtype=np.float32), blob)
+        outputs = dict(zip(layers, net.forwardAndRetrieve(layers)))
+    except cv2.error as error:
+        raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _first_line(error)))
+    return {tf_layer: np.asarray(outputs[names[tf_layer]][target.top_index])
+            for tf_layer, target in targets.items()}
+
+
+def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
+          targets: Dict[str, verify.Target]) -> Dict[str, Dict[str, float]]:
+    """{layer: {"max_abs", "max_rel"}} between OpenCV and TensorFlow's reference for `targets`.
+    `inputs` maps each TF input layer to its Caffe input blob."""
+    model = intermediate.read(h5_path)
+    try:
+        feeds = {}
+        for tf_name, blob in inputs.items():
+            value = model.reference_inputs[tf_name][()]
+            feeds[blob] = Blob(blob, nchw(value.shape)).to_caffe(value)
+        expected = {name: verify.in_caffe_layout(target, model.activation(name), h5_path)
+                    for name, target in targets.items()}
+    finally:
+        model.file.close()
+    fetched = run(load(prototxt, caffemodel), feeds, targets, prototxt)
+    for name, target in targets.items():
+        verify.check_shapes_match(target, fetched[name], expected[name], "%s (OpenCV)" % prototxt)
+    return verify.compare(fetched, expected)
+
+
+def check_report_entry(entry: Dict) -> Dict[str, Dict[str, float]]:
+    """OpenCV errors of the compared layers of one file's entry in an import report."""
+    targets = verify.targets_from_json({name: entry["targets"][name] for name in entry["compared"]})
+    return check(entry["file"], entry["files"]["prototxt"], entry["files"]["caffemodel"],
+                 entry["inputs"], targets)
