@@ -8,7 +8,7 @@ import keras
 import pytest
 
 from harness import assert_exact
-from handler_batch import chain, convert_intermediates, family_tests
+from handler_batch import chain, convert, convert_intermediates, family_tests
 from tf2caffe import intermediate
 from tf2caffe.export.keras import model_to_intermediate
 
@@ -131,3 +131,28 @@ def test_only_bvlc_layers(results):
     allowed = {"Input", "Convolution", "Deconvolution", "Slice", "Silence", "Split", "Pooling", "ReLU"}
     for name in CASES:
         assert set(results[name].caffe_types) <= allowed, (name, results[name].caffe_types)
+
+
+# OpenCV 4.x runs a convolution with group == channels == num_output, a 3x3 kernel and pads <= 1
+# through its own 3x3 depthwise kernel, which reads past an axis of ONE pixel (errors ~1 or
+# garbage; pycaffe is exact). The last blocks of MobileNet(V2)/EfficientNet at 32x32 are 1x1.
+SINGLE_PIXEL = {
+    "depthwise_k3_s1_1x1": lambda: chain((1, 1, CHANNELS), L.DepthwiseConv2D(3, padding="same")),
+    "depthwise_k3_s2_1x1": lambda: chain((1, 1, CHANNELS), L.DepthwiseConv2D(3, strides=2, padding="same")),
+    "depthwise_k3_s1_1x6": lambda: chain((1, 6, CHANNELS), L.DepthwiseConv2D(3, padding="same")),
+    "depthwise_k3_s2_5x1": lambda: chain((5, 1, CHANNELS), L.DepthwiseConv2D(3, strides=2, padding="same")),
+    "depthwise_k3_dilation2_1x6": lambda: chain((1, 6, CHANNELS), L.DepthwiseConv2D(
+        3, dilation_rate=2, padding="same")),
+    "grouped_per_channel_k3_1x1": lambda: chain((1, 1, CHANNELS), L.Conv2D(CHANNELS, 3, padding="same",
+                                                                          groups=CHANNELS)),
+}
+
+
+@pytest.fixture(scope="module")
+def single_pixel_results(tmp_path_factory):
+    return convert(SINGLE_PIXEL, tmp_path_factory.mktemp("conv_single_pixel"))
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE_PIXEL))
+def test_depthwise_on_a_single_pixel_axis_exact_in_opencv(single_pixel_results, name):
+    assert_exact(single_pixel_results[name])

@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..layout import checked_array, hwcn_to_nchw_blocks
+from ..netspec import LazyBlob
 from . import Handler, register
 from .spatial import (Chain, align, caffe_conv_count, effective_kernel, tf_pads, tf_window_count,
                       window_params)
@@ -21,8 +23,9 @@ def _conv_axis(size, kernel, stride, dilation, pads):
     return align(size, out, stride, pads[0], lambda pad: caffe_conv_count(size, extent, stride, pad)), out
 
 
-def _with_bias(layer, weight) -> list:
-    return [weight] + ([lambda: layer.array("bias")] if layer.has("bias") else [])
+def _with_bias(layer, weight, outputs: int) -> list:
+    bias = LazyBlob((outputs,), lambda: checked_array(layer, "bias", (outputs,)))
+    return [weight] + ([bias] if layer.has("bias") else [])
 
 
 def _channel_copy(channels, kernel, stride, pad):
@@ -34,13 +37,43 @@ def _channel_copy(channels, kernel, stride, pad):
     return {"convolution_param": params}, [ones]
 
 
+def _without_padding_taps(sizes, kernels, strides, dilations, pads, weight):
+    """On a 1-pixel axis with one output window, only the kernel tap over that pixel reads data;
+    the others multiply padding. Returns (kernels, strides, dilations, pads, weight) with those
+    axes reduced to that one tap (kernel 1, no pad): the same function, and it keeps OpenCV 4.x
+    off its 3x3 depthwise kernel (chosen for group == channels == num_output, pads <= 1), which
+    reads past an axis of one pixel."""
+    kernels, strides, dilations, pads = list(kernels), list(strides), list(dilations), list(pads)
+    taps = {}
+    for axis, size in enumerate(sizes):
+        begin = pads[axis][0]
+        extent = effective_kernel(kernels[axis], dilations[axis])
+        if (size == 1 and tf_window_count(size, extent, strides[axis], pads[axis]) == 1
+                and begin < extent and begin % dilations[axis] == 0):
+            taps[axis] = begin // dilations[axis]
+            kernels[axis], strides[axis], dilations[axis], pads[axis] = 1, 1, 1, (0, 0)
+    if not taps:
+        return kernels, strides, dilations, pads, weight
+
+    def one_tap_weight():
+        kernel = weight()
+        for axis, tap in taps.items():
+            kernel = kernel.take([tap], axis=2 + axis)
+        return kernel
+
+    return kernels, strides, dilations, pads, one_tap_weight
+
+
 def _emit_convolution(layer, ctx, num_output: int, group: int, weight) -> None:
     """A Caffe Convolution with TensorFlow's windows: symmetric pads that align them, then Slice
     crops of the extra outputs (see `spatial.align`)."""
-    batch, _, h, w = ctx.bottom(layer).shape
+    batch, channels, h, w = ctx.bottom(layer).shape
     kernels, strides = _pair(layer, "kernel_size"), _pair(layer, "strides")
     dilations = _pair(layer, "dilation")
     pads = tf_pads(layer.config["padding"], (h, w), kernels, strides, dilations)
+    if group > 1 and group == channels == num_output:
+        kernels, strides, dilations, pads, weight = _without_padding_taps(
+            (h, w), kernels, strides, dilations, pads, weight)
     axes = [_conv_axis(*args) for args in zip((h, w), kernels, strides, dilations, pads)]
     params = {"num_output": num_output, "bias_term": layer.has("bias")}
     params.update(window_params(kernels, strides, [plan.pad for plan, _ in axes]))
@@ -50,7 +83,8 @@ def _emit_convolution(layer, ctx, num_output: int, group: int, weight) -> None:
         params["group"] = group
     shape = [batch, num_output] + [plan.lead + out + plan.trail for plan, out in axes]
     chain = Chain(ctx, layer)
-    chain.then("conv", "Convolution", {"convolution_param": params}, shape, _with_bias(layer, weight))
+    chain.then("conv", "Convolution", {"convolution_param": params}, shape,
+               _with_bias(layer, weight, num_output))
     chain.crop([(plan.lead, plan.trail) for plan, _ in axes])
     chain.produce()
 
@@ -62,9 +96,13 @@ class Conv2D(Handler):
                "first row/column")
 
     def emit(self, layer, ctx):
+        filters, groups = int(layer.config["filters"]), int(layer.config["groups"])
+        kh, kw = _pair(layer, "kernel_size")
+        per_group = ctx.bottom(layer).shape[1] // groups
         # TF (kh, kw, in/groups, out) -> Caffe (out, in/groups, kh, kw)
-        _emit_convolution(layer, ctx, int(layer.config["filters"]), int(layer.config["groups"]),
-                          lambda: layer.array("kernel").transpose(3, 2, 0, 1))
+        weight = LazyBlob((filters, per_group, kh, kw), blocks=lambda: hwcn_to_nchw_blocks(
+            checked_array(layer, "kernel", (kh, kw, per_group, filters)), (kh, kw)))
+        _emit_convolution(layer, ctx, filters, groups, weight)
 
 
 @register("depthwise_conv2d")
@@ -122,7 +160,7 @@ class Conv2DTranspose(Handler):
         params.update(window_params(extended, strides, leads))
         chain = Chain(ctx, layer)
         chain.then("deconv", "Deconvolution", {"convolution_param": params},
-                   [batch, filters] + caffe, _with_bias(layer, weight))
+                   [batch, filters] + caffe, _with_bias(layer, weight, filters))
         chain.crop([(0, trails[0]), (0, trails[1])])
         chain.produce()
 
