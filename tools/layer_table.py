@@ -1,15 +1,20 @@
-"""Print the README's table of supported layer types, generated from the handler registry.
+"""The README's table of supported layer types, generated from the handler registry.
 
-    python3 tools/layer_table.py
+    python3 tools/layer_table.py            # print it
+    python3 tools/layer_table.py --update   # rewrite it between the markers in README.md
 """
 from __future__ import annotations
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from tf2caffe.caffe.handlers import HANDLERS, load_builtin  # noqa: E402
+
+README = os.path.join(ROOT, "README.md")
+START, END = "<!-- layer-table:start -->", "<!-- layer-table:end -->"
 
 
 def layer_table() -> str:
@@ -25,5 +30,17 @@ def layer_table() -> str:
     return "\n".join(lines)
 
 
+def readme_with_table(text: str) -> str:
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return "%s%s\n%s\n%s%s" % (head, START, layer_table(), END, tail)
+
+
 if __name__ == "__main__":
-    print(layer_table())
+    if sys.argv[1:] == ["--update"]:
+        with open(README) as f:
+            text = f.read()
+        with open(README, "w") as f:
+            f.write(readme_with_table(text))
+    else:
+        print(layer_table())

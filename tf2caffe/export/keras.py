@@ -1,0 +1,631 @@
+"""Keras 3 models -> the HDF5 intermediate.
+
+Each Keras layer becomes one or more vocabulary layers (docs/intermediate-format.md): a fused
+activation is split into `<layer>/<function>`, a SeparableConv2D into a depthwise and a 1x1
+convolution. The model is then run eagerly, node by node in topological order, so that every
+vocabulary layer's output exists as a TensorFlow value for verification.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Callable, Dict, List, Optional, Sequence
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .. import intermediate
+from ..errors import ConversionError, UnsupportedError
+
+# Largest max|layer-by-layer - model(x)| / max|model(x)| accepted: both compute the same ops.
+EAGER_TOLERANCE = 1e-5
+
+
+class Refused(Exception):
+    """A layer (or one of its options) that has no exact vocabulary mapping."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading model files
+
+def load_model(path, checkpoint=None) -> keras.Model:
+    """Load a `.keras` or Keras `.h5` file without ever executing code stored in it."""
+    path = str(path)
+    _refuse_lambda_layers(path, _stored_config(path))
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises ValueError, TypeError, KeyError, OSError...
+        raise ConversionError("%s: cannot load the Keras model: %s" % (path, _first_line(error)))
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise ConversionError("%s: no such checkpoint (weights) file" % checkpoint)
+        try:
+            model.load_weights(str(checkpoint))
+        except Exception as error:
+            raise ConversionError("%s: cannot load these weights into %s: %s" % (
+                checkpoint, path, _first_line(error)))
+    return model
+
+
+def _stored_config(path) -> dict:
+    """The model's architecture JSON, read without Keras so nothing in it runs."""
+    if path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            raise ConversionError("%s: not a valid .keras file (not a zip archive; truncated or "
+                                  "corrupt?)" % path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        except KeyError:
+            raise ConversionError("%s: not a valid .keras file (no config.json inside)" % path)
+        except (zipfile.BadZipFile, ValueError, OSError) as error:
+            raise ConversionError("%s: corrupt .keras file: %s" % (path, _first_line(error)))
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") in ("tf2caffe-intermediate", b"tf2caffe-intermediate"):
+                raise ConversionError("%s: this is a tf2caffe intermediate, not a Keras model; "
+                                      "give it to 'tf2caffe import'" % path)
+            config = f.attrs.get("model_config")
+    except OSError as error:
+        raise ConversionError("%s: not a readable HDF5 file (truncated or corrupt?): %s" % (
+            path, _first_line(error)))
+    if config is None:
+        raise ConversionError("%s: HDF5 file without a Keras model config (weights only?)" % path)
+    try:
+        return json.loads(config.decode("utf-8") if isinstance(config, bytes) else config)
+    except ValueError:
+        raise ConversionError("%s: the Keras model config is not valid JSON" % path)
+
+
+def _refuse_lambda_layers(path, config) -> None:
+    names = []
+
+    def visit(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                inner = node.get("config") or {}
+                names.append(str(inner.get("name") or node.get("name") or "?"))
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    if names:
+        raise ConversionError("%s: Lambda layer(s) %s hold Python code, and tf2caffe never runs "
+                              "code from a model file; rebuild the model with built-in layers" % (
+                                  path, ", ".join("'%s'" % name for name in names)))
+
+
+def _first_line(error) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer mapping
+
+class Piece:
+    """One vocabulary layer produced from a Keras layer.
+
+    `suffix` extends the Keras layer's name ("" keeps it). `arrays` maps a role to
+    (value, TensorFlow variable path). `compute(previous)` returns the piece's TensorFlow
+    output: `previous` is the list of the node's input values for the first piece, the output
+    of the piece before it otherwise.
+    """
+
+    def __init__(self, suffix, type, config, compute, arrays=None):
+        self.suffix = suffix
+        self.type = type
+        self.config = config
+        self.compute = compute
+        self.arrays = arrays or {}
+
+
+class NodeCall:
+    """One call of a Keras layer, replayable with its real arguments."""
+
+    def __init__(self, layer, args, kwargs, inputs):
+        self.layer = layer
+        self.args = args
+        self.kwargs = kwargs
+        self.inputs = inputs  # the input tensors' values, in order
+
+    def rank(self, index=0) -> int:
+        return len(self.inputs[index].shape)
+
+    def output(self, _previous=None):
+        return self.layer(*self.args, **dict(self.kwargs, training=False))
+
+    def linear_output(self, _previous=None):
+        """The layer's output with its fused activation switched off."""
+        saved = self.layer.activation
+        self.layer.activation = keras.activations.linear
+        try:
+            return self.output()
+        finally:
+            self.layer.activation = saved
+
+
+# Keras activation name -> (vocabulary function, extra config).
+ACTIVATIONS = {
+    "relu": ("relu", {}),
+    "relu6": ("relu6", {}),
+    "leaky_relu": ("leaky_relu", {"alpha": 0.2}),  # keras.activations.leaky_relu's default
+    "elu": ("elu", {"alpha": 1.0}),
+    "sigmoid": ("sigmoid", {}),
+    "tanh": ("tanh", {}),
+    "softmax": ("softmax", {}),
+    "silu": ("swish", {}),
+    # Keras 3: relu6(x + 3) / 6 (Keras 2 used 0.2 x + 0.5), so the slope is recorded.
+    "hard_sigmoid": ("hard_sigmoid", {"slope": 1.0 / 6.0, "offset": 0.5}),
+}
+
+
+def activation_function_name(function) -> str:
+    try:
+        name = keras.activations.serialize(function)
+    except Exception:
+        name = None
+    if not isinstance(name, str):
+        raise Refused("custom activation function %r" % getattr(function, "__name__", function))
+    return name
+
+
+def activation_pieces(function, rank, suffix=None) -> List[Piece]:
+    """The activation piece for a Keras activation function ([] for linear). `suffix`
+    defaults to the function name (a fused activation); "" names the piece after the layer."""
+    name = activation_function_name(function)
+    if name == "linear":
+        return []
+    if name not in ACTIVATIONS:
+        raise Refused("activation '%s' has no exact Caffe equivalent in tf2caffe" % name)
+    vocabulary_name, extra = ACTIVATIONS[name]
+    config = dict(extra, function=vocabulary_name)
+    if vocabulary_name == "softmax":
+        config["axis"] = rank - 1
+    return [Piece(vocabulary_name if suffix is None else suffix, "activation", config,
+                  lambda previous: function(previous))]
+
+
+def weights(layer, **roles) -> Dict[str, tuple]:
+    """{role: (array, variable path)} for the given role=attribute pairs (None skips)."""
+    arrays = {}
+    for role, attribute in roles.items():
+        if attribute is None:
+            continue
+        value = getattr(layer, attribute)
+        path = getattr(value, "path", "%s/%s" % (layer.name, attribute))
+        arrays[role] = (to_numpy(value, np.float32), path)
+    return arrays
+
+
+def to_numpy(value, dtype) -> np.ndarray:
+    """A Keras variable, tensor or number as a numpy array."""
+    return np.asarray(tf.convert_to_tensor(value).numpy(), dtype=dtype)
+
+
+def pair(value) -> List[int]:
+    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
+
+
+def require_channels_last(layer) -> None:
+    data_format = getattr(layer, "data_format", "channels_last")
+    if data_format not in (None, "channels_last"):
+        raise Refused("data_format '%s' (only channels_last is supported)" % data_format)
+
+
+def _conv2d(layer, call):
+    require_channels_last(layer)
+    config = dict(filters=int(layer.filters), kernel_size=pair(layer.kernel_size),
+                  strides=pair(layer.strides), dilation=pair(layer.dilation_rate),
+                  padding=layer.padding, groups=int(layer.groups))
+    arrays = weights(layer, kernel="kernel", bias="bias" if layer.use_bias else None)
+    return [Piece("", "conv2d", config, call.linear_output, arrays)] + activation_pieces(
+        layer.activation, 4)
+
+
+def _depthwise_conv2d(layer, call):
+    require_channels_last(layer)
+    config = dict(depth_multiplier=int(layer.depth_multiplier), kernel_size=pair(layer.kernel_size),
+                  strides=pair(layer.strides), dilation=pair(layer.dilation_rate),
+                  padding=layer.padding)
+    arrays = weights(layer, kernel="kernel", bias="bias" if layer.use_bias else None)
+    return [Piece("", "depthwise_conv2d", config, call.linear_output, arrays)] + activation_pieces(
+        layer.activation, 4)
+
+
+def _separable_conv2d(layer, call):
+    require_channels_last(layer)
+    depthwise = weights(layer, kernel="depthwise_kernel")
+    pointwise = weights(layer, kernel="pointwise_kernel", bias="bias" if layer.use_bias else None)
+    multiplier = int(depthwise["kernel"][0].shape[3])
+
+    def depthwise_output(previous):
+        return keras.ops.depthwise_conv(previous[0], layer.depthwise_kernel, strides=layer.strides,
+                                        padding=layer.padding, dilation_rate=layer.dilation_rate)
+
+    def pointwise_output(previous):
+        output = keras.ops.conv(previous, layer.pointwise_kernel, strides=1, padding="valid")
+        return output + layer.bias if layer.use_bias else output
+
+    return [
+        Piece("depthwise", "depthwise_conv2d", dict(
+            depth_multiplier=multiplier, kernel_size=pair(layer.kernel_size),
+            strides=pair(layer.strides), dilation=pair(layer.dilation_rate),
+            padding=layer.padding), depthwise_output, depthwise),
+        Piece("", "conv2d", dict(filters=int(layer.filters), kernel_size=[1, 1], strides=[1, 1],
+                                 dilation=[1, 1], padding="valid", groups=1),
+              pointwise_output, pointwise),
+    ] + activation_pieces(layer.activation, 4)
+
+
+def _conv2d_transpose(layer, call):
+    require_channels_last(layer)
+    if layer.output_padding is not None:
+        raise Refused("output_padding=%s is not supported" % (layer.output_padding,))
+    if pair(layer.dilation_rate) != [1, 1]:
+        raise Refused("dilation_rate=%s is not supported" % (layer.dilation_rate,))
+    config = dict(filters=int(layer.filters), kernel_size=pair(layer.kernel_size),
+                  strides=pair(layer.strides), padding=layer.padding)
+    arrays = weights(layer, kernel="kernel", bias="bias" if layer.use_bias else None)
+    return [Piece("", "conv2d_transpose", config, call.linear_output, arrays)] + activation_pieces(
+        layer.activation, 4)
+
+
+def _dense(layer, call):
+    rank = call.rank()
+    arrays = weights(layer, kernel="kernel", bias="bias" if layer.use_bias else None)
+    if rank == 2:
+        piece = Piece("", "dense", dict(units=int(layer.units)), call.linear_output, arrays)
+    elif rank == 4:
+        # Dense on NHWC multiplies the channel vector at every position: a 1x1 convolution.
+        kernel, path = arrays["kernel"]
+        arrays["kernel"] = (kernel.reshape((1, 1) + kernel.shape), path)
+        piece = Piece("", "conv2d", dict(filters=int(layer.units), kernel_size=[1, 1],
+                                         strides=[1, 1], dilation=[1, 1], padding="valid",
+                                         groups=1), call.linear_output, arrays)
+    else:
+        raise Refused("Dense on a %d-D input (only 2-D, or 4-D as a 1x1 convolution)" % rank)
+    return [piece] + activation_pieces(layer.activation, 2 if rank == 2 else 4)
+
+
+def _batch_norm(layer, call):
+    rank = call.rank()
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if [axis % rank for axis in axes] != [rank - 1]:
+        raise Refused("normalises axis %s; only the last (channel) axis is supported" % (layer.axis,))
+    arrays = weights(layer, moving_mean="moving_mean", moving_variance="moving_variance",
+                     gamma="gamma" if layer.scale else None, beta="beta" if layer.center else None)
+    return [Piece("", "batch_norm", dict(epsilon=float(layer.epsilon)), call.output, arrays)]
+
+
+def _pool(kind):
+    def mapper(layer, call):
+        require_channels_last(layer)
+        config = dict(pool_size=pair(layer.pool_size), strides=pair(layer.strides),
+                      padding=layer.padding)
+        return [Piece("", kind, config, call.output)]
+    return mapper
+
+
+def _global_pool(kind):
+    def mapper(layer, call):
+        require_channels_last(layer)
+        return [Piece("", kind, dict(keepdims=bool(layer.keepdims)), call.output)]
+    return mapper
+
+
+def _pad2d(layer, call):
+    require_channels_last(layer)
+    padding = [pair(side) for side in layer.padding]
+    return [Piece("", "pad2d", dict(padding=padding, mode="constant", value=0.0), call.output)]
+
+
+def _crop2d(layer, call):
+    require_channels_last(layer)
+    return [Piece("", "crop2d", dict(cropping=[pair(side) for side in layer.cropping]), call.output)]
+
+
+def _activation(layer, call):
+    pieces = activation_pieces(layer.activation, call.rank(), suffix="")
+    if not pieces:
+        return [Piece("", "identity", dict(reason="linear activation"), call.output)]
+    pieces[0].compute = call.output
+    return pieces
+
+
+def _relu(layer, call):
+    max_value = None if layer.max_value is None else float(layer.max_value)
+    slope, threshold = float(layer.negative_slope), float(layer.threshold)
+    if slope == 0.0 and threshold == 0.0 and max_value in (None, 6.0):
+        config = dict(function="relu" if max_value is None else "relu6")
+    elif threshold == 0.0 and max_value is None:
+        config = dict(function="leaky_relu", alpha=slope)
+    else:
+        config = dict(function="relu", max_value=max_value, negative_slope=slope,
+                      threshold=threshold)
+    return [Piece("", "activation", config, call.output)]
+
+
+def _leaky_relu(layer, call):
+    return [Piece("", "activation", dict(function="leaky_relu", alpha=float(layer.negative_slope)),
+                  call.output)]
+
+
+def _elu(layer, call):
+    return [Piece("", "activation", dict(function="elu", alpha=float(layer.alpha)), call.output)]
+
+
+def _softmax(layer, call):
+    rank = call.rank()
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if len(axes) != 1:
+        raise Refused("softmax over several axes %s" % (layer.axis,))
+    return [Piece("", "activation", dict(function="softmax", axis=axes[0] % rank), call.output)]
+
+
+def _prelu(layer, call):
+    shared = sorted(int(axis) for axis in (layer.shared_axes or []))
+    return [Piece("", "prelu", dict(shared_axes=shared), call.output, weights(layer, alpha="alpha"))]
+
+
+def _elementwise(kind):
+    def mapper(layer, call):
+        return [Piece("", kind, {}, call.output)]
+    return mapper
+
+
+def _concat(layer, call):
+    return [Piece("", "concat", dict(axis=int(layer.axis) % call.rank()), call.output)]
+
+
+def _flatten(layer, call):
+    require_channels_last(layer)
+    return [Piece("", "flatten", {}, call.output)]
+
+
+def _reshape(layer, call):
+    # The walker replaces target_shape by the concrete output shape (a -1 resolved).
+    return [Piece("", "reshape", dict(target_shape=list(layer.target_shape)), call.output)]
+
+
+def _identity(layer, call):
+    return [Piece("", "identity", dict(reason="%s: identity at inference" % type(layer).__name__),
+                  call.output)]
+
+
+def _upsample2d(layer, call):
+    require_channels_last(layer)
+    return [Piece("", "upsample2d", dict(size=pair(layer.size), interpolation=layer.interpolation),
+                  call.output)]
+
+
+def _number_or_list(value):
+    values = to_numpy(value, np.float64).ravel()
+    return float(values[0]) if values.size == 1 else [float(v) for v in values]
+
+
+def _rescale(layer, call):
+    return [Piece("", "rescale", dict(scale=_number_or_list(layer.scale),
+                                      offset=_number_or_list(layer.offset)), call.output)]
+
+
+def _normalize(layer, call):
+    if layer.invert:
+        raise Refused("invert=True is not supported")
+    rank, channels = call.rank(), int(call.inputs[0].shape[-1])
+    axes = [axis % rank for axis in (layer.axis or ())]
+    if axes not in ([rank - 1], []):
+        raise Refused("normalises axes %s; only the last (channel) axis is supported" % (layer.axis,))
+    arrays = {}
+    for role in ("mean", "variance"):
+        value = to_numpy(getattr(layer, role), np.float32).ravel()
+        variable = [v.path for v in layer.weights if v.path.endswith("/" + role)]
+        arrays[role] = (np.broadcast_to(value, (channels,)).copy(),
+                        variable[0] if variable else "%s/%s" % (layer.name, role))
+    config = dict(epsilon=float(keras.backend.epsilon()))  # Keras: max(sqrt(var), epsilon)
+    return [Piece("", "normalize", config, call.output, arrays)]
+
+
+MAPPERS: Dict[str, Callable] = {
+    "Conv2D": _conv2d,
+    "DepthwiseConv2D": _depthwise_conv2d,
+    "SeparableConv2D": _separable_conv2d,
+    "Conv2DTranspose": _conv2d_transpose,
+    "Dense": _dense,
+    "BatchNormalization": _batch_norm,
+    "MaxPooling2D": _pool("max_pool2d"),
+    "AveragePooling2D": _pool("avg_pool2d"),
+    "GlobalMaxPooling2D": _global_pool("global_max_pool2d"),
+    "GlobalAveragePooling2D": _global_pool("global_avg_pool2d"),
+    "ZeroPadding2D": _pad2d,
+    "Cropping2D": _crop2d,
+    "Activation": _activation,
+    "ReLU": _relu,
+    "LeakyReLU": _leaky_relu,
+    "ELU": _elu,
+    "Softmax": _softmax,
+    "PReLU": _prelu,
+    "Add": _elementwise("add"),
+    "Subtract": _elementwise("subtract"),
+    "Multiply": _elementwise("multiply"),
+    "Maximum": _elementwise("maximum"),
+    "Minimum": _elementwise("minimum"),
+    "Average": _elementwise("average"),
+    "Concatenate": _concat,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Dropout": _identity,
+    "SpatialDropout2D": _identity,
+    "GaussianNoise": _identity,
+    "GaussianDropout": _identity,
+    "AlphaDropout": _identity,
+    "ActivityRegularization": _identity,
+    "Identity": _identity,
+    "UpSampling2D": _upsample2d,
+    "Rescaling": _rescale,
+    "Normalization": _normalize,
+}
+
+
+def map_layer(layer, call) -> List[Piece]:
+    kind = type(layer).__name__
+    if isinstance(layer, keras.Model):
+        raise Refused("nested model; tf2caffe does not flatten nested models yet")
+    if kind not in MAPPERS or not type(layer).__module__.startswith("keras."):
+        raise Refused("layer class %s is not supported" % kind)
+    return MAPPERS[kind](layer, call)
+
+
+# ---------------------------------------------------------------------------------------------
+# The walk
+
+def functional_graph(model) -> keras.Model:
+    if isinstance(model, keras.Sequential):
+        graph = getattr(model, "_functional", None)
+        if graph is None:
+            raise ConversionError("Sequential model '%s' has no defined input; build it with "
+                                  "keras.Input(shape) first" % model.name)
+        return graph
+    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+        raise ConversionError("model '%s' is a subclassed Keras model without a layer graph; "
+                              "only functional and Sequential models are supported" % model.name)
+    return model
+
+
+def input_shapes(graph, input_shape: Optional[Sequence[int]]) -> List[List[int]]:
+    """Concrete shapes of the model inputs: --input-shape fills undefined dimensions."""
+    shapes = []
+    for tensor in graph.inputs:
+        name = tensor._keras_history.operation.name
+        shape = list(tensor.shape)
+        if input_shape is not None:
+            if len(input_shape) != len(shape):
+                raise ConversionError("--input-shape %s has %d dimensions; input '%s' has %d %s" % (
+                    ",".join(map(str, input_shape)), len(input_shape), name, len(shape), tuple(shape)))
+            for axis, (own, given) in enumerate(zip(shape, input_shape)):
+                if own is None or axis == 0:
+                    shape[axis] = int(given)
+                elif int(own) != int(given):
+                    raise ConversionError("--input-shape %s contradicts input '%s' %s at axis %d" % (
+                        ",".join(map(str, input_shape)), name, tuple(tensor.shape), axis))
+        elif shape[0] is None:
+            shape[0] = 1
+        if any(d is None for d in shape):
+            raise ConversionError("input '%s' has undefined dimensions %s; give --input-shape "
+                                  "N,H,W,C" % (name, tuple(tensor.shape)))
+        shapes.append([int(d) for d in shape])
+    return shapes
+
+
+def relative_error(value, reference) -> float:
+    """max|value - reference| / max|reference| (the project's error measure)."""
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    if value.shape != reference.shape:
+        return float("inf")
+    difference = float(np.abs(value - reference).max(initial=0.0))
+    scale = float(np.abs(reference).max(initial=0.0))
+    return difference / scale if scale > 0 else difference
+
+
+class GraphWalk:
+    """Runs a functional graph node by node in topological order, mapping each layer onto
+    vocabulary layers and keeping every vocabulary layer's TensorFlow output."""
+
+    def __init__(self, graph):
+        self.values = {}  # id(KerasTensor) -> its value
+        self.names = {}  # id(KerasTensor) -> the vocabulary layer that outputs it
+        self.layers: List[intermediate.Layer] = []
+        self.activations = {}
+        self.problems = []
+        self.uses = {}
+        for nodes in graph._nodes_by_depth.values():
+            for node in nodes:
+                self.uses[id(node.operation)] = self.uses.get(id(node.operation), 0) + 1
+
+    def add_input(self, tensor, value) -> None:
+        name = tensor._keras_history.operation.name
+        self.values[id(tensor)], self.names[id(tensor)] = tf.constant(value), name
+        self.layers.append(intermediate.Layer(name, "input", config=dict(shape=list(value.shape)),
+                                              output_shape=value.shape))
+        self.activations[name] = value
+
+    def visit(self, node) -> None:
+        layer = node.operation
+        args, kwargs = node.arguments.fill_in(self.values)
+        call = NodeCall(layer, args, kwargs, [self.values[id(t)] for t in node.input_tensors])
+        where = "'%s' (%s)" % (layer.name, type(layer).__name__)
+        try:
+            if len(node.outputs) != 1:
+                raise Refused("%d outputs (only single-output layers are supported)" % len(node.outputs))
+            if self.uses[id(layer)] > 1:
+                raise Refused("called %d times (shared layers are not supported)" % self.uses[id(layer)])
+            pieces = map_layer(layer, call)
+        except Refused as reason:
+            self.problems.append("%s: %s" % (where, reason))
+            # Keep running so that every later layer is checked too.
+            for tensor, value in zip(node.outputs, tf.nest.flatten(call.output())):
+                self.values[id(tensor)], self.names[id(tensor)] = value, layer.name
+            return
+        value, inputs = call.inputs, [self.names[id(t)] for t in node.input_tensors]
+        for piece in pieces:
+            value = piece.compute(value)
+            name = layer.name + ("/" + piece.suffix if piece.suffix else "")
+            if piece.type == "reshape":
+                piece.config["target_shape"] = list(value.shape[1:])  # a -1 resolved
+            self.layers.append(intermediate.Layer(
+                name, piece.type, inputs, piece.config, list(value.shape),
+                {role: array for role, (array, _) in piece.arrays.items()},
+                {role: path for role, (_, path) in piece.arrays.items()}))
+            self.activations[name] = value
+            inputs = [name]
+        if len(pieces) > 1:
+            error = relative_error(value, call.output())
+            if error > EAGER_TOLERANCE:
+                raise ConversionError("%s: its %d vocabulary layers compute something else than the "
+                                      "layer (relative error %.3g)" % (where, len(pieces), error))
+        self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = value, inputs[0]
+
+
+def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0) -> intermediate.Model:
+    """Map a Keras 3 functional/Sequential model onto the vocabulary, with TensorFlow's
+    reference activations for a seeded standard-normal input.
+
+    Raises UnsupportedError listing every layer that cannot be mapped, after the whole model
+    has been walked."""
+    graph = functional_graph(model)
+    rng = np.random.default_rng(seed)
+    inputs = [rng.standard_normal(shape).astype(np.float32)
+              for shape in input_shapes(graph, input_shape)]
+    walk = GraphWalk(graph)
+    for tensor, value in zip(graph.inputs, inputs):
+        walk.add_input(tensor, value)
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation and not node.is_input:
+                walk.visit(node)
+    if walk.problems:
+        raise UnsupportedError(list(dict.fromkeys(walk.problems)))  # a shared layer: once
+
+    outputs = [walk.names[id(tensor)] for tensor in graph.outputs]
+    expected = tf.nest.flatten(model(inputs if len(inputs) > 1 else inputs[0], training=False))
+    for output, tensor, reference in zip(outputs, graph.outputs, expected):
+        error = relative_error(walk.values[id(tensor)], reference)
+        if error > EAGER_TOLERANCE:
+            raise ConversionError("model '%s': layer-by-layer execution differs from model(x) at "
+                                  "output '%s' (relative error %.3g)" % (model.name, output, error))
+
+    result = intermediate.Model(
+        name, walk.layers, outputs,
+        attrs=dict(source_framework="keras", source_version=keras.__version__,
+                   tensorflow_version=tf.__version__, source_path="(in memory)"),
+        reference_inputs={layer.name: value for layer, value in zip(walk.layers, inputs)})
+    stored = [layer.name for layer in walk.layers] if per_layer else result.compared_layers()
+    result.reference_activations = {layer: np.asarray(walk.activations[layer], dtype=np.float32)
+                                    for layer in stored}
+    return result
