@@ -34,14 +34,36 @@ $(TF2CAFFE): $(REQS) $(ENVS_PY)
 caffe-env: $(DEBS) $(ENVS_PY)
 	$(PYTHON) -m tf2caffe.environments caffe
 
+# The stage commands, run locally or (RUNTIME=docker) in the stage's image with the working
+# folder mounted at /work: paths must then be inside it and relative.
+EXPORT_ARGS = export architectures/$(MODEL).py -o build/$(MODEL) \
+  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+  $(if $(INPUT_SHAPE),--input-shape $(INPUT_SHAPE))
+IMPORT_ARGS = import build/$(MODEL)/$(MODEL).h5 -o build/$(MODEL) \
+  $(if $(wildcard architectures/$(MODEL).prototxt),--prototxt architectures/$(MODEL).prototxt)
+
+# Stage images (tf2caffe/containers.py): docker when a daemon answers, else podman,
+# whose storage and base images live in the cache.
+RUNTIME    ?= local
+CONTAINERS := $(PYTHON) -m tf2caffe.containers
+
+.PHONY: docker-export docker-import
+docker-export docker-import: docker-%:
+	$(CONTAINERS) build $*
+
+ifeq ($(RUNTIME),docker)
+export: docker-export
+	$(CONTAINERS) run export -- $(EXPORT_ARGS)
+
+import: docker-import
+	$(CONTAINERS) run import -- $(IMPORT_ARGS)
+else
 export: $(TF2CAFFE)
-	$(TF2CAFFE) export architectures/$(MODEL).py -o build/$(MODEL) \
-	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-	  $(if $(INPUT_SHAPE),--input-shape $(INPUT_SHAPE))
+	$(TF2CAFFE) $(EXPORT_ARGS)
 
 import: $(TF2CAFFE) caffe-env
-	$(TF2CAFFE) import build/$(MODEL)/$(MODEL).h5 -o build/$(MODEL) \
-	  $(if $(wildcard architectures/$(MODEL).prototxt),--prototxt architectures/$(MODEL).prototxt)
+	$(TF2CAFFE) $(IMPORT_ARGS)
+endif
 
 ifneq ($(filter convert,$(MAKECMDGOALS)),)
 ifeq ($(SRC),)
