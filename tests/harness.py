@@ -6,7 +6,8 @@
 
 Each model is exported in-process, all of them are imported by ONE `tf2caffe import` (one Caffe
 subprocess: starting the chroot and pycaffe costs about a second), then each `.caffemodel` is run
-through OpenCV's independent Caffe reader. TensorFlow-side only.
+through OpenCV's independent Caffe reader. `convert_h5_batch` does the import and OpenCV steps for
+intermediates already written (graph-level exports). TensorFlow-side only.
 """
 from __future__ import annotations
 
@@ -71,13 +72,27 @@ def convert_intermediate_batch(models: Dict[str, intermediate.Model], tmp_dir, p
                                profile: str = "bvlc") -> Dict[str, Result]:
     """Like `convert_keras_batch` for intermediate models built by hand (layers no Keras layer
     exports): write each, import all in one Caffe subprocess, then OpenCV."""
+    tmp_dir = Path(tmp_dir).resolve()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, model in models.items():
+        files[name] = tmp_dir / ("%s.h5" % name)
+        intermediate.write(str(files[name]), model)
+    return convert_h5_batch(files, tmp_dir, per_layer, profile)
+
+
+def convert_h5_batch(files: Dict[str, Path], tmp_dir, per_layer: bool = True,
+                     profile: str = "bvlc") -> Dict[str, Result]:
+    """Import each named, already written `.h5` (with per-layer activations if `per_layer`) in
+    ONE Caffe subprocess, report at tmp_dir/report.json, then check each in OpenCV."""
     tmp_dir = Path(tmp_dir).resolve()  # report keys are the paths the chroot sees: real ones
     tmp_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for name, model in models.items():
-        result = results[name] = Result(name, tmp_dir / ("%s.h5" % name))
-        intermediate.write(str(result.h5), model)
+    for name, path in files.items():
+        result = results[name] = Result(name, Path(path).resolve())
+        model = intermediate.read(str(result.h5))
         result.layer_order = [layer.name for layer in model.layers]
+        model.file.close()
     completed = import_files([result.h5 for result in results.values()], tmp_dir, per_layer, profile)
     entries = _read_report(tmp_dir / "report.json")
     for result in results.values():

@@ -2,7 +2,7 @@
 
 Sources: a tflearn architecture module (`architectures/<name>.py`) and a Keras `.keras` or
 `.h5` file are handled here and in keras.py / tflearn.py; SavedModel directories, frozen `.pb`
-graphs and TF1/tflearn checkpoints go to graph.py. TensorFlow, Keras and tflearn are imported
+graphs and TF1/tflearn checkpoints go to graph/. TensorFlow, Keras and tflearn are imported
 only when a source needs them.
 """
 from __future__ import annotations
@@ -57,13 +57,16 @@ def source_kind(src: Path) -> str:
 
 def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
            input_shape: Optional[Sequence[int]] = None, per_layer: bool = False,
-           seed: int = 0) -> Path:
+           seed: int = 0, inputs=None, outputs=None, signature=None) -> Path:
     """Export SRC to `out_dir/<stem>.h5` (written atomically) and return that path."""
     src, out_dir = Path(src), Path(out_dir)
     shape = parse_input_shape(input_shape)
     kind = source_kind(src)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError("%s: output folder exists and is not a directory" % out_dir)
+    if kind != "graph" and (inputs or outputs or signature):
+        raise ConversionError("%s: --inputs, --outputs and --signature apply to graph sources "
+                              "(.pb, checkpoints, SavedModels), not to %s sources" % (src, kind))
     if kind == "graph" and checkpoint is not None:
         raise ConversionError("%s: --checkpoint applies to architecture modules and Keras files; "
                               "a graph source carries its own weights" % src)
@@ -74,11 +77,9 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
     print("exporting %s (%s)" % (src, kind), flush=True)
     try:
         if kind == "graph":
-            from .graph import export_graph
-            path = export_graph(src, out_dir, input_shape=shape, per_layer=per_layer, seed=seed)
-            print("exported %s in %.1f s -> %s" % (src, time.time() - started, path), flush=True)
-            return path
-        if kind == "tflearn":
+            from .graph import source_to_intermediate
+            model = source_to_intermediate(src, inputs, outputs, signature, shape, per_layer, seed)
+        elif kind == "tflearn":
             from .tflearn import architecture_to_intermediate
             model = architecture_to_intermediate(src, checkpoint, shape, per_layer, seed)
         else:
@@ -91,7 +92,7 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
             error.args = ("%s: %s" % (src, error),)
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (src.stem + ".h5")
+    path = out_dir / ((model.name if kind == "graph" else src.stem) + ".h5")
     intermediate.write(str(path), model)
     weights = sum(int(array.size) for layer in model.layers for array in layer.arrays.values())
     print("exported %s: %d layers, %s weights, %d reference activations, %.1f s -> %s" % (

@@ -1,0 +1,103 @@
+"""`load_graph`: a graph source -> its frozen, pruned inference GraphDef, checked against the
+original graph."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from ...errors import ConversionError
+from .inference import _resolve_training
+from .io import _detect
+from .load import _load
+from .nodes import _node_name, _split, _tensor
+from .session import _full, _input_shapes, _relative_error, _run_graph_def, _seeded_inputs
+
+v1 = tf.compat.v1
+
+
+CALL_PREFIX = re.compile(r"^((Stateful)?PartitionedCall(_\d+)?/)+")
+
+
+def _rename(graph_def, renames: Dict[str, str]) -> Tuple[graph_pb2.GraphDef, Dict[str, str]]:
+    """Rename nodes: `renames` first, then drop the `StatefulPartitionedCall/` scopes that a
+    SavedModel's function call adds, where the new name is free. Returns the graph and the
+    old -> new mapping."""
+    taken = {n.name for n in graph_def.node}
+    mapping = {}
+    for node in graph_def.node:
+        new = renames.get(node.name) or CALL_PREFIX.sub("", node.name)
+        if new != node.name and new not in taken:
+            mapping[node.name] = new
+            taken.add(new)
+    graph_def = copy.deepcopy(graph_def)
+    for node in graph_def.node:
+        node.name = mapping.get(node.name, node.name)
+        inputs = []
+        for name in node.input:
+            source, port, control = _split(name)
+            source = mapping.get(source, source)
+            inputs.append("^" + source if control else _tensor(source, port))
+        del node.input[:]
+        node.input.extend(inputs)
+    return graph_def, mapping
+
+
+def _parse_names(names) -> Optional[List[str]]:
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    return names or None
+
+
+def load_graph(src, inputs=None, outputs=None, signature=None, input_shape=None):
+    """Load a checkpoint prefix (TF1 or tflearn: `X.meta` + `X.index` + `X.data-*`), a frozen
+    GraphDef `.pb` or a SavedModel folder, and return (frozen, pruned inference GraphDef,
+    input tensor names, output tensor names).
+
+    Training structure is resolved to inference first (`_resolve_training`). Unless given (or
+    named by the SavedModel signature), the output is the one float tensor that the data
+    placeholders (those flowing into a weighted op) reach and nothing else consumes, ignoring
+    training ops and everything that depends on labels; inputs are the placeholders the
+    outputs depend on. Anything ambiguous is a ConversionError naming the candidates. The
+    result is checked against the original graph, run with training flags off, on a seeded
+    input.
+    """
+    graph_def, inputs, outputs, _ = _load_graph(Path(src), inputs, outputs, signature, input_shape)
+    return graph_def, inputs, outputs
+
+
+def _load_graph(path: Path, inputs, outputs, signature, input_shape):
+    source = _load(path, signature)
+    try:
+        inputs, outputs = _parse_names(inputs), _parse_names(outputs)
+        resolved, flags = _resolve_training(source.graph_def, [_node_name(i) for i in inputs or []])
+        if inputs is None and source.inputs is not None:
+            inputs = [i for i in source.inputs if _node_name(i) not in flags]
+        inputs, outputs = _detect(resolved, inputs, outputs or source.outputs, path, source.layer_tensors)
+        if source.session is not None:
+            frozen = v1.graph_util.convert_variables_to_constants(source.session, resolved, outputs)
+        else:
+            frozen = v1.graph_util.extract_sub_graph(resolved, outputs)
+        frozen, renamed = _rename(frozen, source.variable_names)
+        new_inputs = [renamed.get(i, i) for i in inputs]
+        new_outputs = [renamed.get(o, o) for o in outputs]
+        feeds = _seeded_inputs(_input_shapes(frozen, new_inputs, input_shape, path), seed=0)
+        expected = source.run(dict(flags, **dict(zip(inputs, feeds.values()))), outputs)
+        got = _run_graph_def(frozen, feeds, new_outputs)
+    finally:
+        if source.session is not None:
+            source.session.close()
+    for name, value, reference in zip(new_outputs, got, expected):
+        error = _relative_error(value, reference)
+        if error > 1e-5:
+            raise ConversionError("%s: output '%s' of the inference graph differs from the original "
+                                  "graph run with training flags off (relative error %.2g)" % (
+                                      path, name, error))
+    return frozen, [_full(i) for i in new_inputs], [_full(o) for o in new_outputs], source.framework

@@ -1,0 +1,172 @@
+"""Reading graph sources from disk: TF1/tflearn checkpoints (from the meta graph alone), frozen
+GraphDef `.pb` files and SavedModels, each as a `_Source` not yet resolved to inference."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from ...errors import ConversionError
+from .session import SESSION_CONFIG, _import, _run, _run_graph_def
+
+v1 = tf.compat.v1
+
+
+class _Source:
+    """A loaded graph before resolution: its GraphDef, how to freeze its variables, what the
+    file says about inputs and outputs, and how to run it unchanged (for the final check)."""
+
+    def __init__(self, graph_def, framework, session=None, inputs=None, outputs=None,
+                 variable_names=None, layer_tensors=None):
+        self.graph_def = graph_def
+        self.framework = framework
+        self.session = session  # TF1 checkpoints: a session holding the restored variables
+        self.inputs = inputs    # known from a SavedModel signature
+        self.outputs = outputs
+        self.variable_names = variable_names or {}  # Const node -> variable name (SavedModel)
+        self.layer_tensors = layer_tensors  # tflearn: every layer's output, the last is the model's
+
+    def run(self, feeds: Dict[str, np.ndarray], fetches: Sequence[str]) -> List[np.ndarray]:
+        if self.session is not None:
+            return _run(self.session, feeds, fetches)
+        return _run_graph_def(self.graph_def, feeds, fetches)
+
+
+def _checkpoint_prefix(src: Path) -> Optional[Path]:
+    """The checkpoint prefix `src` names (prefix, .meta, .index, .data-*, or a folder with a
+    `checkpoint` file), or None when it is not a checkpoint."""
+    text = str(src)
+    for suffix in (".meta", ".index"):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+    text = re.sub(r"\.data-\d+-of-\d+$", "", text)
+    if src.is_dir() and (src / "checkpoint").exists():
+        latest = tf.train.latest_checkpoint(str(src))
+        return Path(latest) if latest else None
+    return Path(text) if Path(text + ".meta").exists() else None
+
+
+def _load_checkpoint(prefix: Path) -> _Source:
+    meta = meta_graph_pb2.MetaGraphDef()
+    meta.ParseFromString(Path(str(prefix) + ".meta").read_bytes())
+    # import_meta_graph would also rebuild every collection, and tflearn's hold names that
+    # resolve to nothing ('Adam'): import the bare GraphDef and restore through the saver's ops.
+    if not meta.saver_def.restore_op_name:
+        raise ConversionError("%s.meta: the meta graph has no saver, so its variables cannot be "
+                              "restored" % prefix)
+    session = v1.Session(graph=_import(meta.graph_def), config=SESSION_CONFIG)
+    try:
+        session.run(meta.saver_def.restore_op_name, {meta.saver_def.filename_tensor_name: str(prefix)})
+    except tf.errors.OpError as error:
+        session.close()
+        raise ConversionError("%s: restoring the checkpoint failed: %s" % (
+            prefix, error.message.split("\n")[0]))
+    if "is_training_ops" not in meta.collection_def:
+        return _Source(meta.graph_def, "tf1-graph", session=session)
+    # tflearn records each layer's output; its loss ops (a clipped log of the softmax) would
+    # otherwise pass for the model's output.
+    layer_tensors = [name for key, collection in meta.collection_def.items()
+                     if key.startswith("layer_tensor/") for name in collection.node_list.value]
+    return _Source(meta.graph_def, "tflearn", session=session, layer_tensors=layer_tensors)
+
+
+def _load_frozen(path: Path) -> _Source:
+    graph_def = graph_pb2.GraphDef()
+    try:
+        graph_def.ParseFromString(path.read_bytes())
+    except Exception as error:  # protobuf's DecodeError has no stable import path
+        raise ConversionError("%s: not a binary GraphDef (%s)" % (path, error))
+    variables = [n.name for n in graph_def.node if n.op in ("VariableV2", "VarHandleOp", "Variable")]
+    if variables:
+        raise ConversionError("%s: the graph still has variables (%s); freeze it first or convert "
+                              "the checkpoint it came from" % (path, ", ".join(variables[:5])))
+    _repair_frozen_updates(graph_def)
+    return _Source(graph_def, "tf1-graph")
+
+
+def _repair_frozen_updates(graph_def) -> None:
+    """Freezing a training graph leaves variable updates reading constants, which TensorFlow
+    refuses to import ("expected float_ref"). Turn them into the plain ops they compute (the
+    usual repair); they only ever run in training, and resolution removes them."""
+    plain = {"RefSwitch": "Switch", "AssignSub": "Sub", "AssignAdd": "AddV2", "RefMerge": "Merge"}
+    for node in graph_def.node:
+        if node.op in plain:
+            node.op = plain[node.op]
+        elif node.op == "Assign":
+            node.op = "Identity"
+            inputs = list(node.input)
+            del node.input[:]
+            node.input.extend(inputs[1:])
+        else:
+            continue
+        for attr in ("use_locking", "validate_shape"):
+            if attr in node.attr:
+                del node.attr[attr]
+
+
+def _load_saved_model(path: Path, signature: Optional[str]) -> _Source:
+    loaded = tf.saved_model.load(str(path))
+    key = signature or "serving_default"
+    if not loaded.signatures:
+        raise ConversionError("%s: the SavedModel has no signatures (save it with "
+                              "tf.saved_model.save(module, path, signatures=...))" % path)
+    if key not in loaded.signatures:
+        raise ConversionError("%s: no signature '%s' (signatures: %s); pass --signature" % (
+            path, key, ", ".join(sorted(loaded.signatures.keys())) or "none"))
+    function = loaded.signatures[key]
+    frozen = convert_variables_to_constants_v2(function)
+    graph_def = frozen.graph.as_graph_def()
+    # Captured variables become Consts named after the function's placeholders ('unknown_3'):
+    # name them after the variables so weights keep their TensorFlow names.
+    handles = {id(v.handle): v.name.split(":")[0] for v in function.variables}
+    variable_names = {}
+    for external, internal in function.graph.captures:
+        if id(external) in handles:
+            variable_names[internal.op.name] = handles[id(external)]
+    source = _Source(graph_def, "tf1-graph", inputs=[t.name for t in frozen.inputs],
+                     outputs=[t.name for t in frozen.outputs], variable_names=variable_names)
+    return source
+
+
+def _load(src: Path, signature: Optional[str]) -> _Source:
+    if not src.exists() and not Path(str(src) + ".meta").exists():
+        raise ConversionError("%s: no such file or checkpoint prefix" % src)
+    if src.is_dir() and (src / "saved_model.pb").exists():
+        return _load_saved_model(src, signature)
+    prefix = _checkpoint_prefix(src)
+    if prefix is not None:
+        return _load_checkpoint(prefix)
+    if src.suffix in (".pb", ".graphdef"):
+        return _load_frozen(src)
+    raise ConversionError("%s: not a checkpoint (no .meta), a frozen .pb or a SavedModel folder" % src)
+
+
+def model_stem(src) -> str:
+    """Output file stem for a graph source: `model.tfl`, `model.ckpt-1000(.meta)`, `model.pb`
+    -> `model`; a SavedModel folder -> its name."""
+    path = Path(src)
+    for suffix in (".meta", ".index"):
+        if path.name.endswith(suffix):
+            path = path.with_name(path.name[: -len(suffix)])
+    if path.is_dir() and not (path / "checkpoint").exists():
+        return path.resolve().name
+    if path.is_dir():
+        path = _checkpoint_prefix(path) or path
+    return re.sub(r"(\.(tfl|ckpt|pb|graphdef))?(-\d+)?$", "", path.name) or path.name
+
+
+def is_graph_source(src) -> bool:
+    """Whether `src` is a graph source: a `.pb` file, a SavedModel folder
+    (Keras 3 cannot load those; `model.export()` writes them as plain TF graphs), a checkpoint
+    prefix (`model.ckpt`, tflearn's `model.tfl`) or its `.meta`/`.index`, or a folder with a
+    `checkpoint` file."""
+    path = Path(src)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return True
+    return (path.suffix == ".pb" and path.is_file()) or _checkpoint_prefix(path) is not None

@@ -1,0 +1,89 @@
+"""A frozen inference graph -> the intermediate model, with TensorFlow's reference activations."""
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import tensorflow as tf
+
+from ... import __version__, intermediate
+from ...errors import ConversionError, UnsupportedError
+from .freeze import _load_graph
+from .inference import CONTROL_FLOW_OPS
+from .load import model_stem
+from .mapper import _Mapper
+from .nodes import _node_name
+from .session import SESSION_CONFIG, _full, _import, _input_shapes, _relative_error, _seeded_inputs
+
+v1 = tf.compat.v1
+
+
+def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, source_path,
+                          input_shape=None, per_layer=False, seed=0) -> intermediate.Model:
+    """Map a frozen, pruned inference GraphDef (from `load_graph`) onto the intermediate
+    vocabulary and record TensorFlow's reference activations on a seeded input."""
+    _refuse_control_flow(graph_def)
+    shapes = _input_shapes(graph_def, inputs, input_shape, source_path)
+    feeds = _seeded_inputs(shapes, seed)
+    graph = _import(graph_def)
+    with v1.Session(graph=graph, config=SESSION_CONFIG) as session:
+        data_nodes = [op for op in graph.get_operations()
+                      if op.outputs and op.outputs[0].dtype.is_floating and op.type != "Const"]
+        feed_dict = {graph.get_tensor_by_name(_full(i)): v for i, v in feeds.items()}
+        fetched = session.run([op.outputs[0] for op in data_nodes], feed_dict)
+        values = {op.name: value for op, value in zip(data_nodes, fetched)}
+        mapper = _Mapper(graph_def, inputs, outputs, values, session, feed_dict)
+        layers = mapper.run()
+        direct = session.run([graph.get_tensor_by_name(_full(o)) for o in outputs], feed_dict)
+    output_layers = []
+    for tensor in outputs:
+        layer = mapper.layer_input(_node_name(tensor))
+        if layer not in output_layers:
+            output_layers.append(layer)
+    for tensor, value in zip(outputs, direct):
+        recorded = values[mapper.tensor_of[mapper.layer_input(_node_name(tensor))]]
+        if recorded.shape != value.shape or _relative_error(recorded, value) > 1e-6:
+            raise ConversionError("%s: output '%s' recorded during the per-layer run differs from a "
+                                  "direct run of the graph" % (source_path, tensor))
+    model = intermediate.Model(
+        name, layers, output_layers,
+        attrs={"source_framework": source_framework, "source_version": _source_version(source_framework),
+               "tensorflow_version": tf.__version__, "source_path": str(source_path),
+               "created_by": "tf2caffe %s" % __version__},
+        reference_inputs={mapper.layer_input(_node_name(i)): feeds[i] for i in inputs})
+    recorded = [layer.name for layer in layers] if per_layer else model.compared_layers()
+    model.reference_activations = {layer: values[mapper.tensor_of[layer]] for layer in recorded}
+    return model
+
+
+def _refuse_control_flow(graph_def) -> None:
+    """Conditionals and loops left after resolution depend on the input: no layer can stand for
+    them (and tensors inside a loop cannot even be fetched for the reference)."""
+    problems = ["'%s' (%s): control flow that does not depend on a training flag" % (n.name, n.op)
+                for n in graph_def.node if n.op in CONTROL_FLOW_OPS]
+    if problems:
+        raise UnsupportedError(problems)
+
+
+def _source_version(framework) -> str:
+    if framework == "tflearn":
+        try:
+            return importlib.metadata.version("tflearn")
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+    return tf.__version__
+
+
+def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input_shape=None,
+                           per_layer=False, seed=0) -> intermediate.Model:
+    """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`."""
+    given = outputs is not None
+    graph_def, inputs, outputs, framework = _load_graph(Path(src), inputs, outputs, signature, input_shape)
+    try:
+        return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), framework, src,
+                                     input_shape=input_shape, per_layer=per_layer, seed=seed)
+    except UnsupportedError as error:
+        if not given:  # a wrongly guessed output (a loss) shows up as unsupported ops
+            error.args = ("%s (output found: %s; pass --outputs to convert another tensor)" % (
+                error, ", ".join(outputs)),)
+        raise
