@@ -3,6 +3,7 @@
 #   make env             create both environments (cached in ~/.cache/tf2caffe)
 #   make test            run the test suite
 #   make convert SRC=... OUT=...
+#   make bench           VGG-19 224x224 benchmark, by hand (not in CI) -> bench/results.md
 # Environments are created by tf2caffe/environments.py, which is idempotent
 # and cached: make's dependencies only save the (sub-second) warm check.
 
@@ -18,7 +19,7 @@ REQS     := requirements.txt export/requirements.txt
 DEBS     := import/debian-packages.txt
 ENVS_PY  := tf2caffe/environments.py
 
-.PHONY: all env caffe-env export import convert test clean
+.PHONY: all env caffe-env export import convert test bench clean
 
 all: export import
 
@@ -75,6 +76,9 @@ convert: $(TF2CAFFE) caffe-env
 
 test: env
 	.venv/bin/python -m pytest -ra -p no:cacheprovider tests
+
+bench: $(TF2CAFFE) caffe-env
+	$(PYTHON) bench/run.py
 
 # Never touches the cache (~/.cache/tf2caffe): other checkouts share it.
 clean:

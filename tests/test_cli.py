@@ -113,3 +113,18 @@ def test_convert_check_only_passes_a_supported_model(tmp_path, capsys):
     assert status == 0
     assert "can be converted" in stdout
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_check_only_lists_export_and_import_refusals_together(tmp_path, capsys):
+    """A layer the exporter cannot map and one the import side refuses, named in one run."""
+    import keras
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.LayerNormalization(name="layer_norm")(x)
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="bilinear_up")(x)
+    keras.Model(inputs, x).save(str(tmp_path / "two_bad.keras"))
+    status, stdout = check_only(tmp_path / "two_bad.keras", tmp_path / "out", capsys)
+    assert status == 2
+    assert "'layer_norm' (LayerNormalization)" in stdout
+    assert "'bilinear_up' (upsample2d)" in stdout

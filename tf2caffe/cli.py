@@ -2,11 +2,13 @@
 
 Runs in the TensorFlow-side venv but imports TensorFlow only for `export` and `convert`, so
 `tf2caffe import --help` is instant. `import` re-executes `python3 -m tf2caffe.import_stage`
-inside the Caffe chroot and turns Caffe's process-killing CHECK failures into one line.
+inside the Caffe chroot and turns Caffe's process-killing CHECK failures into one line; with the
+native backend (no Caffe needed) it runs the import stage in this process instead.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -19,7 +21,7 @@ import threading
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__
-from .errors import ConversionError, reported_errors
+from .errors import ConversionError, UnsupportedError, reported_errors
 
 PROG = "tf2caffe"
 DEFAULT_TOLERANCE = 1e-4
@@ -43,6 +45,16 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="R.json", help="also write the verification report as JSON")
     p.add_argument("--per-layer", action="store_true",
                    help="report the error of every mapped layer (needs `export --per-layer`)")
+    add_backend_arguments(p)
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("native", "pycaffe"),
+                   help="pycaffe: write and verify with Caffe itself (in its environment); native: write "
+                        "the files without Caffe and verify with OpenCV (default: pycaffe if the Caffe "
+                        "environment exists, else native)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="write the files without running the reference input through them")
 
 
 def add_target_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +66,8 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC",
-                   help="architectures/<name>.py (tflearn), a .keras or Keras .h5 file, or a SavedModel folder")
+                   help="architectures/<name>.py (tflearn), a .keras or Keras .h5 file, a SavedModel "
+                        "folder, a frozen .pb, or a TF1/tflearn checkpoint prefix")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--checkpoint", metavar="CKPT", help="weights to load (tflearn/TF1 checkpoint prefix)")
     p.add_argument("--input-shape", type=input_shape, metavar="N,H,W,C",
@@ -62,6 +75,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-layer", action="store_true",
                    help="store every layer's reference activation (per-layer verification)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference input (default: 0)")
+    graph = p.add_argument_group("graph sources (.pb, TF1/tflearn checkpoints, SavedModels)")
+    graph.add_argument("--inputs", metavar="NAMES", help="input tensors, comma-separated (default: detected)")
+    graph.add_argument("--outputs", metavar="NAMES", help="output tensors, comma-separated (default: detected)")
+    graph.add_argument("--signature", metavar="KEY", help="SavedModel signature (default: serving_default)")
 
 
 def input_shape(text: str) -> Tuple[int, ...]:
@@ -97,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
     add_export_arguments(convert)
     convert.add_argument("--prototxt", metavar="P", help="hand-written prototxt to fill (see `import`)")
     add_target_arguments(convert)
+    add_backend_arguments(convert)
     convert.add_argument("--check-only", action="store_true",
                          help="list every layer that cannot be converted, write nothing (exit 0 if none, 2 otherwise)")
     convert.set_defaults(run=run_convert)
@@ -123,7 +141,8 @@ def export_model(args, out_dir: str, per_layer: bool):
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from .export import export
     return export(args.src, out_dir, checkpoint=args.checkpoint, input_shape=args.input_shape,
-                  per_layer=per_layer, seed=args.seed)
+                  per_layer=per_layer, seed=args.seed, inputs=args.inputs, outputs=args.outputs,
+                  signature=args.signature)
 
 
 def run_export(args) -> int:
@@ -135,7 +154,43 @@ def run_export(args) -> int:
 # ---------------------------------------------------------------- import
 
 def run_import(args) -> int:
-    return import_in_chroot(args.files, args.output, args, report=args.report)
+    return import_files(args.files, args.output, args, report=args.report)
+
+
+def import_files(files: List[str], output: str, args, report: Optional[str] = None, stdout=None) -> int:
+    """Run the import stage with the chosen backend; returns its exit status."""
+    if choose_backend(args) == "native":
+        return import_here(files, output, args, report, stdout)
+    return import_in_chroot(files, output, args, report, stdout)
+
+
+def choose_backend(args) -> str:
+    """args.backend, or the default (said on stdout): pycaffe if the Caffe environment has been
+    built, else native. Refuses what the native backend cannot do before any work starts."""
+    if args.backend is None:
+        from . import environments
+        if environments.built_caffe_root() is not None:
+            args.backend = "pycaffe"
+            print("backend: pycaffe (the Caffe environment exists)", flush=True)
+        else:
+            args.backend = "native"
+            print("backend: native (no Caffe environment found)", flush=True)
+    if args.backend == "native" and args.prototxt:
+        from .caffe.backends import PROTOTXT_NEEDS_PYCAFFE
+        raise ConversionError(PROTOTXT_NEEDS_PYCAFFE % args.prototxt)
+    return args.backend
+
+
+def import_here(files: List[str], output: str, args, report: Optional[str], stdout) -> int:
+    """The native backend needs no Caffe: the import stage runs in this process, exactly as it
+    would in the chroot."""
+    from . import import_stage
+
+    argv = _child_arguments(files, output, args, report)
+    if stdout is None:
+        return import_stage.main(argv)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        return import_stage.main(argv)
 
 
 def _seen_inside(path: Optional[str]) -> Optional[str]:
@@ -149,13 +204,16 @@ def _seen_inside(path: Optional[str]) -> Optional[str]:
 
 
 def _child_arguments(files: List[str], output: str, args, report: Optional[str]) -> List[str]:
-    argv = list(files) + ["-o", output, "--profile", args.profile, "--tolerance", repr(args.tolerance)]
+    argv = list(files) + ["-o", output, "--profile", args.profile, "--tolerance", repr(args.tolerance),
+                          "--backend", args.backend]
     if args.prototxt:
         argv += ["--prototxt", args.prototxt]
     if report:
         argv += ["--report", report]
     if getattr(args, "per_layer", False):
         argv.append("--per-layer")
+    if args.no_verify:
+        argv.append("--no-verify")
     if args.debug:
         argv.append("--debug")
     if sys.stderr.isatty():
@@ -166,7 +224,29 @@ def _child_arguments(files: List[str], output: str, args, report: Optional[str])
 def import_in_chroot(files: List[str], output: str, args, report: Optional[str] = None,
                      stdout=None) -> int:
     """Run the import stage in the Caffe chroot; returns its exit status. A Caffe abort becomes
-    a ConversionError naming the file Caffe was working on."""
+    a ConversionError naming the file Caffe was working on. Output folders it had to create are
+    removed again if nothing was written in them."""
+    new_folders = _missing_folders(os.path.abspath(output))
+    try:
+        return _import_in_chroot(files, output, args, report, stdout)
+    finally:
+        for folder in new_folders:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty: a result (or a folder already there)
+
+
+def _missing_folders(path: str) -> List[str]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _import_in_chroot(files: List[str], output: str, args, report: Optional[str], stdout) -> int:
     from . import environments
 
     files = [_seen_inside(path) for path in files]
@@ -177,11 +257,16 @@ def import_in_chroot(files: List[str], output: str, args, report: Optional[str] 
     except OSError as error:
         raise ConversionError("%s: cannot create the output folder: %s" % (output, error.strerror))
     binds = [output] + [path for path in list(files) + [args.prototxt, report] if path and os.path.exists(path)]
-    if report and not os.path.exists(report):
-        binds.append(os.path.dirname(os.path.abspath(report)))
-    scratch = tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=output)
+    if report:
+        binds.append(_report_folder(report))
+    try:
+        scratch = tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=output)
+    except OSError as error:
+        raise ConversionError("%s: cannot write in the output folder: %s" % (output, error.strerror))
     status_read, status_write = os.pipe()
-    reader = None
+    reader = child = None
+    started: List[str] = []
+    written: List[str] = []
     try:
         argv = ["python3", "-m", "tf2caffe.import_stage"] + _child_arguments(files, output, args, report)
         argv += ["--scratch", scratch, "--status-fd", str(status_write)]
@@ -190,12 +275,17 @@ def import_in_chroot(files: List[str], output: str, args, report: Optional[str] 
                                  pass_fds=(status_write,))
         os.close(status_write)
         status_write = -1
-        announced: List[str] = []
-        reader = threading.Thread(target=_read_status, args=(status_read, announced), daemon=True)
+        reader = threading.Thread(target=_read_status, args=(status_read, started, written), daemon=True)
         reader.start()
         fatal = _relay_stderr(child.stderr, keep_glog=args.debug)
         returncode = child.wait()
         reader.join()
+    except KeyboardInterrupt:
+        if child is not None:
+            _stop(child)
+        if reader is not None:
+            reader.join()
+        raise KeyboardInterrupt(_interrupted(started, written))
     finally:
         if status_write >= 0:
             os.close(status_write)
@@ -203,17 +293,53 @@ def import_in_chroot(files: List[str], output: str, args, report: Optional[str] 
             os.close(status_read)
         shutil.rmtree(scratch, ignore_errors=True)
     if returncode < 0 or (returncode != 0 and fatal):
-        where = announced[-1] if announced else files[0]
+        where = started[-1] if started else files[0]
         if fatal:
             raise ConversionError("%s: Caffe refused the net: %s" % (where, fatal))
         raise ConversionError("%s: Caffe crashed (%s)" % (where, _signal_name(-returncode)))
     return returncode
 
 
-def _read_status(fd: int, announced: List[str]) -> None:
+def _report_folder(report: str) -> str:
+    """The report's folder, created if needed; refused now if the report could not be written
+    there, rather than after the conversion."""
+    folder = os.path.dirname(os.path.abspath(report))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ConversionError("%s: cannot create the report's folder: %s" % (report, error.strerror))
+    if os.path.isdir(report) or not os.access(folder, os.W_OK):
+        raise ConversionError("%s: cannot write the report: %s" % (
+            report, "is a directory" if os.path.isdir(report) else "permission denied"))
+    return folder
+
+
+def _read_status(fd: int, started: List[str], written: List[str]) -> None:
+    """The import stage's "start<TAB>FILE" and "wrote<TAB>FILE" lines."""
     with os.fdopen(fd, "rb") as pipe:
         for line in pipe:
-            announced.append(line.decode("utf-8", "replace").rstrip("\n"))
+            event, _, path = line.decode("utf-8", "replace").rstrip("\n").partition("\t")
+            (written if event == "wrote" else started).append(path)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """Interrupt the import stage (Ctrl-C reached it too; `kill -INT` only this process) and wait
+    until it has ended, so that nothing is written after this process has said what was. A
+    second Ctrl-C kills it."""
+    try:
+        child.send_signal(signal.SIGINT)
+        child.communicate()  # its stderr (its own "interrupted" line) is not the user's news
+    except KeyboardInterrupt:
+        child.kill()
+        child.wait()
+
+
+def _interrupted(started: List[str], written: List[str]) -> str:
+    unfinished = [path for path in started if path not in written]
+    if not written:
+        return "interrupted; no output was written"
+    return "interrupted; wrote the output of %s only%s" % (
+        ", ".join(written), "; none for %s" % unfinished[-1] if unfinished else "")
 
 
 def _relay_stderr(stream, keep_glog: bool) -> Optional[str]:
@@ -259,11 +385,12 @@ def _signal_name(number: int) -> str:
 def run_convert(args) -> int:
     if args.check_only:
         return check_only(args)
+    choose_backend(args)
     h5 = str(export_model(args, args.output, per_layer=args.per_layer))
     work = tempfile.mkdtemp(prefix=".tf2caffe-convert-", dir=args.output)
     try:
         report = os.path.join(work, "report.json")
-        status = import_in_chroot([h5], args.output, args, report=report, stdout=subprocess.DEVNULL)
+        status = import_files([h5], args.output, args, report=report, stdout=subprocess.DEVNULL)
         if not os.path.exists(report):
             return status or 2
         with open(report) as f:
@@ -272,33 +399,46 @@ def run_convert(args) -> int:
         shutil.rmtree(work, ignore_errors=True)
     if entry.get("error"):
         return status or 2
-    from . import opencv_check
-    opencv = opencv_check.check_report_entry(entry)
+    opencv = None
+    if entry["verified_with"] == "pycaffe":  # the native backend measured OpenCV already
+        from . import opencv_check
+        opencv = opencv_check.check_report_entry(entry)
     return print_convert_report(entry, opencv, h5, args.tolerance)
 
 
-def print_convert_report(entry: Dict, opencv: Dict[str, Dict[str, float]], h5: str, tolerance: float) -> int:
+def print_convert_report(entry: Dict, opencv: Optional[Dict[str, Dict[str, float]]], h5: str,
+                         tolerance: float) -> int:
+    """`opencv`: OpenCV's errors when the import stage measured another runtime (pycaffe)."""
     layers = entry["layers"]
-    pycaffe_worst = max(errors["max_rel"] for errors in entry["compared"].values())
-    opencv_worst = max(errors["max_rel"] for errors in opencv.values())
-    print("%s: %d TensorFlow layers -> %d Caffe layers" % (entry["model"], layers["tensorflow"], layers["caffe"]))
-    print("max relative error: pycaffe %.3g, OpenCV %.3g (compared: %s; tolerance %g)" % (
-        pycaffe_worst, opencv_worst, ", ".join(entry["compared"]), tolerance))
+    measured = {}
+    if entry["verified_with"]:
+        measured[entry["verified_with"]] = entry["compared"]
+    if opencv is not None:
+        measured["OpenCV"] = opencv
+    print("%s: %d TensorFlow layers -> %d Caffe layers (backend %s)" % (
+        entry["model"], layers["tensorflow"], layers["caffe"], entry["backend"]))
+    if measured:
+        print("max relative error: %s (compared: %s; tolerance %g)" % (
+            ", ".join("%s %.3g" % (runtime, max(errors["max_rel"] for errors in values.values()))
+                      for runtime, values in measured.items()), ", ".join(entry["compared"]), tolerance))
+    else:
+        print("not verified (--no-verify)")
     if entry["per_layer"]:
         worst = max(entry["per_layer"], key=entry["per_layer"].get)
-        print("per layer (pycaffe): worst %s %.3g; first over 1e-05: %s" % (
-            worst, entry["per_layer"][worst], entry["first_over_layer_tolerance"] or "none"))
+        print("per layer (%s): worst %s %.3g; first over 1e-05: %s" % (
+            entry["verified_with"], worst, entry["per_layer"][worst], entry["first_over_layer_tolerance"] or "none"))
     if entry.get("accuracy"):
         accuracy = entry["accuracy"]
         print("top-1 accuracy: Caffe %.4f, TensorFlow %.4f (%d labelled inputs)" % (
             accuracy["caffe"], accuracy["tensorflow"], accuracy["count"]))
     print("wrote: %s, %s, %s" % (h5, entry["files"]["prototxt"], entry["files"]["caffemodel"]))
-    # pycaffe's failures were reported by the import stage already.
-    failed = [(name, errors["max_rel"]) for name, errors in opencv.items() if not errors["max_rel"] <= tolerance]
+    # The import stage's own failures were reported by it already.
+    failed = [(name, errors["max_rel"]) for name, errors in (opencv or {}).items()
+              if not errors["max_rel"] <= tolerance]
     for name, error in failed:
         sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g in OpenCV > "
                          "tolerance %g (the files were written)\n" % (PROG, h5, name, error, tolerance))
-    return 1 if failed or not entry["verified"] else 0
+    return 1 if failed or entry["verified"] is False else 0
 
 
 def check_only(args) -> int:
@@ -308,11 +448,18 @@ def check_only(args) -> int:
 
     profile = get_profile(args.profile)
     with tempfile.TemporaryDirectory(prefix="tf2caffe-check-") as folder:
-        model = intermediate.read(str(export_model(args, folder, per_layer=False)))
         try:
-            problems = emit.unsupported_layers(model, profile)
-        finally:
-            model.file.close()
+            model = intermediate.read(str(export_model(args, folder, per_layer=False)))
+        except UnsupportedError as refused:
+            if refused.partial_model is None:
+                raise
+            model = refused.partial_model
+            problems = refused.problems + emit.unsupported_layers(model, profile)
+        else:
+            try:
+                problems = emit.unsupported_layers(model, profile)
+            finally:
+                model.file.close()
     if not problems:
         print("%s: all %d layers can be converted (profile %s)" % (model.name, len(model.layers), profile.name))
         return 0

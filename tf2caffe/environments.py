@@ -200,6 +200,13 @@ def _caffe_root_path(project_root: Path = PROJECT_ROOT) -> Path:
     return cache_dir() / f"caffe-root-{key}"
 
 
+def built_caffe_root() -> Path | None:
+    """The Caffe root if it has been built (never builds it): it is renamed into place only
+    once complete."""
+    final = _caffe_root_path()
+    return final if final.is_dir() else None
+
+
 def _chroot_env(root: Path) -> list[str]:
     return ["chroot", str(root), "/usr/bin/env", "-i",
             "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C",
@@ -323,7 +330,8 @@ def caffe_command(argv: Sequence[str], project_root: str | os.PathLike = PROJECT
         # root-owned tree: they rely on a root run having made them.
         hint = f"tf2caffe: cannot create the mount point {d} in the Caffe root (run once as root)"
         lines.append(f"mkdir -p {q(root_path + d)} || {{ echo {q(hint)} >&2; exit 1; }}")
-        lines.append(f"mount --bind {q(d)} {q(root_path + d)}")
+        # --rbind: a file system mounted below d (an output folder on its own disk) shows too.
+        lines.append(f"mount --rbind {q(d)} {q(root_path + d)}")
     inner = f'cd {q(cwd)} && exec "$@"'
     # argv travels as positional parameters ("$@") through both shells, so
     # it needs no quoting at all.

@@ -12,8 +12,11 @@ class ConversionError(Exception):
 class UnsupportedError(ConversionError):
     """Layers that cannot be converted; lists all of them at once."""
 
-    def __init__(self, problems):
+    def __init__(self, problems, partial_model=None):
         self.problems = list(problems)
+        # What could be mapped, refused layers standing in as inputs: lets `--check-only`
+        # run the import side's checks on the rest and list everything at once.
+        self.partial_model = partial_model
         lines = "; ".join(self.problems)
         super().__init__("%d unsupported layer(s): %s" % (len(self.problems), lines))
 
@@ -33,6 +36,8 @@ def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
         message = " ".join(str(error).split())
         sys.stderr.write("%s: error: %s\n" % (prog, message))
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("%s: interrupted; no output was written\n" % prog)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C's own KeyboardInterrupt has no message; a caller that knows better gives one.
+        sys.stderr.write("%s: %s\n" % (prog, interrupt.args[0] if interrupt.args else
+                                        "interrupted; no output was written"))
         sys.exit(130)

@@ -5,27 +5,35 @@
 
 For each intermediate file, top to bottom:
 read the HDF5 file -> emit the Caffe net -> write the prototxt (generated, or the hand-written
-one with its input shapes set) -> check it in Python -> load it in pycaffe and assign the weights
--> save .prototxt and .caffemodel atomically -> verify against TensorFlow's reference -> report.
+one with its input shapes set) -> check it in Python -> write the weights (pycaffe: load the net,
+assign, net.save; native: stream the .caffemodel) -> save .prototxt and .caffemodel atomically
+-> verify against TensorFlow's reference (in pycaffe, or OpenCV for native) -> report.
+`--backend` (caffe/backends.py) is the only switch; default: pycaffe where Caffe imports.
 
 Exit status: 0 all verified, 1 some verification failed (files written), 2 some file did not
-convert (nothing written for it). Caffe side only: Python 3.9, numpy 1.19, never TensorFlow.
+convert (nothing written for it). Runs on Python 3.9 / numpy 1.19 (the Caffe side) and on the
+TensorFlow side (native backend), and never imports TensorFlow.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from . import intermediate
-from .caffe import emit, handwritten, verify
-from .caffe import pycaffe_backend as backend
+from .caffe import emit, verify
+from .caffe.backends import get_backend
+from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from .caffe.emit import Blob, nchw
 from .cli import add_import_arguments
 from .errors import ConversionError, reported_errors
@@ -33,13 +41,16 @@ from .errors import ConversionError, reported_errors
 PROG = "tf2caffe"
 
 
-def import_file(path: str, args, scratch: str, progress: "Progress") -> Dict:
+def import_file(path: str, args, scratch: str, progress: "Progress", backend) -> Dict:
     """Convert and verify one intermediate file; returns its report entry."""
     stem = os.path.splitext(os.path.basename(path))[0]
     prototxt_out = os.path.join(args.output, stem + ".prototxt")
     caffemodel_out = os.path.join(args.output, stem + ".caffemodel")
 
+    _tell_the_cli(args, "start", path)
     progress.stage("reading")
+    # In a child process (a corrupt file may crash HDF5), and before anything is written.
+    intermediate.check_readable(path, lambda model: check_caffemodel_size(model, path))
     model = intermediate.read(path)
     try:
         for name in model.compared_layers():
@@ -49,82 +60,80 @@ def import_file(path: str, args, scratch: str, progress: "Progress") -> Dict:
         net_spec, blobs = emit.build_net(model, args.profile)
 
         progress.stage("writing the prototxt")
-        if args.prototxt:
-            net_param, inputs = handwritten_prototxt(model, net_spec, path, args.prototxt)
-            targets_in = verify.handwritten_targets
-        else:
-            net_param = handwritten.parse(net_spec.to_prototxt(), prototxt_out)
-            inputs = {name: blobs[name].name for name in model.inputs}
-            targets_in = verify.generated_targets
-        handwritten.check(net_param, args.prototxt or prototxt_out, backend.known_layer_types())
-        caffe_layers = handwritten.layer_tops(net_param)
-        targets = targets_in(model, blobs, caffe_layers)
+        described = backend.describe(model, net_spec, blobs, path, args.prototxt, prototxt_out)
+        targets = described.targets_in(model, blobs, described.layer_tops)
         compared = verify.compared_targets(model, targets)
         prototxt_tmp = os.path.join(scratch, stem + ".prototxt")
-        with open(prototxt_tmp, "w") as f:
-            f.write(handwritten.to_text(net_param) if args.prototxt else net_spec.to_prototxt())
+        try:
+            with open(prototxt_tmp, "w") as f:
+                f.write(described.text)
+        except OSError as error:
+            raise ConversionError("%s: cannot write: %s" % (prototxt_out, error.strerror))
 
-        progress.stage("loading the net in Caffe")
-        _announce(args, path)
-        net = backend.load(prototxt_tmp)
-        progress.stage("assigning weights")
-        backend.assign_weights(net, net_spec.weighted_layers(), path, args.prototxt or prototxt_out,
-                               progress.each)
-        progress.stage("saving")
         caffemodel_tmp = os.path.join(scratch, stem + ".caffemodel")
-        backend.save(net, caffemodel_tmp, path)
-        os.replace(prototxt_tmp, prototxt_out)
-        os.replace(caffemodel_tmp, caffemodel_out)
+        written = backend.write(net_spec, prototxt_tmp, caffemodel_tmp, path,
+                                args.prototxt or prototxt_out, caffemodel_out, progress)
+        commit([(prototxt_tmp, prototxt_out), (caffemodel_tmp, caffemodel_out)])
+        _tell_the_cli(args, "wrote", path)
 
-        progress.stage("verifying")
         entry = {"file": path, "model": model.name, "error": None,
-                 "layers": {"tensorflow": len(model.layers), "caffe": len(caffe_layers),
-                            "caffe_types": [layer.type for layer in handwritten.test_layers(net_param)]},
-                 "inputs": inputs,
+                 "backend": backend.name, "verified_with": None if args.no_verify else backend.verifier,
+                 "layers": {"tensorflow": len(model.layers), "caffe": len(described.layer_tops),
+                            "caffe_types": described.types},
+                 "inputs": described.inputs,
                  "files": {"prototxt": prototxt_out, "caffemodel": caffemodel_out}}
-        entry.update(verify_in_pycaffe(net, model, inputs, targets, compared, args))
+        if args.no_verify:
+            entry.update(compared={}, per_layer={}, first_over_layer_tolerance=None, accuracy=None,
+                         targets=verify.targets_to_json(compared), verified=None, worst=None)
+        else:
+            progress.stage("verifying")
+            entry.update(verify_in(backend, written, entry["files"], model, described.inputs, targets,
+                                   compared, args))
         return entry
     finally:
         model.file.close()
 
 
-def handwritten_prototxt(model, net_spec, path: str, prototxt: str):
-    """The hand-written net with its inputs shaped like the HDF5 file's, held up against the
-    generated net; returns it and the TF input layer -> Caffe input blob mapping."""
-    net_param = handwritten.read(prototxt)
-    inputs = handwritten.match_inputs(
-        net_param, {name: model.layer(name).caffe_name for name in model.inputs}, prototxt)
-    handwritten.set_input_shapes(
-        net_param, {inputs[name]: nchw(model.layer(name).output_shape) for name in model.inputs})
-    handwritten.check_against_generated(net_param, net_spec, path, prototxt)
-    return net_param, inputs
+def check_caffemodel_size(model, path: str) -> None:
+    """Refuse, before a weight is read, a model whose .caffemodel Caffe could not read: its
+    float32 weights alone (known from the HDF5 dataset shapes) exceed the limit. (Saving checks
+    the exact size again.)"""
+    sizes = {layer.name: sum(4 * int(np.prod(data.shape, dtype=np.int64)) for data in layer.arrays.values())
+             for layer in model.layers}
+    total = sum(sizes.values())
+    if total > MAX_CAFFEMODEL_BYTES:
+        largest = max(sizes, key=sizes.get)
+        raise ConversionError("%s: the .caffemodel would be over %d bytes (%.2f GiB; layer '%s' alone "
+                              "%.2f GiB); Caffe reads at most %d bytes (2 GiB - 2)" % (
+                                  path, total, total / 2.0 ** 30, largest, sizes[largest] / 2.0 ** 30,
+                                  MAX_CAFFEMODEL_BYTES))
 
 
-def verify_in_pycaffe(net, model, inputs: Dict[str, str], targets: Dict[str, verify.Target],
-                      compared: Dict[str, verify.Target], args) -> Dict:
-    """Run the reference input and measure the compared layers (and, with --per-layer or when
-    the file has every layer's activation, every mapped layer)."""
+def verify_in(backend, written, files: Dict[str, str], model, inputs: Dict[str, str],
+              targets: Dict[str, verify.Target], compared: Dict[str, verify.Target], args) -> Dict:
+    """Run the reference input once in the backend's runtime and measure the compared layers (and,
+    with --per-layer or when the file has every layer's activation, every mapped layer)."""
     path = model.source
     feeds = {}
     for name in model.inputs:
-        value = model.reference_inputs[name][()]
+        value = model.reference_input(name)
         feeds[inputs[name]] = Blob(inputs[name], nchw(value.shape)).to_caffe(value)
-    backend.forward(net, feeds)
+    every_layer = all(layer.name in model.reference_activations
+                      for layer in model.layers if layer.type != "input")
+    mapped = {}
+    if args.per_layer or every_layer:
+        mapped = {name: target for name, target in targets.items() if name in model.reference_activations}
+    fetched = backend.run(written, files, feeds, dict(mapped, **compared))
     expected = {name: verify.in_caffe_layout(target, model.activation(name), path)
                 for name, target in compared.items()}
-    fetched = backend.fetch(net, compared)
     for name, target in compared.items():
         verify.check_shapes_match(target, fetched[name], expected[name], path)
     result = {"compared": verify.compare(fetched, expected), "per_layer": {},
               "first_over_layer_tolerance": None, "accuracy": None,
               "targets": verify.targets_to_json(compared)}
-    every_layer = all(layer.name in model.reference_activations
-                      for layer in model.layers if layer.type != "input")
-    if args.per_layer or every_layer:
-        mapped = {name: target for name, target in targets.items() if name in model.reference_activations}
-        layer_fetched = backend.fetch(net, mapped)
+    if mapped:
         result["per_layer"] = {
-            name: verify.mapped_error(target, layer_fetched[name], model.activation(name))
+            name: verify.mapped_error(target, fetched[name], model.activation(name))
             for name, target in mapped.items()}
         result["first_over_layer_tolerance"] = verify.first_over(
             result["per_layer"], verify.names_in_order(model))
@@ -138,15 +147,27 @@ def verify_in_pycaffe(net, model, inputs: Dict[str, str], targets: Dict[str, ver
     return result
 
 
-def _announce(args, path: str) -> None:
-    # Tells the CLI which file Caffe is working on, in case Caffe aborts the process.
+def commit(renames) -> None:
+    """Rename every (scratch file, output) pair with Ctrl-C held back until all are done: a new
+    prototxt next to an old .caffemodel would be a half-written result."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for scratch_file, output in renames:
+            os.replace(scratch_file, output)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _tell_the_cli(args, event: str, path: str) -> None:
+    # Which file this process works on ("start") and whose output is complete ("wrote"): for the
+    # CLI's message if Caffe aborts the process or the user interrupts it.
     if args.status_fd is not None:
-        os.write(args.status_fd, ("%s\n" % path).encode("utf-8"))
+        os.write(args.status_fd, ("%s\t%s\n" % (event, path)).encode("utf-8"))
 
 
 class Progress:
     """A bar per file over its stages and weighted layers when stderr is a terminal (tqdm if
-    installed, else plain lines); silent otherwise."""
+    installed, else plain lines); silent otherwise. Times every stage either way."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -156,11 +177,19 @@ class Progress:
         except ImportError:
             self.tqdm = None
         self.label = ""
+        self.starts: List = []
 
     def start(self, label: str) -> None:
         self.label = label
+        self.starts = []
+
+    def seconds(self) -> Dict[str, float]:
+        """Each stage of the current file so far -> its wall time."""
+        ends = [started for _, started in self.starts[1:]] + [time.monotonic()]
+        return {name: round(end - started, 3) for (name, started), end in zip(self.starts, ends)}
 
     def stage(self, name: str) -> None:
+        self.starts.append((name, time.monotonic()))
         if self.enabled:
             sys.stderr.write("%s: %s\n" % (self.label, name))
             sys.stderr.flush()
@@ -186,11 +215,15 @@ def print_entry(entry: Dict, tolerance: float, out=None) -> None:
     out.write("%s -> %s, %s\n" % (entry["file"], entry["files"]["prototxt"], entry["files"]["caffemodel"]))
     out.write("  layers: %d TensorFlow -> %d Caffe (%s)\n" % (
         layers["tensorflow"], layers["caffe"], ", ".join("%s %d" % item for item in sorted(types.items()))))
-    out.write("  %-32s %12s %12s\n" % ("compared layer", "max abs", "max rel"))
+    if entry["verified"] is None:
+        out.write("  not verified (--no-verify)\n")
+        out.flush()
+        return
+    out.write("  %-32s %12s %12s (%s)\n" % ("compared layer", "max abs", "max rel", entry["verified_with"]))
     for name, errors in entry["compared"].items():
         out.write("  %-32s %12.3g %12.3g\n" % (name, errors["max_abs"], errors["max_rel"]))
     if entry["per_layer"]:
-        out.write("  %-32s %12s\n" % ("mapped layer (pycaffe)", "max rel"))
+        out.write("  %-32s %12s\n" % ("mapped layer (%s)" % entry["verified_with"], "max rel"))
         for name, error in entry["per_layer"].items():
             out.write("  %-32s %12.3g\n" % (name, error))
         first = entry["first_over_layer_tolerance"]
@@ -207,14 +240,21 @@ def print_entry(entry: Dict, tolerance: float, out=None) -> None:
 
 def write_report(path: str, tolerance: float, entries: Dict[str, Dict]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
-    with os.fdopen(handle, "w") as f:
-        json.dump({"format": "tf2caffe-import-report", "tolerance": tolerance, "results": entries},
-                  f, indent=1, sort_keys=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a report is not one
-    os.replace(tmp, path)
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise ConversionError("%s: cannot write the report: %s" % (path, error.strerror))
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump({"format": "tf2caffe-import-report", "tolerance": tolerance, "results": entries},
+                      f, indent=1, sort_keys=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a report is not one
+        os.replace(tmp, path)
+    except OSError as error:
+        os.unlink(tmp)
+        raise ConversionError("%s: cannot write the report: %s" % (path, error.strerror))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -241,7 +281,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run(args)
 
 
+def default_backend() -> str:
+    return "pycaffe" if importlib.util.find_spec("caffe") else "native"
+
+
 def run(args) -> int:
+    backend = get_backend(args.backend or default_backend())
     progress = Progress(args.progress or sys.stderr.isatty())
     own_scratch = args.scratch is None
     scratch = args.scratch or tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=args.output)
@@ -252,20 +297,23 @@ def run(args) -> int:
             progress.start(os.path.basename(path))
             started = time.monotonic()
             try:
-                entry = import_file(path, args, scratch, progress)
+                entry = import_file(path, args, scratch, progress, backend)
             except ConversionError as error:
                 if args.debug:
                     raise
                 message = " ".join(str(error).split())
+                if path not in message:  # e.g. an unsupported layer: say which file has it
+                    message = "%s: %s" % (path, message)
                 sys.stderr.write("%s: error: %s\n" % (PROG, message))
                 sys.stderr.flush()
                 entries[path] = {"file": path, "error": message}
                 status = 2
             else:
                 entry["seconds"] = round(time.monotonic() - started, 3)
+                entry["stage_seconds"] = progress.seconds()
                 entries[path] = entry
                 print_entry(entry, args.tolerance)
-                if not entry["verified"]:
+                if entry["verified"] is False:
                     sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g > "
                                      "tolerance %g (the files were written)\n" % (
                                          PROG, path, entry["worst"]["layer"], entry["worst"]["max_rel"],

@@ -6,10 +6,12 @@ in Debian bullseye's Caffe), so it sticks to what all of them have.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import tempfile
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 from urllib.parse import quote, unquote
 
 import h5py
@@ -56,6 +58,7 @@ VOCABULARY = {
 # Activations recorded for verification: every model output, and the input of an output that is
 # a squashing function (a softmax of random weights is ~1/classes and hides ordering bugs).
 SQUASHING = ("softmax", "sigmoid")
+ORDER_KEEPING = ("reshape", "flatten", "identity")
 
 
 class IntermediateError(ConversionError):
@@ -87,11 +90,8 @@ class Layer:
     def array(self, role) -> np.ndarray:
         if role not in self.arrays:
             raise IntermediateError("%slayer '%s': no '%s' array" % (_at(self.source), self.name, role))
-        value = np.asarray(self.arrays[role][()], dtype=np.float32)
-        if not np.all(np.isfinite(value)):
-            raise IntermediateError("%slayer '%s': array '%s' (%s) contains NaN or Inf" % (
-                _at(self.source), self.name, role, self.tf_names.get(role, role)))
-        return value
+        return _values(self.arrays[role], "%slayer '%s': array '%s' (%s)" % (
+            _at(self.source), self.name, role, self.tf_names.get(role, role)))
 
     def __repr__(self):
         return "Layer(%r, %r, inputs=%r)" % (self.name, self.type, self.inputs)
@@ -127,17 +127,50 @@ class Model:
         names = []
         for name in self.outputs:
             layer = self._by_name[name]
+            # A reshape or identity after the softmax (tf-slim's ResNets) hides the logits too.
+            while layer.type in ORDER_KEEPING and len(layer.inputs) == 1:
+                layer = self._by_name[layer.inputs[0]]
             if layer.type == "activation" and layer.config["function"] in SQUASHING:
                 names.append(layer.inputs[0])
             names.append(name)
-        return names
+        return list(dict.fromkeys(names))
 
     def activation(self, name) -> np.ndarray:
-        return np.asarray(self.reference_activations[name][()])
+        return _values(self.reference_activations[name], "%sreference activation '%s'" % (_at(self.source), name))
+
+    def reference_input(self, name) -> np.ndarray:
+        return _values(self.reference_inputs[name], "%sreference input '%s'" % (_at(self.source), name))
+
+    def read_all(self) -> None:
+        """Read every array and reference dataset, as converting and verifying will."""
+        for name in self.inputs:
+            self.reference_input(name)
+        for name in self.reference_activations:
+            self.activation(name)
+        for layer in self.layers:
+            for role in layer.arrays:
+                layer.array(role)
 
 
 def _at(source):
     return "%s: " % source if source else ""
+
+
+def _values(data, what: str) -> np.ndarray:
+    """A dataset's (or in-memory array's) values as float32: readable, floating point, finite."""
+    try:
+        value = np.asarray(data[()])
+    except (OSError, RuntimeError, TypeError, ValueError) as error:
+        raise IntermediateError("%s cannot be read (%s: %s)" % (what, type(error).__name__,
+                                                                 str(error).split("\n")[0]))
+    if value.dtype.kind != "f":
+        raise IntermediateError("%s is not floating point (%s)" % (what, value.dtype))
+    # A NaN would pass every comparison as "not over tolerance" or fail it meaninglessly.
+    # A finite sum proves every element finite (NaN and Inf propagate) at a quarter of the cost
+    # of isfinite's temporary; only an overflowing sum needs the element-wise look.
+    if not np.isfinite(value.sum()) and not np.all(np.isfinite(value)):
+        raise IntermediateError("%s contains NaN or Inf" % what)
+    return value.astype(np.float32, copy=False)
 
 
 def _key(name):
@@ -152,7 +185,10 @@ def _json_attr(value):
 def write(path, model: Model) -> None:
     """Write `model` to `path` atomically (a temporary file in the same folder, then rename)."""
     folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=folder)
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise IntermediateError("%s: cannot write: %s" % (path, error.strerror))
     os.close(handle)
     try:
         with h5py.File(tmp, "w") as f:  # default libver: h5py 2.10 must read it
@@ -188,9 +224,11 @@ def write(path, model: Model) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise IntermediateError("%s: cannot write: %s" % (path, os.strerror(error.errno))) from None
         raise
 
 
@@ -226,6 +264,48 @@ def open_file(path) -> h5py.File:
     except (OSError, ValueError) as error:
         raise IntermediateError("%s: not a readable HDF5 file (truncated or corrupt?): %s" % (
             path, str(error).split("(")[0].strip()))
+
+
+def check_readable(path, check_model: Callable[[Model], None] = lambda model: None) -> None:
+    """Read all of `path` once in a forked child process, as converting it will: corrupt metadata
+    can crash HDF5's C library (a segmentation fault, no exception), and that crash then becomes
+    an IntermediateError here instead of killing the caller. `check_model` runs on the model
+    before its arrays are read. The ConversionErrors the child meets are raised here with their
+    message; anything else is left for the caller's own read to meet."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            model = read(path)
+            try:
+                check_model(model)
+                model.read_all()
+            finally:
+                model.file.close()
+            status = 0
+        except ConversionError as error:
+            os.write(write_end, str(error).encode("utf-8", "replace"))
+            status = 3
+        finally:
+            os._exit(status)  # no cleanup handlers: they belong to the parent
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise IntermediateError("%s: corrupt HDF5 file: reading it crashed the HDF5 library (%s)" % (
+            path, _signal_name(os.WTERMSIG(status))))
+    if os.WEXITSTATUS(status) == 3:
+        raise IntermediateError(message)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal %d" % number
 
 
 def read(path) -> Model:
@@ -281,7 +361,7 @@ def _read(f, path) -> Model:
         key = "inputs/" + _key(layer.name)
         if key not in reference:
             raise IntermediateError("%s: no reference input for input layer '%s'" % (path, layer.name))
-        data = reference[key]
+        data = _float_dataset(reference, key, "%s: reference input '%s'" % (path, layer.name))
         if list(data.shape)[1:] != list(layer.output_shape)[1:]:
             raise IntermediateError("%s: reference input '%s' has shape %s, the layer expects %s" % (
                 path, layer.name, list(data.shape), layer.output_shape))
@@ -292,10 +372,16 @@ def _read(f, path) -> Model:
             name = unquote(key)
             if name not in seen:
                 raise IntermediateError("%s: reference activation for unknown layer '%s'" % (path, name))
-            activations[name] = reference["activations"][key]
+            activations[name] = _float_dataset(reference["activations"], key, "%s: reference activation '%s'" % (
+                path, name))
     attrs = {key: _attr_value(value) for key, value in f.attrs.items()
              if key not in ("outputs", "layer_order")}
-    labels = reference["labels"][()] if "labels" in reference else None
+    labels = None
+    if "labels" in reference:
+        labels = reference["labels"]
+        if not isinstance(labels, h5py.Dataset) or labels.dtype.kind not in "iu":
+            raise IntermediateError("%s: reference labels are not an integer dataset" % path)
+        labels = labels[()]
     model = Model(_text(f.attrs.get("model_name", os.path.basename(path))), layers, outputs, attrs,
                   reference_inputs, activations, labels)
     model.source = path
@@ -304,6 +390,13 @@ def _read(f, path) -> Model:
         if name not in activations:
             raise IntermediateError("%s: no reference activation for compared layer '%s'" % (path, name))
     return model
+
+
+def _float_dataset(group, key, what) -> h5py.Dataset:
+    data = group[key]
+    if not isinstance(data, h5py.Dataset) or data.dtype.kind != "f":
+        raise IntermediateError("%s is not a floating-point dataset" % what)
+    return data
 
 
 def _read_layer(group, name, path) -> Layer:

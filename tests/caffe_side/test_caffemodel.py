@@ -14,7 +14,7 @@ from caffe.proto import caffe_pb2
 
 from tf2caffe.caffe.caffemodel import MAX_CAFFEMODEL_BYTES, write_caffemodel
 from tf2caffe.caffe.native_backend import save
-from tf2caffe.caffe.netspec import CaffeLayer, NetSpec
+from tf2caffe.caffe.netspec import CaffeLayer, LazyBlob, NetSpec
 from tf2caffe.errors import ConversionError
 
 
@@ -172,3 +172,28 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
         write_caffemodel(str(path), "m", [layer])
     assert path.read_bytes() == b"previous"
     assert os.listdir(str(tmp_path)) == ["m.caffemodel"]
+
+
+def test_blocks_are_written_as_the_whole_blob_would_be(tmp_path):
+    value = np.random.RandomState(3).standard_normal((7, 2, 3)).astype(np.float32)
+    calls = []
+
+    def blocks():
+        calls.append(1)
+        return (value[start:start + 3] for start in range(0, 7, 3))  # 3 + 3 + 1 rows
+
+    streamed = LazyBlob(value.shape, blocks=blocks)
+    for name, blob in (("streamed", streamed), ("whole", LazyBlob(value.shape, lambda: value))):
+        write_caffemodel(str(tmp_path / name), "m", [CaffeLayer("conv", "Convolution", blobs=[blob])])
+    assert len(calls) == 1
+    assert (tmp_path / "streamed").read_bytes() == (tmp_path / "whole").read_bytes()
+    assert np.array_equal(streamed(), value)  # pycaffe's whole array, from the same blocks
+
+
+@pytest.mark.parametrize("rows", [(3, 3), (3, 3, 3), (7, 1)])
+def test_blocks_that_do_not_fill_the_declared_shape_leave_nothing(tmp_path, rows):
+    blocks = lambda: (np.zeros((count, 2), np.float32) for count in rows)
+    layer = CaffeLayer("fc", "InnerProduct", blobs=[LazyBlob((7, 2), blocks=blocks)])
+    with pytest.raises(ConversionError, match=r"layer 'fc': weight blob 0 has shape \[\d+, 2\], not the \[7, 2\]"):
+        write_caffemodel(str(tmp_path / "m.caffemodel"), "m", [layer])
+    assert os.listdir(str(tmp_path)) == []

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 
 from handler_batch import chain, family_tests
-from tf2caffe.caffe.handlers.dense import inner_product_weights
+from tf2caffe.caffe.handlers.dense import inner_product_blocks
 
 L = keras.layers
 RANDOM_BIAS = keras.initializers.RandomNormal(stddev=0.5)
@@ -42,6 +42,6 @@ def test_flatten_permutation_matches_caffe_order():
     """Caffe's input element (c, h, w) must meet the TensorFlow kernel row of (h, w, c)."""
     h, w, c, units = 3, 4, 5, 2
     kernel = np.arange(h * w * c * units, dtype=np.float32).reshape(h * w * c, units)
-    weights = inner_product_weights(kernel, (h, w, c))
+    weights = np.concatenate(list(inner_product_blocks(kernel, (h, w, c))))
     for ch, row, col in np.ndindex(c, h, w):
         np.testing.assert_array_equal(weights[:, (ch * h + row) * w + col], kernel[(row * w + col) * c + ch])

@@ -36,7 +36,9 @@ def read(path: str) -> caffe_pb2.NetParameter:
             text = f.read()
     except FileNotFoundError:
         raise ConversionError("%s: no such prototxt file" % path)
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
+        raise ConversionError("%s: cannot read the prototxt: %s" % (path, error.strerror or error))
+    except UnicodeDecodeError as error:
         raise ConversionError("%s: cannot read the prototxt: %s" % (path, error))
     return parse(text, path)
 

@@ -1,10 +1,18 @@
 """Save a converted net without Caffe: the prototxt text and a `.caffemodel` written directly.
 
 For users who only hand the two files to another toolchain; without Caffe, the result is
-checked with OpenCV's Caffe reader instead of pycaffe.
+checked with OpenCV's Caffe reader instead of pycaffe. `Native` is the import stage's native
+backend (see backends.py); `save` writes both files from Python.
 """
 from __future__ import annotations
 
+from typing import Dict
+
+import numpy as np
+
+from ..errors import ConversionError
+from . import verify
+from .backends import PROTOTXT_NEEDS_PYCAFFE, NetDescription, generated_inputs
 from .caffemodel import atomic_file, write_caffemodel
 from .netspec import NetSpec
 
@@ -17,3 +25,36 @@ def save(net: NetSpec, prototxt_path, caffemodel_path) -> None:
     write_caffemodel(caffemodel_path, net.name, net.layers)
     with atomic_file(prototxt_path) as out:
         out.write(text.encode("utf-8"))
+
+
+class Native:
+    """The generated prototxt, the .caffemodel streamed blob by blob, verified in OpenCV 4.x."""
+
+    name = "native"
+    verifier = "OpenCV"
+
+    def describe(self, model, net_spec: NetSpec, blobs, h5_path: str, prototxt, prototxt_out: str):
+        if prototxt:
+            raise ConversionError(PROTOTXT_NEEDS_PYCAFFE % prototxt)
+        return NetDescription(net_spec.to_prototxt(),
+                              [(layer.name, list(layer.tops)) for layer in net_spec.layers],
+                              [layer.type for layer in net_spec.layers], generated_inputs(model, blobs),
+                              verify.generated_targets)
+
+    def write(self, net_spec: NetSpec, prototxt_file: str, caffemodel_file: str, h5_path: str,
+              prototxt_shown: str, caffemodel_shown: str, progress) -> None:
+        progress.stage("writing weights")
+        write_caffemodel(caffemodel_file, net_spec.name, net_spec.layers, progress.each,
+                         shown_path=caffemodel_shown)
+
+    def run(self, unused, files: Dict[str, str], feeds: Dict[str, np.ndarray],
+            targets: Dict[str, verify.Target]) -> Dict[str, np.ndarray]:
+        # The files as written, read back by an independent implementation of Caffe.
+        from .. import opencv_check
+        try:
+            net = opencv_check.load(files["prototxt"], files["caffemodel"])
+        except ImportError:
+            raise ConversionError("%s: the native backend verifies with OpenCV 4.x "
+                                  "(opencv-python-headless<5), which is not installed; pass --no-verify "
+                                  "to skip verification" % files["caffemodel"]) from None
+        return opencv_check.run(net, feeds, targets, files["prototxt"])

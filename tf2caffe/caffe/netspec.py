@@ -6,7 +6,7 @@ for nested messages, repeated fields and enums is all a prototxt needs.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -30,6 +30,33 @@ class CaffeLayer:
 
     def __repr__(self):
         return "CaffeLayer(%r, %r, %r -> %r)" % (self.name, self.type, self.bottoms, self.tops)
+
+
+class LazyBlob:
+    """A weight blob whose shape is known before its values: a writer sizes the file from `shape`
+    alone, then computes the values once. Give `make` (returns the array) or `blocks` (yields it
+    in consecutive C-contiguous blocks along the first axis, so it need never be whole)."""
+
+    def __init__(self, shape: Sequence[int], make: Optional[Callable[[], np.ndarray]] = None,
+                 blocks: Optional[Callable[[], Iterable[np.ndarray]]] = None):
+        if (make is None) == (blocks is None):
+            raise ValueError("give make or blocks")
+        self.shape = tuple(int(d) for d in shape)
+        self._make = make
+        self._blocks = blocks
+
+    def __call__(self) -> np.ndarray:
+        if self._make is not None:
+            return self._make()
+        whole = np.empty(self.shape, np.float32)
+        start = 0
+        for block in self._blocks():
+            whole[start:start + len(block)] = block
+            start += len(block)
+        return whole
+
+    def blocks(self) -> Iterable[np.ndarray]:
+        return self._blocks() if self._blocks is not None else [self._make()]
 
 
 class NetSpec:

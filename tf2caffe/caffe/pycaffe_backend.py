@@ -14,8 +14,11 @@ import caffe  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import ConversionError  # noqa: E402
+from . import handwritten, verify  # noqa: E402
+from .backends import NetDescription, generated_inputs  # noqa: E402
 from .caffemodel import MAX_CAFFEMODEL_BYTES  # noqa: E402
-from .netspec import CaffeLayer  # noqa: E402
+from .emit import nchw  # noqa: E402
+from .netspec import CaffeLayer, NetSpec  # noqa: E402
 from .verify import Target  # noqa: E402
 
 # What each weight blob is, for error messages.
@@ -76,12 +79,23 @@ def assign_weights(net: "caffe.Net", layers: Sequence[CaffeLayer], h5_path: str,
             prototxt, ", ".join("'%s'" % name for name in unfilled), h5_path))
 
 
-def save(net: "caffe.Net", path: str, h5_path: str) -> None:
+# Besides the weights, a .caffemodel holds every layer's parameters: a few bytes each.
+SAVE_HEADROOM_BYTES = 2 ** 16
+
+
+def save(net: "caffe.Net", path: str, h5_path: str, shown_path: str = "") -> None:
+    """net.save(path); `shown_path` is what messages call the file (path may be a scratch file)."""
     # Caffe writes a .caffemodel of any size but reads none over its protobuf limit.
     size = sum(blob.data.nbytes for params in net.params.values() for blob in params)
     if size > MAX_CAFFEMODEL_BYTES:
         raise ConversionError("%s: the weights take %.2f GiB; Caffe cannot read a .caffemodel over "
                               "2 GiB" % (h5_path, size / 2.0 ** 30))
+    # Caffe aborts the process (a CHECK failure) when it cannot write the whole file: ask first.
+    disk = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    free = disk.f_bavail * disk.f_frsize
+    if free < size + SAVE_HEADROOM_BYTES:
+        raise ConversionError("%s: cannot write: No space left on device (about %d bytes needed, %d free)" % (
+            shown_path or path, size + SAVE_HEADROOM_BYTES, free))
     net.save(path)
 
 
@@ -97,3 +111,45 @@ def forward(net: "caffe.Net", inputs: Dict[str, np.ndarray]) -> None:
 
 def fetch(net: "caffe.Net", targets: Dict[str, Target]) -> Dict[str, np.ndarray]:
     return {name: np.array(net.blobs[target.blob.name].data) for name, target in targets.items()}
+
+
+class Pycaffe:
+    """The import stage's pycaffe backend (see backends.py): Caffe's own schema parses and checks
+    the prototxt (generated or hand-written), pycaffe holds and saves the weights, and Caffe's
+    forward pass is what verification measures."""
+
+    name = "pycaffe"
+    verifier = "pycaffe"
+
+    def describe(self, model, net_spec: NetSpec, blobs, h5_path: str, prototxt, prototxt_out: str):
+        if prototxt:
+            net_param = handwritten.read(prototxt)
+            inputs = handwritten.match_inputs(
+                net_param, {name: model.layer(name).caffe_name for name in model.inputs}, prototxt)
+            handwritten.set_input_shapes(
+                net_param, {inputs[name]: nchw(model.layer(name).output_shape) for name in model.inputs})
+            handwritten.check_against_generated(net_param, net_spec, h5_path, prototxt)
+            text, targets_in = handwritten.to_text(net_param), verify.handwritten_targets
+        else:
+            text = net_spec.to_prototxt()
+            net_param = handwritten.parse(text, prototxt_out)
+            inputs, targets_in = generated_inputs(model, blobs), verify.generated_targets
+        handwritten.check(net_param, prototxt or prototxt_out, known_layer_types())
+        return NetDescription(text, handwritten.layer_tops(net_param),
+                              [layer.type for layer in handwritten.test_layers(net_param)], inputs,
+                              targets_in)
+
+    def write(self, net_spec: NetSpec, prototxt_file: str, caffemodel_file: str, h5_path: str,
+              prototxt_shown: str, caffemodel_shown: str, progress) -> "caffe.Net":
+        progress.stage("loading the net in Caffe")
+        net = load(prototxt_file)
+        progress.stage("assigning weights")
+        assign_weights(net, net_spec.weighted_layers(), h5_path, prototxt_shown, progress.each)
+        progress.stage("saving")
+        save(net, caffemodel_file, h5_path, caffemodel_shown)
+        return net
+
+    def run(self, net: "caffe.Net", files: Dict[str, str], feeds: Dict[str, np.ndarray],
+            targets: Dict[str, Target]) -> Dict[str, np.ndarray]:
+        forward(net, feeds)
+        return fetch(net, targets)

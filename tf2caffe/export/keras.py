@@ -568,9 +568,13 @@ class GraphWalk:
             pieces = map_layer(layer, call)
         except Refused as reason:
             self.problems.append("%s: %s" % (where, reason))
-            # Keep running so that every later layer is checked too.
+            # Keep running so that every later layer is checked too; the refused layer's output
+            # stands in as an input, so the import side can check the layers after it.
             for tensor, value in zip(node.outputs, tf.nest.flatten(call.output())):
                 self.values[id(tensor)], self.names[id(tensor)] = value, layer.name
+            if layer.name not in {known.name for known in self.layers}:
+                self.layers.append(intermediate.Layer(layer.name, "input", config=dict(
+                    shape=list(value.shape)), output_shape=value.shape))
             return
         value, inputs = call.inputs, [self.names[id(t)] for t in node.input_tensors]
         for piece in pieces:
@@ -609,10 +613,11 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
         for node in graph._nodes_by_depth[depth]:
             if node.operation and not node.is_input:
                 walk.visit(node)
-    if walk.problems:
-        raise UnsupportedError(list(dict.fromkeys(walk.problems)))  # a shared layer: once
-
     outputs = [walk.names[id(tensor)] for tensor in graph.outputs]
+    if walk.problems:
+        partial = intermediate.Model(name, walk.layers, outputs)
+        raise UnsupportedError(list(dict.fromkeys(walk.problems)), partial)  # a shared layer: once
+
     expected = tf.nest.flatten(model(inputs if len(inputs) > 1 else inputs[0], training=False))
     for output, tensor, reference in zip(outputs, graph.outputs, expected):
         error = relative_error(walk.values[id(tensor)], reference)

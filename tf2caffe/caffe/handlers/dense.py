@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..netspec import CaffeLayer
+from ..layout import checked_array, hwcn_to_nchw_blocks
+from ..netspec import CaffeLayer, LazyBlob
 from . import Handler, register
 from .shape import order_problem
 
 
-def inner_product_weights(kernel: np.ndarray, flattened_from) -> np.ndarray:
-    """TF kernel (in, out) -> Caffe (out, in). After a Flatten of (H, W, C) TensorFlow's input
-    rows run in H,W,C order and Caffe's in C,H,W order, so the rows are permuted as well."""
-    if flattened_from is None:
-        return kernel.T
-    h, w, c = flattened_from
-    units = kernel.shape[1]
-    # Views until the final reshape: one copy of the kernel (VGG-19's fc6 is 25088 x 4096).
-    return kernel.reshape(h, w, c, units).transpose(3, 2, 0, 1).reshape(units, c * h * w)
+def inner_product_blocks(kernel: np.ndarray, flattened_from):
+    """TF kernel (in, out) -> Caffe (out, in), in blocks of output rows (VGG-19's fc6 is 25088 x
+    4096). After a Flatten of (H, W, C) TensorFlow's input rows run in H,W,C order and Caffe's in
+    C,H,W order, so the rows are permuted as well."""
+    for block in hwcn_to_nchw_blocks(kernel, _spatial(flattened_from)):
+        yield block.reshape(len(block), -1)
+
+
+def _spatial(flattened_from):
+    return flattened_from[:2] if flattened_from is not None else (1, 1)
 
 
 @register("dense")
@@ -33,9 +35,11 @@ class Dense(Handler):
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
         name = ctx.name(layer)
-        blobs = [lambda: inner_product_weights(layer.array("kernel"), bottom.flattened_from)]
+        units, inputs = int(layer.config["units"]), int(np.prod(bottom.shape[1:]))
+        blobs = [LazyBlob((units, inputs), blocks=lambda: inner_product_blocks(
+            checked_array(layer, "kernel", (inputs, units)), bottom.flattened_from))]
         if layer.has("bias"):
-            blobs.append(lambda: layer.array("bias"))
+            blobs.append(LazyBlob((units,), lambda: checked_array(layer, "bias", (units,))))
         ctx.add(CaffeLayer(name, "InnerProduct", [bottom.name], [name], {"inner_product_param": {
-            "num_output": int(layer.config["units"]), "bias_term": layer.has("bias")}}, blobs))
+            "num_output": units, "bias_term": layer.has("bias")}}, blobs))
         ctx.produce(layer, name)

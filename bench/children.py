@@ -1,0 +1,118 @@
+"""The benchmark's baseline processes (each run fresh by bench/run.py, in the TensorFlow venv).
+
+    children.py tf-save ARCH SHAPE OUT_DIR   (a) import TensorFlow, build the model, np.save its weights
+    children.py tf-forward ARCH SHAPE        TensorFlow's forward pass alone, as export runs it
+    children.py h5-copy H5 OUT               (b) every dataset of the intermediate, bytes unchanged
+    children.py permute H5                   the flatten permutation of the first Dense kernel
+    children.py interpreter                  start-up with what the native import stage imports
+
+Each prints one JSON object: the seconds spent after start-up (and what else it measured).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def seeded_model(arch: str, shape):
+    """The graph and a session with the variables initialised as `tf2caffe export` does without a
+    checkpoint (seed 0)."""
+    import tensorflow as tf
+
+    from tf2caffe.export.tflearn import load_architecture, model_variables
+
+    module = load_architecture(arch)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(0)
+        output = module.build(shape)
+    session = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        session.run(tf.compat.v1.global_variables_initializer())
+    return graph, session, output, model_variables(graph)
+
+
+def tf_save(arch: str, shape: str, out_dir: str) -> dict:
+    import numpy as np
+
+    started = time.monotonic()
+    graph, session, _, variables = seeded_model(arch, [int(d) for d in shape.split(",")])
+    values = session.run(variables)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for variable, value in zip(variables, values):
+        np.save(str(out / (variable.op.name.replace("/", "_") + ".npy")), value)
+    return {"seconds": time.monotonic() - started,
+            "weights": int(sum(value.size for value in values))}
+
+
+def tf_forward(arch: str, shape: str) -> dict:
+    import numpy as np
+
+    dims = [int(d) for d in shape.split(",")]
+    graph, session, output, _ = seeded_model(arch, dims)
+    inputs = graph.get_collection("inputs") or [graph.get_operations()[0].outputs[0]]
+    x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    times = []
+    for _ in range(2):  # the first run also optimises the graph: export pays that one
+        started = time.monotonic()
+        session.run(output, {inputs[0]: x})
+        times.append(time.monotonic() - started)
+    return {"seconds": times[0], "second_run": times[1]}
+
+
+def h5_copy(h5: str, out: str) -> dict:
+    import h5py
+
+    started = time.monotonic()
+    total = 0
+    with h5py.File(h5, "r") as f, open(out, "wb") as sink:
+        datasets = []
+        f.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+        for dataset in datasets:
+            value = dataset[()]
+            sink.write(value.tobytes() if not value.flags.c_contiguous else value)
+            total += value.nbytes
+    return {"seconds": time.monotonic() - started, "bytes": total}
+
+
+def permute(h5: str) -> dict:
+    """The first Dense layer after a Flatten (VGG-19's fc6): its kernel read, then permuted."""
+    import numpy as np
+
+    from tf2caffe import intermediate
+    from tf2caffe.caffe.handlers.dense import inner_product_blocks
+
+    model = intermediate.read(h5)
+    try:
+        layer = next(layer for layer in model.layers if layer.type == "dense"
+                     and model.layer(layer.inputs[0]).type == "flatten")
+        h, w, c = model.layer(model.layer(layer.inputs[0]).inputs[0]).output_shape[1:]
+        kernel = layer.array("kernel")
+    finally:
+        model.file.close()
+    started = time.monotonic()
+    for _ in inner_product_blocks(kernel, (h, w, c)):
+        pass
+    tiled = time.monotonic() - started
+    started = time.monotonic()
+    np.ascontiguousarray(kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1))
+    return {"seconds": tiled, "numpy_transpose": time.monotonic() - started, "layer": layer.name,
+            "kernel": list(kernel.shape), "flattened_from": [h, w, c]}
+
+
+def interpreter() -> dict:
+    started = time.monotonic()
+    from tf2caffe import cli, import_stage  # noqa: F401
+    from tf2caffe.caffe import backends, emit  # noqa: F401
+    emit.load_builtin()
+    return {"seconds": time.monotonic() - started}
+
+
+CHILDREN = {"tf-save": tf_save, "tf-forward": tf_forward, "h5-copy": h5_copy, "permute": permute,
+            "interpreter": interpreter}
+
+if __name__ == "__main__":
+    print(json.dumps(CHILDREN[sys.argv[1]](*sys.argv[2:])))
