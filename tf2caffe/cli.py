@@ -139,10 +139,35 @@ def export_model(args, out_dir: str, per_layer: bool):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import logging
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        with tensorflow_banner_hidden():
+            import tensorflow  # noqa: F401  (here, so that its start-up banner can be hidden)
     from .export import export
     return export(args.src, out_dir, checkpoint=args.checkpoint, input_shape=args.input_shape,
                   per_layer=per_layer, seed=args.seed, inputs=args.inputs, outputs=args.outputs,
                   signature=args.signature)
+
+
+# TensorFlow 2.21 logs its oneDNN notice through absl before absl is initialised, which ignores
+# TF_CPP_MIN_LOG_LEVEL; these lines are hidden while TensorFlow is imported, nothing else is.
+TENSORFLOW_BANNER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+                               r"|I\d{4} .*\] oneDNN custom operations)")
+
+
+@contextlib.contextmanager
+def tensorflow_banner_hidden():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured:
+                if not TENSORFLOW_BANNER.match(line):
+                    sys.stderr.write(line)
 
 
 def run_export(args) -> int:
