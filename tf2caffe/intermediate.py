@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import tempfile
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List
 from urllib.parse import quote, unquote
 
 import h5py

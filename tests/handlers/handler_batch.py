@@ -9,7 +9,6 @@ import pytest
 
 from harness import Result, assert_exact, convert_keras_batch
 # Re-exported for test_conv.py, which imports it from here.
-from harness import convert_intermediate_batch as convert_intermediates  # noqa: F401
 from tf2caffe import intermediate, opencv_check
 from tf2caffe.caffe import emit, native_backend, verify
 

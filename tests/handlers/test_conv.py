@@ -7,8 +7,8 @@ import itertools
 import keras
 import pytest
 
-from harness import assert_exact
-from handler_batch import chain, convert, convert_intermediates, family_tests
+from harness import assert_exact, convert_intermediate_batch
+from handler_batch import chain, convert, family_tests
 from tf2caffe import intermediate
 from tf2caffe.export.keras import model_to_intermediate
 
@@ -112,7 +112,7 @@ def explicit_padding_model(name, pads, stride) -> intermediate.Model:
 @pytest.fixture(scope="module")
 def explicit_results(tmp_path_factory):
     models = {name: explicit_padding_model(name, *case) for name, case in EXPLICIT.items()}
-    return convert_intermediates(models, tmp_path_factory.mktemp("conv_explicit"))
+    return convert_intermediate_batch(models, tmp_path_factory.mktemp("conv_explicit"))
 
 
 @pytest.mark.parametrize("name", sorted(EXPLICIT))
