@@ -8,7 +8,7 @@ from pathlib import Path
 import intermediate_models
 from harness import assert_exact, convert_keras_batch
 
-from tf2caffe import cli, opencv_check
+from tf2caffe import cli, intermediate, opencv_check
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +84,30 @@ def test_convert_writes_the_model_and_a_short_report(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "max relative error: pycaffe" in completed.stdout and "OpenCV" in completed.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn.caffemodel", "cnn.h5", "cnn.prototxt"]
+
+
+def test_convert_verifies_a_user_reference_input_too(tmp_path):
+    import numpy as np
+    small_cnn().save(str(tmp_path / "cnn.keras"))
+    user = np.random.default_rng(7).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
+    np.save(str(tmp_path / "x.npy"), user)
+    completed = tf2caffe("convert", tmp_path / "cnn.keras", "-o", tmp_path / "out",
+                         "--reference-input", tmp_path / "x.npy")
+    assert completed.returncode == 0, completed.stderr
+    model = intermediate.read(str(tmp_path / "out" / "cnn.h5"))
+    batch = model.reference_input(model.inputs[0])
+    assert batch.shape == (4, 12, 12, 3) and np.array_equal(batch[1:], user)
+
+
+def test_reference_input_of_the_wrong_shape_is_one_line(tmp_path):
+    import numpy as np
+    small_cnn().save(str(tmp_path / "cnn.keras"))
+    np.save(str(tmp_path / "x.npy"), np.zeros((2, 11, 12, 3), np.float32))
+    completed = tf2caffe("export", tmp_path / "cnn.keras", "-o", tmp_path / "out",
+                         "--reference-input", tmp_path / "x.npy")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().count("\n") == 0
+    assert "--reference-input has shape [2, 11, 12, 3]" in completed.stderr
 
 
 def check_only(src, out, capsys):

@@ -75,6 +75,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-layer", action="store_true",
                    help="store every layer's reference activation (per-layer verification)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference input (default: 0)")
+    p.add_argument("--reference-input", metavar="X.npy",
+                   help="your own inputs (NHWC), verified too: appended to the seeded sample")
     graph = p.add_argument_group("graph sources (.pb, TF1/tflearn checkpoints, SavedModels)")
     graph.add_argument("--inputs", metavar="NAMES", help="input tensors, comma-separated (default: detected)")
     graph.add_argument("--outputs", metavar="NAMES", help="output tensors, comma-separated (default: detected)")
@@ -144,7 +146,7 @@ def export_model(args, out_dir: str, per_layer: bool):
     from .export import export
     return export(args.src, out_dir, checkpoint=args.checkpoint, input_shape=args.input_shape,
                   per_layer=per_layer, seed=args.seed, inputs=args.inputs, outputs=args.outputs,
-                  signature=args.signature)
+                  signature=args.signature, reference_input=args.reference_input)
 
 
 # TensorFlow 2.21 logs its oneDNN notice through absl before absl is initialised, which ignores

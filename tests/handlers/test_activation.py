@@ -27,6 +27,9 @@ CASES = {
     "relu_negative_slope": lambda: on_image(L.ReLU(negative_slope=0.1)),
     "relu_negative_slope_max_value": lambda: on_image(L.ReLU(negative_slope=0.1, max_value=4.0)),
     "relu6": lambda: on_image(L.Activation("relu6")),
+    # Small activations (deep untrained nets): a clip that rounds values to ulp(6) fails here.
+    "relu6_small_values": lambda: keras.Model(*(lambda x: (x, L.ReLU(max_value=6.0)(
+        L.Rescaling(1e-3)(x))))(keras.Input((5, 6, 4)))),
     "leaky_relu": lambda: on_image(L.LeakyReLU(negative_slope=0.2)),
     "prelu_shared_hw": lambda: on_image(L.PReLU(
         alpha_initializer=keras.initializers.RandomUniform(-0.5, 0.5), shared_axes=[1, 2])),

@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 
 from .. import intermediate
 from ..errors import ConversionError
+from .reference import load_user_input
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -57,10 +58,11 @@ def source_kind(src: Path) -> str:
 
 def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
            input_shape: Optional[Sequence[int]] = None, per_layer: bool = False,
-           seed: int = 0, inputs=None, outputs=None, signature=None) -> Path:
+           seed: int = 0, inputs=None, outputs=None, signature=None, reference_input=None) -> Path:
     """Export SRC to `out_dir/<stem>.h5` (written atomically) and return that path."""
     src, out_dir = Path(src), Path(out_dir)
     shape = parse_input_shape(input_shape)
+    user_input = load_user_input(reference_input) if reference_input is not None else None
     kind = source_kind(src)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError("%s: output folder exists and is not a directory" % out_dir)
@@ -78,14 +80,15 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
     try:
         if kind == "graph":
             from .graph import source_to_intermediate
-            model = source_to_intermediate(src, inputs, outputs, signature, shape, per_layer, seed)
+            model = source_to_intermediate(src, inputs, outputs, signature, shape, per_layer, seed,
+                                           user_input)
         elif kind == "tflearn":
             from .tflearn import architecture_to_intermediate
-            model = architecture_to_intermediate(src, checkpoint, shape, per_layer, seed)
+            model = architecture_to_intermediate(src, checkpoint, shape, per_layer, seed, user_input)
         else:
             from .keras import load_model, model_to_intermediate
             model = model_to_intermediate(load_model(src, checkpoint), src.stem, shape,
-                                          per_layer, seed)
+                                          per_layer, seed, user_input)
             model.attrs["source_path"] = str(src)
     except ConversionError as error:
         if not str(error).startswith(str(src)):

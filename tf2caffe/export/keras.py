@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from .. import intermediate
 from ..errors import ConversionError, UnsupportedError
+from .reference import reference_batch
 
 # Largest max|layer-by-layer - model(x)| / max|model(x)| accepted: both compute the same ops.
 EAGER_TOLERANCE = 1e-5
@@ -596,16 +597,19 @@ class GraphWalk:
         self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = value, inputs[0]
 
 
-def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0) -> intermediate.Model:
+def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0,
+                          user_input=None) -> intermediate.Model:
     """Map a Keras 3 functional/Sequential model onto the vocabulary, with TensorFlow's
-    reference activations for a seeded standard-normal input.
+    reference activations for a seeded standard-normal input (and `user_input`, see reference.py).
 
     Raises UnsupportedError listing every layer that cannot be mapped, after the whole model
     has been walked."""
     graph = functional_graph(model)
-    rng = np.random.default_rng(seed)
-    inputs = [rng.standard_normal(shape).astype(np.float32)
-              for shape in input_shapes(graph, input_shape)]
+    shapes = input_shapes(graph, input_shape)
+    if user_input is not None and len(shapes) != 1:
+        raise ConversionError("model '%s' has %d inputs; --reference-input needs a single-input "
+                              "model" % (name, len(shapes)))
+    inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name)
     walk = GraphWalk(graph)
     for tensor, value in zip(graph.inputs, inputs):
         walk.add_input(tensor, value)

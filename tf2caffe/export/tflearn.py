@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from .. import intermediate
 from ..errors import ConversionError, UnsupportedError
+from .reference import append_user_input, reference_batch
 
 v1 = tf.compat.v1
 # Ops that move values around without computing anything a layer is made of.
@@ -427,7 +428,7 @@ def load_weights(module, session, graph, prefix, seed) -> str:
     return "seeded random (seed %d)" % seed
 
 
-def reference_run(module, graph, pieces, prefix, shape, seed) -> tuple:
+def reference_run(module, graph, pieces, prefix, shape, seed, user_input=None) -> tuple:
     """Set the weights, run the reference batch once and fetch every layer's output and every
     weight: (x, labels, {layer: output}, {(layer, role): array}, where the weights came from)."""
     tflearn = import_tflearn()
@@ -441,9 +442,12 @@ def reference_run(module, graph, pieces, prefix, shape, seed) -> tuple:
             tflearn.is_training(False, session=session)
         if hasattr(module, "reference_data"):
             x, labels = module.reference_data(shape, seed)
+            if user_input is not None and labels is not None:
+                raise ConversionError("this architecture verifies on its own labelled data; "
+                                      "--reference-input does not apply")
         else:
-            x, labels = np.random.default_rng(seed).standard_normal(shape), None
-        x = np.asarray(x, dtype=np.float32)
+            x, labels = reference_batch([shape], seed)[0], None
+        x = append_user_input(np.asarray(x, dtype=np.float32), user_input)
         if not inputs[0].tensor.shape.is_compatible_with(x.shape):
             raise ConversionError("the reference input has shape %s; input_data expects %s" % (
                 list(x.shape), inputs[0].tensor.shape.as_list()))
@@ -457,7 +461,7 @@ def reference_run(module, graph, pieces, prefix, shape, seed) -> tuple:
 
 
 def architecture_to_intermediate(path, checkpoint=None, input_shape=None, per_layer=False,
-                                 seed=0) -> intermediate.Model:
+                                 seed=0, user_input=None) -> intermediate.Model:
     prefix = checkpoint_prefix(checkpoint) if checkpoint is not None else None
     module = load_architecture(path)
     shape = list(input_shape) if input_shape is not None else list(module.DEFAULT_INPUT_SHAPE)
@@ -471,7 +475,7 @@ def architecture_to_intermediate(path, checkpoint=None, input_shape=None, per_la
         pieces, output_name = map_graph(graph, output)
         apply_caffe_names(path, pieces, getattr(module, "CAFFE_NAMES", {}))
         x, labels, values, arrays, weights_source = reference_run(module, graph, pieces, prefix,
-                                                                  shape, seed)
+                                                                  shape, seed, user_input)
     if labels is not None:
         accuracy = float(np.mean(np.argmax(values[output_name], axis=1) == np.asarray(labels)))
         print("TensorFlow accuracy on the %d reference samples: %.4f" % (len(x), accuracy), flush=True)

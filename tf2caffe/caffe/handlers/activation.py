@@ -1,7 +1,9 @@
 """Activations and PReLU, plus the chain-of-layers helper other families use.
 
-BVLC Caffe lacks ReLU6, clipping and hard-sigmoid; they are composed exactly from ReLU and
-Power: with Power(x) = shift + scale·x, `m - ReLU(m - x)` is min(x, m) (negation is exact).
+BVLC Caffe lacks ReLU6, clipping and hard-sigmoid; they are composed from ReLU, Power and
+Eltwise as min(r, m) = r - ReLU(x - m) with r = ReLU(x): exact wherever x < m, since ReLU(x - m)
+is then exactly 0. (The shorter `m - ReLU(m - r)` rounds every value to a multiple of ulp(m),
+an absolute error of ~5e-7 that swamps small activations in deep untrained nets.)
 """
 from __future__ import annotations
 
@@ -14,28 +16,42 @@ from . import Handler, register
 from .shape import caffe_axis, in_blob_order, order_problem
 
 
+class Earlier(str):
+    """In a chain, the top of the earlier step with this suffix (or the chain's input for "")."""
+
+
 class Step(NamedTuple):
-    """One layer of a chain: it takes the previous layer's top (plus `extra_bottoms`)."""
+    """One layer of a chain: it takes the previous layer's top, or `source` when given (a blob
+    name or an `Earlier` step), plus `extra_bottoms`."""
     suffix: str
     type: str
     params: Optional[Dict] = None
     blobs: Sequence = ()
     extra_bottoms: Sequence[str] = ()
+    source: Optional[str] = None
 
 
-def add_step(ctx, name: str, bottom: str, step: Step) -> str:
+def add_step(ctx, name: str, bottom: str, step: Step, extra_bottoms: Sequence[str] = ()) -> str:
     """Emit one step as Caffe layer `name` with top `name` (never in place); returns the top."""
-    ctx.add(CaffeLayer(name, step.type, [bottom] + list(step.extra_bottoms), [name],
-                       step.params, step.blobs))
+    ctx.add(CaffeLayer(name, step.type, [bottom] + list(extra_bottoms or step.extra_bottoms),
+                       [name], step.params, step.blobs))
     return name
 
 
 def emit_chain(ctx, layer, bottom: str, steps: List[Step]) -> str:
     """Emit `steps` from blob `bottom`; the last layer (and its top) takes `layer`'s own name,
     the others `<name>/<suffix>`. Returns the last top."""
+    tops = {"": bottom}
     top = bottom
+
+    def resolve(blob):
+        return tops[blob] if isinstance(blob, Earlier) else blob
+
     for index, step in enumerate(steps):
-        top = add_step(ctx, ctx.name(layer, "" if index == len(steps) - 1 else step.suffix), top, step)
+        source = top if step.source is None else resolve(step.source)
+        top = add_step(ctx, ctx.name(layer, "" if index == len(steps) - 1 else step.suffix), source,
+                       step, [resolve(blob) for blob in step.extra_bottoms])
+        tops[step.suffix] = top
     return top
 
 
@@ -54,20 +70,22 @@ def relu(suffix, negative_slope=0.0) -> Step:
                 if negative_slope else None)
 
 
-def clip_above(maximum, profile, negative_slope=0.0) -> List[Step]:
-    """Steps computing min(max(x, 0) + slope·min(x, 0), maximum) (slope ≥ 0)."""
+def clip_above(maximum, profile, source: str, negative_slope=0.0) -> List[Step]:
+    """Steps computing min(max(x, 0) + slope·min(x, 0), maximum) (slope ≥ 0) of `source`."""
     if maximum == 6 and not negative_slope and profile.allows("ReLU6"):
-        return [Step("relu6", "ReLU6")]
-    return [relu("relu", negative_slope), power("flip", -1.0, maximum),
-            relu("relu2"), power("min", -1.0, maximum)]
+        return [Step("relu6", "ReLU6", source=source)]
+    return [power("over", 1.0, -maximum)._replace(source=source), relu("excess"),
+            relu("relu", negative_slope)._replace(source=source),
+            Step("min", "Eltwise", {"eltwise_param": {"operation": "SUM", "coeff": [1.0, -1.0]}},
+                 extra_bottoms=[Earlier("excess")])]
 
 
-def _relu(layer, profile, _x):
+def _relu(layer, profile, x):
     slope = float(layer.config.get("negative_slope") or 0.0)
     maximum = layer.config.get("max_value")
     if maximum is None:
         return [relu("relu", slope)]
-    return clip_above(float(maximum), profile, slope)
+    return clip_above(float(maximum), profile, x, slope)
 
 
 def _swish(layer, profile, x):
@@ -82,7 +100,7 @@ def _hard_sigmoid(layer, profile, _x):
     # and offset 0.5 that is its own relu6(x + 3) / 6.
     slope = float(layer.config.get("slope", 1.0 / 6.0))
     offset = float(layer.config.get("offset", 0.5))
-    return ([power("affine", 6.0 * slope, 6.0 * offset)] + clip_above(6.0, profile)
+    return ([power("affine", 6.0 * slope, 6.0 * offset)] + clip_above(6.0, profile, Earlier("affine"))
             + [power("scale", 1.0 / 6.0)])
 
 
@@ -98,7 +116,7 @@ def _softmax_axis(layer, rank):
 # function -> steps(layer, profile, input blob name); an empty list emits nothing.
 STEPS = {
     "relu": _relu,
-    "relu6": lambda layer, profile, x: clip_above(6.0, profile),
+    "relu6": lambda layer, profile, x: clip_above(6.0, profile, x),
     "leaky_relu": lambda layer, profile, x: [relu("relu", layer.config["alpha"])],
     "elu": lambda layer, profile, x: [Step("elu", "ELU", {"elu_param": {
         "alpha": float(layer.config.get("alpha", 1.0))}})],
@@ -116,7 +134,7 @@ STEPS = {
 class Activation(Handler):
     summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, sigmoid, "
                "tanh, softmax (any axis), swish, hard_sigmoid, linear; ReLU6 and clipping as "
-               "ReLU/Power chains (ReLU6, Swish in the opencv profile)")
+               "ReLU(x) - ReLU(x - m) (ReLU6, Swish in the opencv profile)")
     caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "Eltwise", "ReLU6", "Swish")
 
     def check(self, layer, model, profile):

@@ -15,7 +15,8 @@ from .inference import _resolve_training
 from .io import _detect
 from .load import _load
 from .nodes import _node_name, _split, _tensor
-from .session import _full, _input_shapes, _relative_error, _run_graph_def, _seeded_inputs
+from ..reference import reference_batch
+from .session import _full, _input_shapes, _relative_error, _run_graph_def
 
 v1 = tf.compat.v1
 
@@ -88,7 +89,8 @@ def _load_graph(path: Path, inputs, outputs, signature, input_shape):
         frozen, renamed = _rename(frozen, source.variable_names)
         new_inputs = [renamed.get(i, i) for i in inputs]
         new_outputs = [renamed.get(o, o) for o in outputs]
-        feeds = _seeded_inputs(_input_shapes(frozen, new_inputs, input_shape, path), seed=0)
+        shapes = _input_shapes(frozen, new_inputs, input_shape, path)
+        feeds = dict(zip(shapes, reference_batch(list(shapes.values()), seed=0)))
         expected = source.run(dict(flags, **dict(zip(inputs, feeds.values()))), outputs)
         got = _run_graph_def(frozen, feeds, new_outputs)
     finally:

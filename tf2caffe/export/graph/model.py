@@ -13,18 +13,25 @@ from .inference import CONTROL_FLOW_OPS
 from .load import model_stem
 from .mapper import _Mapper
 from .nodes import _node_name
-from .session import SESSION_CONFIG, _full, _import, _input_shapes, _relative_error, _seeded_inputs
+from .session import SESSION_CONFIG, _full, _import, _input_shapes, _relative_error
+from ..reference import reference_batch
 
 v1 = tf.compat.v1
 
 
 def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, source_path,
-                          input_shape=None, per_layer=False, seed=0) -> intermediate.Model:
+                          input_shape=None, per_layer=False, seed=0,
+                          user_input=None) -> intermediate.Model:
     """Map a frozen, pruned inference GraphDef (from `load_graph`) onto the intermediate
-    vocabulary and record TensorFlow's reference activations on a seeded input."""
+    vocabulary and record TensorFlow's reference activations on a seeded input (and
+    `user_input`, see export/reference.py)."""
     _refuse_control_flow(graph_def)
     shapes = _input_shapes(graph_def, inputs, input_shape, source_path)
-    feeds = _seeded_inputs(shapes, seed)
+    if user_input is not None and len(shapes) != 1:
+        raise ConversionError("%s: %d inputs; --reference-input needs a single-input graph" % (
+            source_path, len(shapes)))
+    feeds = dict(zip(shapes, reference_batch(list(shapes.values()), seed, user_input,
+                                             "%s: " % source_path)))
     graph = _import(graph_def)
     with v1.Session(graph=graph, config=SESSION_CONFIG) as session:
         data_nodes = [op for op in graph.get_operations()
@@ -75,13 +82,14 @@ def _source_version(framework) -> str:
 
 
 def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input_shape=None,
-                           per_layer=False, seed=0) -> intermediate.Model:
+                           per_layer=False, seed=0, user_input=None) -> intermediate.Model:
     """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`."""
     given = outputs is not None
     graph_def, inputs, outputs, framework = _load_graph(Path(src), inputs, outputs, signature, input_shape)
     try:
         return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), framework, src,
-                                     input_shape=input_shape, per_layer=per_layer, seed=seed)
+                                     input_shape=input_shape, per_layer=per_layer, seed=seed,
+                                     user_input=user_input)
     except UnsupportedError as error:
         if not given:  # a wrongly guessed output (a loss) shows up as unsupported ops
             error.args = ("%s (output found: %s; pass --outputs to convert another tensor)" % (

@@ -78,6 +78,4 @@ def _input_shapes(graph_def, inputs, input_shape, where) -> Dict[str, List[int]]
     return shapes
 
 
-def _seeded_inputs(shapes: Dict[str, List[int]], seed: int) -> Dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+
