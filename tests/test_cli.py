@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import intermediate_models
@@ -24,15 +23,13 @@ def test_version():
     assert completed.returncode == 0 and completed.stdout.startswith("tf2caffe 0.")
 
 
-def test_import_help_is_instant_and_loads_no_framework():
-    started = time.monotonic()
+def test_import_help_loads_no_framework():
     completed = subprocess.run(
         [sys.executable, "-c", "import sys\nfrom tf2caffe import cli\ntry:\n    cli.main(['import', '--help'])\n"
          "except SystemExit:\n    pass\nassert not {'tensorflow', 'keras', 'cv2', 'h5py'} & set(sys.modules)"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert completed.returncode == 0, completed.stderr
     assert "--prototxt" in completed.stdout and "--debug" in completed.stdout
-    assert time.monotonic() - started < 3
 
 
 def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
