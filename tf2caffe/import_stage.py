@@ -53,7 +53,7 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend) ->
     intermediate.check_readable(path, lambda model: check_caffemodel_size(model, path))
     model = intermediate.read(path)
     try:
-        for name in model.compared_layers():
+        for name in [] if args.no_verify else model.compared_layers():
             verify.check_not_degenerate(name, model.activation(name), path)
 
         progress.stage("emitting Caffe layers")
@@ -289,7 +289,10 @@ def run(args) -> int:
     backend = get_backend(args.backend or default_backend())
     progress = Progress(args.progress or sys.stderr.isatty())
     own_scratch = args.scratch is None
-    scratch = args.scratch or tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=args.output)
+    try:
+        scratch = args.scratch or tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=args.output)
+    except OSError as error:
+        raise ConversionError("%s: cannot write in the output folder: %s" % (args.output, error.strerror))
     entries: Dict[str, Dict] = {}
     status = 0
     try:

@@ -1,6 +1,7 @@
 """Intermediate graph -> Caffe net: check support for every layer, then let each handler emit."""
 from __future__ import annotations
 
+import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -91,7 +92,12 @@ def build_net(model: Model, profile_name: str = "bvlc") -> Tuple[NetSpec, Dict[s
     net = NetSpec(model.name)
     ctx = EmitContext(model, net, profile)
     for layer in model.layers:
-        handler_for(layer.type).emit(layer, ctx)
+        try:
+            handler_for(layer.type).emit(layer, ctx)
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            # Config values are checked for presence on reading, not for form.
+            raise ConversionError("%s: layer '%s' (%s): malformed config %s: %s" % (
+                model.source, layer.name, layer.type, json.dumps(layer.config), error))
     profile.enforce(net)
     names = [layer.name for layer in net.layers]
     duplicates = sorted({name for name in names if names.count(name) > 1})

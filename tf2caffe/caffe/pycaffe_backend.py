@@ -127,7 +127,8 @@ class Pycaffe:
             inputs = handwritten.match_inputs(
                 net_param, {name: model.layer(name).caffe_name for name in model.inputs}, prototxt)
             handwritten.set_input_shapes(
-                net_param, {inputs[name]: nchw(model.layer(name).output_shape) for name in model.inputs})
+                net_param, {inputs[name]: [1] + nchw(model.layer(name).output_shape)[1:]
+                            for name in model.inputs})
             handwritten.check_against_generated(net_param, net_spec, h5_path, prototxt)
             text, targets_in = handwritten.to_text(net_param), verify.handwritten_targets
         else:

@@ -66,6 +66,10 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
     kind = source_kind(src)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError("%s: output folder exists and is not a directory" % out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConversionError("%s: cannot create the output folder: %s" % (out_dir, error.strerror))
     if kind != "graph" and (inputs or outputs or signature):
         raise ConversionError("%s: --inputs, --outputs and --signature apply to graph sources "
                               "(.pb, checkpoints, SavedModels), not to %s sources" % (src, kind))
@@ -94,7 +98,6 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
         if not str(error).startswith(str(src)):
             error.args = ("%s: %s" % (src, error),)
         raise
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ((model.name if kind == "graph" else src.stem) + ".h5")
     intermediate.write(str(path), model)
     weights = sum(int(array.size) for layer in model.layers for array in layer.arrays.values())

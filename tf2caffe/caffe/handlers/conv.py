@@ -114,9 +114,10 @@ class DepthwiseConv2D(Handler):
         channels = ctx.bottom(layer).shape[1]
         multiplier = int(layer.config["depth_multiplier"])
 
+        kh, kw = _pair(layer, "kernel_size")
+
         def weight():
-            kernel = layer.array("kernel")  # (kh, kw, C, M)
-            kh, kw = kernel.shape[:2]
+            kernel = checked_array(layer, "kernel", (kh, kw, channels, multiplier))
             return kernel.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None]
 
         _emit_convolution(layer, ctx, channels * multiplier, channels, weight)
@@ -152,7 +153,8 @@ class Conv2DTranspose(Handler):
             caffe.append(full - 2 * lead)
 
         def weight():
-            kernel = layer.array("kernel").transpose(3, 2, 0, 1)  # (kh, kw, out, in) -> (in, out, kh, kw)
+            kernel = checked_array(layer, "kernel", kernels + [filters, ctx.bottom(layer).shape[1]])
+            kernel = kernel.transpose(3, 2, 0, 1)  # (kh, kw, out, in) -> (in, out, kh, kw)
             zeros = [(0, 0), (0, 0)] + [(0, e - k) for e, k in zip(extended, kernels)]
             return np.pad(kernel, zeros, mode="constant")
 

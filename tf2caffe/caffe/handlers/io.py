@@ -20,8 +20,9 @@ class Input(Handler):
     def emit(self, layer, ctx):
         name = ctx.name(layer)
         shape = nchw(layer.output_shape)
-        shape[0] = max(shape[0], 1)  # an unknown batch size: the runtime reshapes the net
-        ctx.add(CaffeLayer(name, "Input", [], [name], {"input_param": {"shape": shape_param(shape)}}))
+        # The deployed net takes one sample; verification reshapes it to the reference batch.
+        deployed = [1] + shape[1:]
+        ctx.add(CaffeLayer(name, "Input", [], [name], {"input_param": {"shape": shape_param(deployed)}}))
         ctx.produce(layer, name, shape)
 
 
