@@ -66,7 +66,7 @@ def test_handwritten_prototxt_gets_the_input_shape_and_in_place_layers_are_mappe
     report = out / "report.json"
     assert run(mlp_file, "-o", out, "--prototxt", prototxt, "--report", report, "--per-layer") == 0
     written = (out / "mlp.prototxt").read_text()
-    assert "dim: 4\n      dim: 6" in written  # from the HDF5 file, not the prototxt's 1 x 99
+    assert "dim: 1\n      dim: 6" in written  # batch 1, features from the HDF5 file (not 99)
     entry = json.loads(report.read_text())["results"][mlp_file]
     # fc1's blob is overwritten in place by relu1: only the ReLU's output can be compared.
     assert sorted(entry["per_layer"]) == ["dense_1/relu", "dense_2", "dense_2/softmax"]
@@ -80,7 +80,7 @@ def test_legacy_input_dim_is_patched(mlp_file, out, tmp_path):
     prototxt.write_text('name: "mlp"\ninput: "data_in"\ninput_dim: 1\ninput_dim: 99\ninput_dim: 1\ninput_dim: 1\n'
                         + body)
     assert run(mlp_file, "-o", out, "--prototxt", prototxt) == 0
-    assert "input_dim: 4\ninput_dim: 6\n" in (out / "mlp.prototxt").read_text()
+    assert "input_dim: 1\ninput_dim: 6\n" in (out / "mlp.prototxt").read_text()
 
 
 def test_missing_hdf5_file(out, tmp_path, capsys):
@@ -199,3 +199,22 @@ def test_caffemodel_holds_the_weights_in_caffe_layout(mlp_file, out):
     model = intermediate_models.mlp()
     np.testing.assert_array_equal(net.params["fc1"][0].data, model.layer("dense_1").arrays["kernel"].T)
     np.testing.assert_array_equal(net.params["fc2"][1].data, model.layer("dense_2").arrays["bias"])
+
+
+def test_malformed_config_value_is_one_line_naming_the_layer(mlp_file, out, capsys):
+    with h5py.File(mlp_file, "r+") as f:
+        f["layers/dense_2%2Fsoftmax"].attrs["config"] = json.dumps({"function": "softmax", "axis": "x"})
+    assert run(mlp_file, "-o", out) == 2
+    one_error_line(capsys, "dense_2/softmax", "malformed config")
+    assert not out.exists() or not list(out.glob("*.caffemodel"))
+
+
+def test_no_verify_converts_a_degenerate_reference(tmp_path, out):
+    model = intermediate_models.mlp()
+    constant = np.ones_like(model.reference_activations["dense_2"])
+    model.reference_activations["dense_2"] = constant
+    model.reference_activations["dense_2/softmax"] = constant / 3
+    path = intermediate_models.write(model, tmp_path)
+    assert run(path, "-o", out) == 2  # refused when verifying
+    assert run(path, "-o", out, "--no-verify") == 0
+    assert (out / "mlp.caffemodel").exists()

@@ -1,6 +1,7 @@
 """Intermediate graph -> Caffe net: check support for every layer, then let each handler emit."""
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -70,6 +71,17 @@ class EmitContext:
         return blob
 
 
+@contextlib.contextmanager
+def malformed_config_reported(model: Model, layer: Layer):
+    """The reader checks that config keys exist, not their form: a value a handler cannot use
+    (hand-made or damaged file) becomes one line naming the layer."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ConversionError("%s: layer '%s' (%s): malformed config %s: %s" % (
+            model.source, layer.name, layer.type, json.dumps(layer.config), error))
+
+
 def unsupported_layers(model: Model, profile: Profile) -> List[str]:
     """Every layer that cannot be converted, as 'name (type): reason' lines."""
     load_builtin()
@@ -78,7 +90,8 @@ def unsupported_layers(model: Model, profile: Profile) -> List[str]:
         if layer.type not in HANDLERS:
             problems.append("'%s' (%s): no handler for this layer type" % (layer.name, layer.type))
             continue
-        reason = HANDLERS[layer.type].check(layer, model, profile)
+        with malformed_config_reported(model, layer):
+            reason = HANDLERS[layer.type].check(layer, model, profile)
         if reason:
             problems.append("'%s' (%s): %s" % (layer.name, layer.type, reason))
     return problems
@@ -92,12 +105,8 @@ def build_net(model: Model, profile_name: str = "bvlc") -> Tuple[NetSpec, Dict[s
     net = NetSpec(model.name)
     ctx = EmitContext(model, net, profile)
     for layer in model.layers:
-        try:
+        with malformed_config_reported(model, layer):
             handler_for(layer.type).emit(layer, ctx)
-        except (KeyError, IndexError, TypeError, ValueError) as error:
-            # Config values are checked for presence on reading, not for form.
-            raise ConversionError("%s: layer '%s' (%s): malformed config %s: %s" % (
-                model.source, layer.name, layer.type, json.dumps(layer.config), error))
     profile.enforce(net)
     names = [layer.name for layer in net.layers]
     duplicates = sorted({name for name in names if names.count(name) > 1})
