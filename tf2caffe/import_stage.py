@@ -87,8 +87,12 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend) ->
                          targets=verify.targets_to_json(compared), verified=None, worst=None)
         else:
             progress.stage("verifying")
-            entry.update(verify_in(backend, written, entry["files"], model, described.inputs, targets,
-                                   compared, args))
+            try:
+                entry.update(verify_in(backend, written, entry["files"], model, described.inputs,
+                                       targets, compared, args))
+            except ConversionError as error:
+                error.args = ("%s (the files were written, unverified)" % error,)
+                raise
         return entry
     finally:
         model.file.close()
