@@ -34,7 +34,6 @@ from . import intermediate
 from .caffe import emit, verify
 from .caffe.backends import get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
-from .caffe.emit import Blob, nchw
 from .cli import add_import_arguments
 from .errors import ConversionError, reported_errors
 
@@ -118,10 +117,7 @@ def verify_in(backend, written, files: Dict[str, str], model, inputs: Dict[str, 
     """Run the reference input once in the backend's runtime and measure the compared layers (and,
     with --per-layer or when the file has every layer's activation, every mapped layer)."""
     path = model.source
-    feeds = {}
-    for name in model.inputs:
-        value = model.reference_input(name)
-        feeds[inputs[name]] = Blob(inputs[name], nchw(value.shape)).to_caffe(value)
+    feeds = verify.reference_feeds(model, {name: inputs[name] for name in model.inputs})
     every_layer = all(layer.name in model.reference_activations
                       for layer in model.layers if layer.type != "input")
     mapped = {}

@@ -16,7 +16,6 @@ import numpy as np
 
 from . import intermediate
 from .caffe import verify
-from .caffe.emit import Blob, nchw
 from .errors import ConversionError
 
 
@@ -62,10 +61,7 @@ def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
     `inputs` maps each TF input layer to its Caffe input blob."""
     model = intermediate.read(h5_path)
     try:
-        feeds = {}
-        for tf_name, blob in inputs.items():
-            value = model.reference_inputs[tf_name][()]
-            feeds[blob] = Blob(blob, nchw(value.shape)).to_caffe(value)
+        feeds = verify.reference_feeds(model, inputs)
         expected = {name: verify.in_caffe_layout(target, model.activation(name), h5_path)
                     for name, target in targets.items()}
     finally:

@@ -12,7 +12,16 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..intermediate import Model
-from .emit import Blob
+from .emit import Blob, nchw
+
+def reference_feeds(model: Model, inputs: Dict[str, str]) -> Dict[str, np.ndarray]:
+    """Caffe input blob -> the reference input in Caffe's layout (`inputs`: TF input -> blob)."""
+    feeds = {}
+    for name, blob in inputs.items():
+        value = model.reference_input(name)
+        feeds[blob] = Blob(blob, nchw(value.shape)).to_caffe(value)
+    return feeds
+
 
 # A mapped layer is exact when its relative error is at most this (the project's bar).
 LAYER_TOLERANCE = 1e-5

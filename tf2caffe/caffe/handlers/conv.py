@@ -61,7 +61,10 @@ def _without_padding_taps(sizes, kernels, strides, dilations, pads, weight):
             kernel = kernel.take([tap], axis=2 + axis)
         return kernel
 
-    return kernels, strides, dilations, pads, one_tap_weight
+    shape = list(weight.shape)
+    for axis in taps:
+        shape[2 + axis] = 1
+    return kernels, strides, dilations, pads, LazyBlob(shape, one_tap_weight)
 
 
 def _emit_convolution(layer, ctx, num_output: int, group: int, weight) -> None:
@@ -116,9 +119,11 @@ class DepthwiseConv2D(Handler):
 
         kh, kw = _pair(layer, "kernel_size")
 
-        def weight():
+        def depthwise_kernel():
             kernel = checked_array(layer, "kernel", (kh, kw, channels, multiplier))
             return kernel.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None]
+
+        weight = LazyBlob((channels * multiplier, 1, kh, kw), depthwise_kernel)
 
         _emit_convolution(layer, ctx, channels * multiplier, channels, weight)
 
