@@ -1,8 +1,8 @@
 """VGG-19 (Simonyan & Zisserman, 2014) as the classic tflearn example builds it.
 
 Layers keep tflearn's default names (Conv2D ... Conv2D_15, MaxPool2D ... MaxPool2D_4,
-FullyConnected ... FullyConnected_2, Dropout, Dropout_1); CAFFE_NAMES maps them onto the
-standard Caffe deploy net in vgg19.prototxt. Any input size that survives five 2x2 poolings
+FullyConnected ... FullyConnected_2; dropout is the identity at inference and becomes no
+layer); CAFFE_NAMES maps them onto the standard Caffe deploy net in vgg19.prototxt. Any input size that survives five 2x2 poolings
 works; the fully connected layers follow from it.
 """
 import tflearn
@@ -26,7 +26,6 @@ def _caffe_names():
     for scope, caffe in (("FullyConnected", "6"), ("FullyConnected_1", "7")):
         names[scope] = "fc" + caffe
         names[scope + "/relu"] = "relu" + caffe
-    names["Dropout"], names["Dropout_1"] = "drop6", "drop7"
     names["FullyConnected_2"], names["FullyConnected_2/softmax"] = "fc8", "prob"
     return names
 

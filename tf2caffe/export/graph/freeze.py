@@ -13,7 +13,7 @@ from tensorflow.core.framework import graph_pb2
 from ...errors import ConversionError
 from .inference import _resolve_training
 from .io import _detect
-from .load import _load
+from .load import _load, _Source
 from .nodes import _node_name, _split, _tensor
 from ..reference import reference_batch
 from .session import _full, _input_shapes, _relative_error, _run_graph_def
@@ -70,12 +70,12 @@ def load_graph(src, inputs=None, outputs=None, signature=None, input_shape=None)
     result is checked against the original graph, run with training flags off, on a seeded
     input.
     """
-    graph_def, inputs, outputs, _ = _load_graph(Path(src), inputs, outputs, signature, input_shape)
-    return graph_def, inputs, outputs
+    return freeze(_load(Path(src), signature), Path(src), inputs, outputs, input_shape)
 
 
-def _load_graph(path: Path, inputs, outputs, signature, input_shape):
-    source = _load(path, signature)
+def freeze(source: _Source, path, inputs, outputs, input_shape):
+    """A loaded source -> (frozen, pruned inference GraphDef, input and output tensor names),
+    checked against the source run with training flags off. Closes the source's session."""
     try:
         inputs, outputs = _parse_names(inputs), _parse_names(outputs)
         resolved, flags = _resolve_training(source.graph_def, [_node_name(i) for i in inputs or []])
@@ -102,4 +102,4 @@ def _load_graph(path: Path, inputs, outputs, signature, input_shape):
             raise ConversionError("%s: output '%s' of the inference graph differs from the original "
                                   "graph run with training flags off (relative error %.2g)" % (
                                       path, name, error))
-    return frozen, [_full(i) for i in new_inputs], [_full(o) for o in new_outputs], source.framework
+    return frozen, [_full(i) for i in new_inputs], [_full(o) for o in new_outputs]

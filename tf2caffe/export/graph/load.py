@@ -30,7 +30,8 @@ class _Source:
         self.inputs = inputs    # known from a SavedModel signature
         self.outputs = outputs
         self.variable_names = variable_names or {}  # Const node -> variable name (SavedModel)
-        self.layer_tensors = layer_tensors  # tflearn: every layer's output, the last is the model's
+        # tflearn: {output tensor: layer name} of every layer it recorded
+        self.layer_tensors = layer_tensors
 
     def run(self, feeds: Dict[str, np.ndarray], fetches: Sequence[str]) -> List[np.ndarray]:
         if self.session is not None:
@@ -71,9 +72,36 @@ def _load_checkpoint(prefix: Path) -> _Source:
         return _Source(meta.graph_def, "tf1-graph", session=session)
     # tflearn records each layer's output; its loss ops (a clipped log of the softmax) would
     # otherwise pass for the model's output.
-    layer_tensors = [name for key, collection in meta.collection_def.items()
-                     if key.startswith("layer_tensor/") for name in collection.node_list.value]
-    return _Source(meta.graph_def, "tflearn", session=session, layer_tensors=layer_tensors)
+    recorded = [(key, list(collection.node_list.value)) for key, collection in meta.collection_def.items()]
+    return _Source(meta.graph_def, "tflearn", session=session, layer_tensors=tflearn_layers(recorded))
+
+
+def tflearn_layers(collections) -> Dict[str, str]:
+    """{output tensor: layer name} of the layers tflearn recorded, from (collection key, tensor
+    names) pairs; its collections `layer_tensor/<name>` hold each layer's output.
+
+    Layers with a variable scope are recorded under their unique scope name ('Conv2D_1'); layers
+    with a name scope under the name they were given ('MaxPool2D' for every max pooling), so
+    the uniquified scope ('MaxPool2D_1') is read from the op name."""
+    found = {}
+    for key, tensors in collections:
+        if not key.startswith("layer_tensor/"):
+            continue
+        key = key[len("layer_tensor/"):]
+        base = key.split("/")[-1]
+        for tensor in tensors:
+            op_name = tensor.rsplit(":", 1)[0]
+            parts = op_name.split("/")
+            name = key
+            if not op_name.startswith(key + "/"):
+                ends = [end for end in range(1, len(parts) + 1)
+                        if re.fullmatch(re.escape(base) + r"(_\d+)?", parts[end - 1])]
+                name = "/".join(parts[:ends[0]]) if ends else key
+            found.setdefault(tensor, name)
+    names = list(found.values())
+    # A name recorded for two tensors (a layer that records several outputs) names neither.
+    return {tensor: name if names.count(name) == 1 else tensor.rsplit(":", 1)[0]
+            for tensor, name in found.items()}
 
 
 def _load_frozen(path: Path) -> _Source:

@@ -28,7 +28,7 @@ class _Mapper:
     into its Conv2D), passed through (Identity), or reported as unsupported.
     """
 
-    def __init__(self, graph_def, inputs, outputs, values, session, feed_dict):
+    def __init__(self, graph_def, inputs, outputs, values, session, feed_dict, layer_names=None):
         self.graph_def = graph_def
         self.nodes = _by_name(graph_def)
         self.users = _consumers(graph_def)
@@ -44,6 +44,10 @@ class _Mapper:
         self.problems: List[str] = []
         self.reserved = set(self.nodes)
         self._constant: Dict[str, bool] = {}
+        # tflearn: {output node: layer name}; layers take the names tflearn gave them.
+        self.recorded = {_split(tensor)[0]: name for tensor, name in (layer_names or {}).items()
+                         if _split(tensor)[1] == 0}
+        self.recorded_scopes = set(self.recorded.values())
 
     # ---- graph queries
     def constant(self, name) -> bool:
@@ -106,9 +110,10 @@ class _Mapper:
         return self.layer_of[self.source(name)[0]]
 
     # ---- building layers
-    def name_for(self, node, weights=()) -> str:
-        """Weighted layers take their variables' scope ('vgg_19/conv1/conv1_1'), else the op's
-        scope; other layers the op's name."""
+    def name_for(self, node, weights=(), output=None, label="") -> str:
+        """Weighted layers take their variables' scope ('vgg_19/conv1/conv1_1'); a tflearn
+        layer's output takes the layer's name ('MaxPool2D_1'), and its other parts
+        '<layer>/<label>' ('Conv2D/relu'); other layers take the op's name."""
         candidates = []
         scopes = [w.rsplit(":", 1)[0].rsplit("/", 1)[0] for w in weights if "/" in w]
         if weights and len(scopes) == len(weights):
@@ -116,17 +121,32 @@ class _Mapper:
             candidates.append("/".join(common))
         if weights and "/" in node.name:
             candidates.append(node.name.rsplit("/", 1)[0])
+        output = output or node
+        if output.name in self.recorded:
+            candidates.append(self.recorded[output.name])
+        scope = self.recorded_scope(output.name)
+        if scope and label:
+            candidates.append("%s/%s" % (scope, label))
         for candidate in candidates:
             if candidate and candidate not in self.reserved:
                 self.reserved.add(candidate)
                 return candidate
         return node.name
 
+    def recorded_scope(self, node_name) -> Optional[str]:
+        """The innermost tflearn layer whose scope holds the node."""
+        parts = node_name.split("/")
+        for end in range(len(parts) - 1, 0, -1):
+            if "/".join(parts[:end]) in self.recorded_scopes:
+                return "/".join(parts[:end])
+        return None
+
     def add(self, node, kind, inputs, config=None, arrays=None, output_node=None, claims=(), name=None):
         arrays = {role: (np.asarray(value, np.float32), tf_name)
                   for role, (value, tf_name) in (arrays or {}).items()}
-        name = name or self.name_for(node, [t for _, t in arrays.values()])
         output = output_node or node
+        name = name or self.name_for(node, [t for _, t in arrays.values()], output,
+                                     (config or {}).get("function") or kind)
         layer = intermediate.Layer(
             name, kind, [self.layer_input(i) for i in inputs], config or {},
             list(self.values[output.name].shape),

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from ... import __version__, intermediate
 from ...errors import ConversionError, UnsupportedError
-from .freeze import _load_graph
+from .freeze import freeze
 from .inference import CONTROL_FLOW_OPS
-from .load import model_stem
+from .load import _load, model_stem
 from .mapper import _Mapper
 from .nodes import _node_name
 from .session import SESSION_CONFIG, _full, _import, _input_shapes, _relative_error
@@ -20,18 +20,19 @@ v1 = tf.compat.v1
 
 
 def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, source_path,
-                          input_shape=None, per_layer=False, seed=0,
-                          user_input=None) -> intermediate.Model:
+                          input_shape=None, per_layer=False, seed=0, user_input=None,
+                          reference=None, layer_names=None) -> intermediate.Model:
     """Map a frozen, pruned inference GraphDef (from `load_graph`) onto the intermediate
     vocabulary and record TensorFlow's reference activations on a seeded input (and
-    `user_input`, see export/reference.py)."""
+    `user_input`, see export/reference.py), or on `reference` {input: batch} when given.
+    `layer_names` {output tensor: name} names the layers (tflearn's own names)."""
     _refuse_control_flow(graph_def)
     shapes = _input_shapes(graph_def, inputs, input_shape, source_path)
     if user_input is not None and len(shapes) != 1:
         raise ConversionError("%s: %d inputs; --reference-input needs a single-input graph" % (
             source_path, len(shapes)))
-    feeds = dict(zip(shapes, reference_batch(list(shapes.values()), seed, user_input,
-                                             "%s: " % source_path)))
+    feeds = reference or dict(zip(shapes, reference_batch(list(shapes.values()), seed, user_input,
+                                                          "%s: " % source_path)))
     graph = _import(graph_def)
     with v1.Session(graph=graph, config=SESSION_CONFIG) as session:
         data_nodes = [op for op in graph.get_operations()
@@ -39,7 +40,7 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
         feed_dict = {graph.get_tensor_by_name(_full(i)): v for i, v in feeds.items()}
         fetched = session.run([op.outputs[0] for op in data_nodes], feed_dict)
         values = {op.name: value for op, value in zip(data_nodes, fetched)}
-        mapper = _Mapper(graph_def, inputs, outputs, values, session, feed_dict)
+        mapper = _Mapper(graph_def, inputs, outputs, values, session, feed_dict, layer_names)
         layers = mapper.run()
         direct = session.run([graph.get_tensor_by_name(_full(o)) for o in outputs], feed_dict)
     output_layers = []
@@ -85,11 +86,12 @@ def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input
                            per_layer=False, seed=0, user_input=None) -> intermediate.Model:
     """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`."""
     given = outputs is not None
-    graph_def, inputs, outputs, framework = _load_graph(Path(src), inputs, outputs, signature, input_shape)
+    source = _load(Path(src), signature)
+    graph_def, inputs, outputs = freeze(source, Path(src), inputs, outputs, input_shape)
     try:
-        return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), framework, src,
+        return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), source.framework, src,
                                      input_shape=input_shape, per_layer=per_layer, seed=seed,
-                                     user_input=user_input)
+                                     user_input=user_input, layer_names=source.layer_tensors)
     except UnsupportedError as error:
         if not given:  # a wrongly guessed output (a loss) shows up as unsupported ops
             error.args = ("%s (output found: %s; pass --outputs to convert another tensor)" % (
