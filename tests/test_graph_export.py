@@ -323,16 +323,17 @@ def test_tflearn_checkpoint_from_the_meta_graph_alone(sources, name, conditional
     assert types(model) == TFLEARN_TYPES
     layer = {l.name: l for l in model.layers}
     assert layer["Conv2D"].tf_names == {"kernel": "Conv2D/W:0", "bias": "Conv2D/b:0"}
-    assert layer["Conv2D/Relu"].inputs == ["Conv2D"]
+    # tflearn's own layer names, as from an architecture module
+    assert layer["Conv2D/relu"].inputs == ["Conv2D"]
     assert set(layer["BatchNormalization"].tf_names.values()) == {
         "BatchNormalization/%s:0" % v for v in ("gamma", "beta", "moving_mean", "moving_variance")}
     assert layer["BatchNormalization"].config == {"epsilon": pytest.approx(1e-5)}
-    assert layer["LocalResponseNormalization/LocalResponseNormalization"].config == {
+    assert layer["LocalResponseNormalization"].config == {
         "depth_radius": 2, "bias": 2.0, "alpha": pytest.approx(1e-2), "beta": 0.75}
     assert layer["Conv2D_1"].config["strides"] == [2, 2]
-    assert layer["FullyConnected"].inputs == ["FullyConnected/Reshape"]  # tflearn's flatten
-    assert model.outputs == ["FullyConnected_1/Softmax"]
-    assert model.compared_layers() == ["FullyConnected_1", "FullyConnected_1/Softmax"]
+    assert layer["FullyConnected"].inputs == ["FullyConnected/flatten"]  # tflearn's flatten
+    assert model.outputs == ["FullyConnected_1/softmax"]
+    assert model.compared_layers() == ["FullyConnected_1", "FullyConnected_1/softmax"]
     assert model.attrs["source_framework"] == "tflearn"
     moving_variance = layer["BatchNormalization"].array("moving_variance")
     assert not np.allclose(moving_variance, 1.0), "training should have moved the statistics"
