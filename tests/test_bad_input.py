@@ -342,6 +342,10 @@ BAD_INPUTS = [
         "{h5}: no reference activation for compared layer 'dense_2'"),
     row("int_kernel", edited(replace("layers/dense_1/kernel", lambda k: (k * 10).astype(np.int32))),
         "{h5}: layer 'dense_1': array 'kernel' is not floating point"),
+    # Shapes are checked with support, before anything is written, not by the writer.
+    row("kernel_of_the_wrong_shape", edited(replace("layers/dense_1/kernel", lambda k: k[:, :4])),
+        "{h5}: 1 unsupported layer(s): 'dense_1' (dense): array 'kernel' has shape [6, 4]; its config "
+        "and input imply [6, 5]"),
     row("nan_kernel", edited(poke("layers/dense_2/kernel", (1, 2), np.nan)),
         "{h5}: layer 'dense_2': array 'kernel' (dense_2/kernel:0) contains NaN or Inf"),
     row("inf_bias", edited(poke("layers/dense_1/bias", 3, np.inf)),

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConversionError, UnsupportedError
 from ..intermediate import Layer, Model
-from .handlers import handler_for, load_builtin, HANDLERS
+from .handlers import BroadcastsTo, handler_for, load_builtin, HANDLERS
 from .netspec import CaffeLayer, NetSpec
 from .profiles import Profile, get_profile
 
@@ -82,6 +82,22 @@ def malformed_config_reported(model: Model, layer: Layer):
             model.source, layer.name, layer.type, json.dumps(layer.config), error))
 
 
+def array_problem(layer: Layer, model: Model, handler) -> Optional[str]:
+    """Why the layer's arrays do not have the shapes its handler declares (None when they do)."""
+    expected = handler.array_shapes(layer, model)
+    for role, array in sorted(layer.arrays.items()):
+        shape = [int(d) for d in array.shape]
+        if role not in expected:
+            return "holds an array '%s' that a %s layer does not use" % (role, layer.type)
+        want = expected[role]
+        fits = want.admits(shape) if isinstance(want, BroadcastsTo) else shape == [int(d) for d in want]
+        if not fits:
+            return "array '%s' has shape %s; its config and input imply %s%s" % (
+                role, shape, [int(d) for d in want],
+                " (or a shape that broadcasts to it)" if isinstance(want, BroadcastsTo) else "")
+    return None
+
+
 def unsupported_layers(model: Model, profile: Profile) -> List[str]:
     """Every layer that cannot be converted, as 'name (type): reason' lines."""
     load_builtin()
@@ -90,8 +106,9 @@ def unsupported_layers(model: Model, profile: Profile) -> List[str]:
         if layer.type not in HANDLERS:
             problems.append("'%s' (%s): no handler for this layer type" % (layer.name, layer.type))
             continue
+        handler = HANDLERS[layer.type]
         with malformed_config_reported(model, layer):
-            reason = HANDLERS[layer.type].check(layer, model, profile)
+            reason = array_problem(layer, model, handler) or handler.check(layer, model, profile)
         if reason:
             problems.append("'%s' (%s): %s" % (layer.name, layer.type, reason))
     return problems

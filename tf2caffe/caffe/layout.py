@@ -40,13 +40,3 @@ def _permute(source: np.ndarray, start: int, stop: int, out: np.ndarray) -> None
     for first in range(0, source.shape[1], step):
         last = first + step
         out[:, first:last] = source[:, first:last, start:stop].transpose(2, 1, 0)
-
-
-def checked_array(layer, role: str, shape: Sequence[int]) -> np.ndarray:
-    """`layer.array(role)`, refused unless its shape is `shape` (what the layer's config and input
-    imply): a mismatch would otherwise surface as a numpy error or a wrong Caffe blob."""
-    value = layer.array(role)
-    if tuple(value.shape) != tuple(int(d) for d in shape):
-        raise ConversionError("%s: layer '%s': array '%s' has shape %s; its config and input imply %s" % (
-            layer.source or "?", layer.name, role, list(value.shape), [int(d) for d in shape]))
-    return value

@@ -7,7 +7,7 @@ family beside this file; `register` is also the extension point for user-supplie
 from __future__ import annotations
 
 import importlib
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from ...errors import ConversionError
 
@@ -15,13 +15,27 @@ HANDLERS: Dict[str, "Handler"] = {}
 FAMILIES = ("io", "conv", "pooling", "dense", "activation", "elementwise", "normalization", "shape")
 
 
+class BroadcastsTo(tuple):
+    """A declared array shape that also admits every shape numpy broadcasts to it (a PReLU's
+    alpha with shared axes, a Normalization mean of shape (1, 1, 1, C))."""
+
+    def admits(self, shape: Sequence[int]) -> bool:
+        return len(shape) <= len(self) and all(
+            have in (1, want) for have, want in zip(reversed(shape), reversed(self)))
+
+
 class Handler:
     """Base class. Subclasses set `caffe_layers` (the Caffe types they may emit, for the docs
-    and the target profile) and implement `emit`; `check` returns why a layer cannot be
-    converted exactly (None when it can), before anything is written."""
+    and the target profile) and implement `emit`; `array_shapes` declares the shape (in
+    TensorFlow's layout) that the layer's config and input imply for each array it may hold;
+    `check` returns why a layer cannot be converted exactly (None when it can). The check pass
+    runs both before anything is written, so `emit` never meets an array of the wrong shape."""
 
     caffe_layers = ()
     summary = ""
+
+    def array_shapes(self, layer, model) -> Dict[str, Sequence[int]]:
+        return {}
 
     def check(self, layer, model, profile) -> Optional[str]:
         return None

@@ -12,7 +12,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ..netspec import CaffeLayer
-from . import Handler, register
+from . import BroadcastsTo, Handler, register
 from .shape import caffe_axis, in_blob_order, order_problem
 
 
@@ -162,21 +162,20 @@ class Activation(Handler):
 
 def _prelu_slopes(layer, model) -> Optional[np.ndarray]:
     """PReLU slopes per Caffe channel, or None when they vary along H or W."""
-    alpha = layer.array("alpha")
     shape = model.layer(layer.inputs[0]).output_shape
-    if len(shape) != 4:
-        return alpha.reshape(-1) if alpha.size > 1 else np.full(shape[-1], alpha.reshape(-1)[0])
-    alpha = np.broadcast_to(alpha.reshape(alpha.shape[-3:] if alpha.ndim >= 3 else (1, 1, -1)),
-                            shape[1:])
-    if not np.all(alpha == alpha[:1, :1, :]):
+    alpha = np.broadcast_to(layer.array("alpha"), shape[1:]).reshape(-1, shape[-1])
+    if not np.all(alpha == alpha[:1]):
         return None
-    return np.ascontiguousarray(alpha[0, 0, :])
+    return np.ascontiguousarray(alpha[0])
 
 
 @register("prelu")
 class PReLU(Handler):
     summary = "PReLU with per-channel slopes (alpha shared over H and W)"
     caffe_layers = ("PReLU",)
+
+    def array_shapes(self, layer, model):
+        return {"alpha": BroadcastsTo(model.layer(layer.inputs[0]).output_shape[1:])}
 
     def check(self, layer, model, profile):
         if len(model.layer(layer.inputs[0]).output_shape) not in (2, 4):

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..layout import checked_array, hwcn_to_nchw_blocks
+from ..layout import hwcn_to_nchw_blocks
 from ..netspec import LazyBlob
 from . import Handler, register
 from .spatial import (Chain, align, caffe_conv_count, effective_kernel, tf_pads, tf_window_count,
@@ -17,6 +17,10 @@ def _pair(layer, key, default=(1, 1)) -> List[int]:
     return [int(v) for v in layer.config.get(key, default)]
 
 
+def _input_channels(layer, model) -> int:
+    return int(model.layer(layer.inputs[0]).output_shape[-1])
+
+
 def _conv_axis(size, kernel, stride, dilation, pads):
     extent = effective_kernel(kernel, dilation)
     out = tf_window_count(size, extent, stride, pads)
@@ -24,7 +28,7 @@ def _conv_axis(size, kernel, stride, dilation, pads):
 
 
 def _with_bias(layer, weight, outputs: int) -> list:
-    bias = LazyBlob((outputs,), lambda: checked_array(layer, "bias", (outputs,)))
+    bias = LazyBlob((outputs,), lambda: layer.array("bias"))
     return [weight] + ([bias] if layer.has("bias") else [])
 
 
@@ -98,13 +102,26 @@ class Conv2D(Handler):
     summary = ("Convolution (groups, dilation); odd 'same' padding: pad begin+stride, Slice off the "
                "first row/column")
 
+    def array_shapes(self, layer, model):
+        filters, groups = int(layer.config["filters"]), int(layer.config["groups"])
+        channels = _input_channels(layer, model)
+        return {"kernel": tuple(_pair(layer, "kernel_size")) + (channels // groups, filters),
+                "bias": (filters,)}
+
+    def check(self, layer, model, profile) -> Optional[str]:
+        channels, groups = _input_channels(layer, model), int(layer.config["groups"])
+        if channels % groups or int(layer.config["filters"]) % groups:
+            return "%d groups do not divide %d input channels and %s filters" % (
+                groups, channels, layer.config["filters"])
+        return None
+
     def emit(self, layer, ctx):
         filters, groups = int(layer.config["filters"]), int(layer.config["groups"])
         kh, kw = _pair(layer, "kernel_size")
         per_group = ctx.bottom(layer).shape[1] // groups
         # TF (kh, kw, in/groups, out) -> Caffe (out, in/groups, kh, kw)
         weight = LazyBlob((filters, per_group, kh, kw), blocks=lambda: hwcn_to_nchw_blocks(
-            checked_array(layer, "kernel", (kh, kw, per_group, filters)), (kh, kw)))
+            layer.array("kernel"), (kh, kw)))
         _emit_convolution(layer, ctx, filters, groups, weight)
 
 
@@ -113,6 +130,11 @@ class DepthwiseConv2D(Handler):
     caffe_layers = Conv2D.caffe_layers
     summary = "Convolution with group = C, num_output = C*M (output c*M + m reads channel c)"
 
+    def array_shapes(self, layer, model):
+        channels, multiplier = _input_channels(layer, model), int(layer.config["depth_multiplier"])
+        return {"kernel": tuple(_pair(layer, "kernel_size")) + (channels, multiplier),
+                "bias": (channels * multiplier,)}
+
     def emit(self, layer, ctx):
         channels = ctx.bottom(layer).shape[1]
         multiplier = int(layer.config["depth_multiplier"])
@@ -120,7 +142,7 @@ class DepthwiseConv2D(Handler):
         kh, kw = _pair(layer, "kernel_size")
 
         def depthwise_kernel():
-            kernel = checked_array(layer, "kernel", (kh, kw, channels, multiplier))
+            kernel = layer.array("kernel")
             return kernel.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None]
 
         weight = LazyBlob((channels * multiplier, 1, kh, kw), depthwise_kernel)
@@ -132,6 +154,11 @@ class DepthwiseConv2D(Handler):
 class Conv2DTranspose(Handler):
     caffe_layers = ("Deconvolution", "Slice", "Silence", "Split")
     summary = "Deconvolution; 'same': pad = floor((k-s)/2), Slice off a trailing row when k-s is odd"
+
+    def array_shapes(self, layer, model):
+        filters = int(layer.config["filters"])
+        return {"kernel": tuple(_pair(layer, "kernel_size")) + (filters, _input_channels(layer, model)),
+                "bias": (filters,)}
 
     def check(self, layer, model, profile) -> Optional[str]:
         if layer.config["padding"] not in ("same", "valid"):
@@ -158,8 +185,7 @@ class Conv2DTranspose(Handler):
             caffe.append(full - 2 * lead)
 
         def weight():
-            kernel = checked_array(layer, "kernel", kernels + [filters, ctx.bottom(layer).shape[1]])
-            kernel = kernel.transpose(3, 2, 0, 1)  # (kh, kw, out, in) -> (in, out, kh, kw)
+            kernel = layer.array("kernel").transpose(3, 2, 0, 1)  # (kh, kw, out, in) -> (in, out, kh, kw)
             zeros = [(0, 0), (0, 0)] + [(0, e - k) for e, k in zip(extended, kernels)]
             return np.pad(kernel, zeros, mode="constant")
 

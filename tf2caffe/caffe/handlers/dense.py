@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import checked_array, hwcn_to_nchw_blocks
+from ..layout import hwcn_to_nchw_blocks
 from ..netspec import CaffeLayer, LazyBlob
 from . import Handler, register
 from .shape import order_problem
@@ -26,6 +26,11 @@ class Dense(Handler):
     summary = "InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W"
     caffe_layers = ("InnerProduct",)
 
+    def array_shapes(self, layer, model):
+        inputs = int(np.prod(model.layer(layer.inputs[0]).output_shape[1:]))
+        units = int(layer.config["units"])
+        return {"kernel": (inputs, units), "bias": (units,)}
+
     def check(self, layer, model, profile):
         shape = model.layer(layer.inputs[0]).output_shape
         if len(shape) != 2:
@@ -37,9 +42,9 @@ class Dense(Handler):
         name = ctx.name(layer)
         units, inputs = int(layer.config["units"]), int(np.prod(bottom.shape[1:]))
         blobs = [LazyBlob((units, inputs), blocks=lambda: inner_product_blocks(
-            checked_array(layer, "kernel", (inputs, units)), bottom.flattened_from))]
+            layer.array("kernel"), bottom.flattened_from))]
         if layer.has("bias"):
-            blobs.append(LazyBlob((units,), lambda: checked_array(layer, "bias", (units,))))
+            blobs.append(LazyBlob((units,), lambda: layer.array("bias")))
         ctx.add(CaffeLayer(name, "InnerProduct", [bottom.name], [name], {"inner_product_param": {
             "num_output": units, "bias_term": layer.has("bias")}}, blobs))
         ctx.produce(layer, name)

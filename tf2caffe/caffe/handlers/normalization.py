@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Handler, register
+from . import BroadcastsTo, Handler, register
 from .activation import Step, emit_chain, power
 from .shape import in_blob_order, order_problem
 
@@ -38,6 +38,10 @@ def _scale(suffix, scale, bias=None) -> Step:
 class BatchNorm(Handler):
     summary = "BatchNorm (global statistics, TF epsilon) + Scale for gamma/beta"
     caffe_layers = ("BatchNorm", "Scale")
+
+    def array_shapes(self, layer, model):
+        channels = (layer.output_shape[-1],)
+        return {"moving_mean": channels, "moving_variance": channels, "gamma": channels, "beta": channels}
 
     def check(self, layer, model, profile):
         if len(layer.output_shape) not in (2, 4):
@@ -83,11 +87,12 @@ class Normalize(Handler):
     summary = "(x - mean) / max(sqrt(variance), epsilon): subtract, then multiply (Power or Scale)"
     caffe_layers = ("Power", "Scale")
 
+    def array_shapes(self, layer, model):
+        # one value, or one per channel, in any shape that broadcasts over the input
+        per_channel = BroadcastsTo((1,) * (len(layer.output_shape) - 1) + (layer.output_shape[-1],))
+        return {"mean": per_channel, "variance": per_channel}
+
     def check(self, layer, model, profile):
-        for role in ("mean", "variance"):
-            problem = _vector_problem(layer, layer.array(role), role)
-            if problem:
-                return problem
         return order_problem(layer, model)
 
     def emit(self, layer, ctx):
