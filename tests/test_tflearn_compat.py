@@ -2,8 +2,9 @@
 
 Every image-network layer builder tflearn has, conv_2d with every initializer it accepts and
 every activation, and merge in every mode, built side by side in one fresh tf.Graph and run in
-one session with the variables initialised, in inference and in training mode. The tables are checked against tflearn's own
-source, so a builder, initializer, activation or merge mode that the tables miss fails too.
+one session with the variables initialised, in inference and in training mode. The tables are
+checked against tflearn's own source, so a builder, initializer, activation or merge mode that
+they miss fails too.
 """
 import ast
 import inspect
