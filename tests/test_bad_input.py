@@ -16,6 +16,8 @@ mount namespace (unshare -m): a read-only bind mount, a 64 KiB tmpfs.
 from __future__ import annotations
 
 import os
+import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -261,6 +263,41 @@ def export_not_writable(ws: Workspace) -> List[str]:
     return ["export", "architectures/digits.py", "-o", str(ws.out)]
 
 
+# An architecture module whose own code fails: the function named is replaced by one that
+# raises in a helper it calls; its error line names the module's function, not the helper.
+ARCHITECTURE = """import tflearn
+
+DEFAULT_INPUT_SHAPE = (1, 4, 4, 1)
+
+
+def build(input_shape):
+    net = tflearn.input_data(shape=[None] + list(input_shape[1:]))
+    return tflearn.fully_connected(net, 2)
+"""
+FAILING_FUNCTION = """
+
+def {function}(*args):
+    return helper()
+
+
+def helper():
+    raise ValueError("no {function} here")
+"""
+# tflearn itself refusing what build() asks of it.
+CONV_ON_A_VECTOR = ARCHITECTURE.replace("fully_connected(net, 2)", "conv_2d(tflearn.flatten(net), 2, 3)")
+
+
+def architecture(text: str) -> Builder:
+    def build(ws: Workspace) -> List[str]:
+        (ws.tmp / "bad.py").write_text(text)
+        return ["export", str(ws.tmp / "bad.py"), "-o", str(ws.out)]
+    return build
+
+
+def architecture_failing_in(function: str) -> Builder:
+    return architecture(ARCHITECTURE + FAILING_FUNCTION.format(function=function))
+
+
 # ---------------------------------------------------------------- how the CLI runs
 
 def tf2caffe(argv: Sequence[str], wrapper: Sequence[str] = ()) -> subprocess.CompletedProcess:
@@ -394,6 +431,14 @@ BAD_INPUTS = [
     row("export_output_is_a_file", export_to_a_file, "{out}/model.caffemodel: output folder exists and is not a directory"),
     row("export_output_not_writable", export_not_writable, "{out}/digits.h5: cannot write: Permission denied",
         run=as_user),
+    row("architecture_build_fails", architecture_failing_in("build"),
+        "{tmp}/bad.py: build() failed: ValueError: no build here"),
+    row("architecture_train_fails", architecture_failing_in("train"),
+        "{tmp}/bad.py: train() failed: ValueError: no train here"),
+    row("architecture_reference_data_fails", architecture_failing_in("reference_data"),
+        "{tmp}/bad.py: reference_data() failed: ValueError: no reference_data here"),
+    row("architecture_tflearn_refuses", architecture(CONV_ON_A_VECTOR),
+        "{tmp}/bad.py: build() failed: AssertionError: Incoming Tensor shape must be 4-D"),
     row("export_missing_checkpoint",
         lambda ws: ["export", "architectures/digits.py", "-o", str(ws.out), "--checkpoint", str(ws.tmp / "none" / "digits.tfl")],
         "digits.tfl"),
@@ -445,6 +490,32 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback (most recent call last)" in completed.stderr
     assert "IntermediateError: %s: layer 'dense_1': missing array 'kernel'" % ws.h5 in completed.stderr
     assert_untouched(ws.out)
+
+
+def test_debug_shows_the_architecture_modules_traceback(tmp_path):
+    ws = Workspace(tmp_path)
+    completed = tf2caffe(architecture_failing_in("build")(ws) + ["--debug"])
+    assert completed.returncode != 0
+    assert re.search(r'bad\.py", line \d+, in helper\n.*\n(.*\n)?ValueError: no build here\n', completed.stderr)
+    assert "ConversionError: %s/bad.py: build() failed: ValueError: no build here" % tmp_path in completed.stderr
+    assert_untouched(ws.out)
+
+
+def test_only_the_architecture_modules_own_exceptions_become_one_line(tmp_path):
+    from tf2caffe.errors import ConversionError
+    from tf2caffe.export.architecture_errors import architecture_errors
+
+    module = tmp_path / "arch.py"
+    module.write_text(FAILING_FUNCTION.format(function="build"))  # no tflearn: nothing to shim
+    build = runpy.run_path(str(module))["build"]
+    with pytest.raises(ConversionError) as caught, architecture_errors(module):
+        build()
+    assert str(caught.value) == "%s: build() failed: ValueError: no build here" % module
+    assert isinstance(caught.value.__cause__, ValueError)
+    with pytest.raises(KeyError), architecture_errors(module):  # tf2caffe's own: unchanged
+        {}["layer"]
+    with pytest.raises(ConversionError, match="^already one line$"), architecture_errors(module):
+        raise ConversionError("already one line")
 
 
 def vgg_like(size=64, seed=0) -> Model:

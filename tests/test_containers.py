@@ -6,9 +6,11 @@ The first run on a machine builds the base images and both images (minutes: podm
 Debian is bootstrapped, TensorFlow's wheels are downloaded); later runs reuse all of it from the
 environment cache.
 """
+import ast
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +39,32 @@ def test_dockerfiles_pass_hadolint():
     completed = subprocess.run([hadolint(), "export/Dockerfile", "import/Dockerfile"], cwd=str(PROJECT_ROOT),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     assert completed.returncode == 0, completed.stdout
+
+
+def distribution_key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 normalisation
+
+
+def test_export_requirements_hold_what_the_architectures_import():
+    """The export image installs export/requirements.txt only (the venv reads it too): every
+    distribution that an architecture module imports, anywhere in it, must be listed there."""
+    listed = {distribution_key(re.split(r"[=<>!~ ]", line)[0])
+              for line in (PROJECT_ROOT / "export" / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    provided_by = importlib.metadata.packages_distributions()  # top-level module -> distributions
+    missing = set()
+    for path in sorted((PROJECT_ROOT / "architectures").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for top in {module.split(".")[0] for module in modules} - set(sys.stdlib_module_names):
+                if not listed & {distribution_key(d) for d in provided_by.get(top, [])}:
+                    missing.add("%s: %s (%s)" % (path.name, top, ", ".join(provided_by.get(top, ["?"]))))
+    assert not missing, sorted(missing)
 
 
 @pytest.fixture(scope="module")

@@ -201,7 +201,7 @@ def build(input_shape):
 
 
 def test_tflearn_checkpoint_weights_and_layer_options_are_exported(tmp_path):
-    from tf2caffe.export.tflearn import import_tflearn
+    from tf2caffe.export.tflearn_compat import import_tflearn
     import tensorflow as tf
 
     tflearn = import_tflearn()

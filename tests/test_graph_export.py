@@ -248,7 +248,7 @@ def conv(x, filters, name):
 def build_tf1_sources(folder: Path):
     """Sources as TF1 code writes them (run as a script: TF1 behaviour is process-wide)."""
     v1.disable_v2_behavior()
-    from tf2caffe.export.tflearn import import_tflearn
+    from tf2caffe.export.tflearn_compat import import_tflearn
     save_tflearn(import_tflearn(), folder, "tflearn_classic")
     save_slim_inception(folder)
 
@@ -283,7 +283,7 @@ def sources(tmp_path_factory):
     converted in subprocesses, meanwhile the others here."""
     folder = tmp_path_factory.mktemp("graph_sources")
     builder = run_script("build-tf1", folder)
-    from tf2caffe.export.tflearn import import_tflearn
+    from tf2caffe.export.tflearn_compat import import_tflearn
     save_tflearn(import_tflearn(), folder, "tflearn_v2")
     save_slim_resnet(folder)
     save_lowlevel(folder)

@@ -87,8 +87,11 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
             model = source_to_intermediate(src, inputs, outputs, signature, shape, per_layer, seed,
                                            user_input)
         elif kind == "tflearn":
+            from .architecture_errors import architecture_errors
             from .tflearn import architecture_to_intermediate
-            model = architecture_to_intermediate(src, checkpoint, shape, per_layer, seed, user_input)
+            with architecture_errors(src):  # the module's own code failing: one line naming it
+                model = architecture_to_intermediate(src, checkpoint, shape, per_layer, seed,
+                                                     user_input)
         else:
             from .keras import load_model, model_to_intermediate
             model = model_to_intermediate(load_model(src, checkpoint), src.stem, shape,

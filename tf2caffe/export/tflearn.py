@@ -13,7 +13,6 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import sys
 import time
 
 import numpy as np
@@ -26,36 +25,9 @@ from .graph.freeze import freeze
 from .graph.load import _Source, tflearn_layers
 from .graph.session import SESSION_CONFIG
 from .reference import append_user_input, reference_batch
+from .tflearn_compat import import_tflearn
 
 v1 = tf.compat.v1
-
-
-def import_tflearn():
-    """Import tflearn 0.5.0 on a current TensorFlow/Pillow, without touching global TF state.
-
-    tflearn calls `tf.compat.v1.disable_v2_behavior()` at import, which would switch the whole
-    process (and Keras with it) to graph mode; tflearn works in an explicit `tf.Graph()`
-    without it, so that call is suppressed while tflearn is imported."""
-    if "tflearn" in sys.modules:
-        if not v1.resource_variables_enabled():  # what disable_v2_behavior() switches off
-            raise ConversionError("tflearn was imported before tf2caffe and switched TensorFlow "
-                                  "to graph mode; import it with tf2caffe.export.tflearn."
-                                  "import_tflearn()")
-        return sys.modules["tflearn"]
-    from tensorflow.python.util import nest
-    if not hasattr(nest, "is_sequence"):
-        nest.is_sequence = nest.is_nested  # removed in TF 2.13
-    import PIL.Image
-    if not hasattr(PIL.Image, "ANTIALIAS"):
-        PIL.Image.ANTIALIAS = PIL.Image.LANCZOS  # removed in Pillow 10
-    import tensorflow.compat.v1 as compat_v1  # the module object tflearn calls it on
-    disable = compat_v1.disable_v2_behavior
-    compat_v1.disable_v2_behavior = lambda: None
-    try:
-        import tflearn
-    finally:
-        compat_v1.disable_v2_behavior = disable
-    return tflearn
 
 
 def load_architecture(path):
