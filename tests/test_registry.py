@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 
 from tf2caffe.caffe import emit
-from tf2caffe.caffe.handlers import HANDLERS, Handler, load_builtin
+from tf2caffe.caffe.handlers import HANDLERS, Handler, vocabulary
 from tf2caffe.caffe.profiles import get_profile
-from tf2caffe.intermediate import VOCABULARY, Layer, Model
+from tf2caffe.intermediate import Layer, Model
 
-load_builtin()
-WITH_ARRAYS = sorted(kind for kind, (_, required, optional) in VOCABULARY.items() if required + optional)
+WITH_ARRAYS = sorted(kind for kind, (_, required, optional) in vocabulary().items() if required + optional)
 
 
 @pytest.mark.parametrize("kind", WITH_ARRAYS)

@@ -22,39 +22,6 @@ from .errors import ConversionError
 FORMAT_NAME = "tf2caffe-intermediate"
 FORMAT_VERSION = 1
 
-# type -> (required config keys, required arrays, optional arrays). Exporters map every source
-# framework onto these types; the import stage's handlers are keyed by them.
-SPATIAL = ("kernel_size", "strides", "dilation", "padding")
-VOCABULARY = {
-    "input": (("shape",), (), ()),
-    "conv2d": (("filters", "groups") + SPATIAL, ("kernel",), ("bias",)),
-    "depthwise_conv2d": (("depth_multiplier",) + SPATIAL, ("kernel",), ("bias",)),
-    "conv2d_transpose": (("filters", "kernel_size", "strides", "padding"), ("kernel",), ("bias",)),
-    "dense": (("units",), ("kernel",), ("bias",)),
-    "batch_norm": (("epsilon",), ("moving_mean", "moving_variance"), ("gamma", "beta")),
-    "max_pool2d": (("pool_size", "strides", "padding"), (), ()),
-    "avg_pool2d": (("pool_size", "strides", "padding"), (), ()),
-    "global_max_pool2d": (("keepdims",), (), ()),
-    "global_avg_pool2d": (("keepdims",), (), ()),
-    "pad2d": (("padding", "mode", "value"), (), ()),
-    "crop2d": (("cropping",), (), ()),
-    "activation": (("function",), (), ()),
-    "prelu": ((), ("alpha",), ()),
-    "add": ((), (), ()),
-    "subtract": ((), (), ()),
-    "multiply": ((), (), ()),
-    "maximum": ((), (), ()),
-    "minimum": ((), (), ()),
-    "average": ((), (), ()),
-    "concat": (("axis",), (), ()),
-    "flatten": ((), (), ()),
-    "reshape": (("target_shape",), (), ()),
-    "identity": (("reason",), (), ()),
-    "upsample2d": (("size", "interpolation"), (), ()),
-    "rescale": (("scale", "offset"), (), ()),
-    "normalize": (("epsilon",), ("mean", "variance"), ()),
-    "lrn": (("depth_radius", "bias", "alpha", "beta"), (), ()),
-}
 # Activations recorded for verification: every model output, and the input of an output that is
 # a squashing function (a softmax of random weights is ~1/classes and hides ordering bugs).
 SQUASHING = ("softmax", "sigmoid")
@@ -402,9 +369,11 @@ def _float_dataset(group, key, what) -> h5py.Dataset:
 def _read_layer(group, name, path) -> Layer:
     where = "%s: layer '%s'" % (path, name)
     kind = _text(group.attrs.get("type", ""))
-    if kind not in VOCABULARY:
+    from .caffe.handlers import vocabulary  # the handlers declare the types (import cycle)
+    types = vocabulary()
+    if kind not in types:
         raise IntermediateError("%s: unknown layer type '%s'" % (where, kind))
-    required_config, required_arrays, optional_arrays = VOCABULARY[kind]
+    required_config, required_arrays, optional_arrays = types[kind]
     config = _load_json(group, "config", where)
     for key in required_config:
         if key not in config:

@@ -7,7 +7,7 @@ family beside this file; `register` is also the extension point for user-supplie
 from __future__ import annotations
 
 import importlib
-from typing import Dict, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 from ...errors import ConversionError
 
@@ -25,12 +25,19 @@ class BroadcastsTo(tuple):
 
 
 class Handler:
-    """Base class. Subclasses set `caffe_layers` (the Caffe types they may emit, for the docs
-    and the target profile) and implement `emit`; `array_shapes` declares the shape (in
-    TensorFlow's layout) that the layer's config and input imply for each array it may hold;
-    `check` returns why a layer cannot be converted exactly (None when it can). The check pass
-    runs both before anything is written, so `emit` never meets an array of the wrong shape."""
+    """Base class: the one declaration of its layer types.
 
+    The class attributes declare the types' entry in the intermediate vocabulary (which the
+    reader enforces and docs/intermediate-format.md tabulates) and the Caffe side (`caffe_layers`,
+    the Caffe types it may emit; `summary`, for the README). Subclasses implement `emit`;
+    `array_shapes` gives the shape (in TensorFlow's layout) that a layer's config and input
+    imply for each array it holds; `check` returns why a layer cannot be converted exactly
+    (None when it can). The check pass runs both before anything is written, so `emit` never
+    meets an array of the wrong shape."""
+
+    config_keys = ()    # config keys every layer of the type has
+    array_layouts = {}  # array role -> its layout, for the docs; a role ending in '?' is optional
+    notes = ""          # what the config means, for the docs
     caffe_layers = ()
     summary = ""
 
@@ -53,6 +60,22 @@ def register(*types, override=False):
             HANDLERS[kind] = cls()
         return cls
     return decorate
+
+
+class LayerType(NamedTuple):
+    """A type's entry in the intermediate vocabulary."""
+    config_keys: Tuple[str, ...]
+    required_arrays: Tuple[str, ...]
+    optional_arrays: Tuple[str, ...]
+
+
+def vocabulary() -> Dict[str, LayerType]:
+    """Every layer type an intermediate file may hold, from the handlers' declarations."""
+    load_builtin()
+    return {kind: LayerType(tuple(handler.config_keys),
+                            tuple(role for role in handler.array_layouts if not role.endswith("?")),
+                            tuple(role[:-1] for role in handler.array_layouts if role.endswith("?")))
+            for kind, handler in HANDLERS.items()}
 
 
 def handler_for(kind) -> Handler:

@@ -132,6 +132,10 @@ STEPS = {
 
 @register("activation")
 class Activation(Handler):
+    config_keys = ("function",)
+    notes = ("one of %s; optional `alpha` (leaky_relu, elu), `max_value`, `threshold`, "
+             "`negative_slope` (relu), `axis` (softmax), `slope`, `offset` (hard_sigmoid: "
+             "clip(slope·x + offset, 0, 1))" % ", ".join(sorted(STEPS)))
     summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, sigmoid, "
                "tanh, softmax (any axis), swish, hard_sigmoid, linear; ReLU6 and clipping as "
                "ReLU(x) - ReLU(x - m) (ReLU6, Swish in the opencv profile)")
@@ -171,6 +175,8 @@ def _prelu_slopes(layer, model) -> Optional[np.ndarray]:
 
 @register("prelu")
 class PReLU(Handler):
+    array_layouts = {"alpha": "(TF shape without batch, or broadcasting to it)"}
+    notes = "optional shared_axes"
     summary = "PReLU with per-channel slopes (alpha shared over H and W)"
     caffe_layers = ("PReLU",)
 

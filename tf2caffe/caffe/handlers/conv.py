@@ -13,6 +13,10 @@ from .spatial import (Chain, align, caffe_conv_count, effective_kernel, tf_pads,
                       window_params)
 
 
+# The config keys of every layer type that slides a window.
+SPATIAL = ("kernel_size", "strides", "dilation", "padding")
+
+
 def _pair(layer, key, default=(1, 1)) -> List[int]:
     return [int(v) for v in layer.config.get(key, default)]
 
@@ -98,6 +102,8 @@ def _emit_convolution(layer, ctx, num_output: int, group: int, weight) -> None:
 
 @register("conv2d")
 class Conv2D(Handler):
+    config_keys = ("filters", "groups") + SPATIAL
+    array_layouts = {"kernel": "(kh, kw, in/groups, out)", "bias?": "(out)"}
     caffe_layers = ("Convolution", "Slice", "Silence", "Split")
     summary = ("Convolution (groups, dilation); odd 'same' padding: pad begin+stride, Slice off the "
                "first row/column")
@@ -127,6 +133,8 @@ class Conv2D(Handler):
 
 @register("depthwise_conv2d")
 class DepthwiseConv2D(Handler):
+    config_keys = ("depth_multiplier",) + SPATIAL
+    array_layouts = {"kernel": "(kh, kw, C, M)", "bias?": "(C·M)"}
     caffe_layers = Conv2D.caffe_layers
     summary = "Convolution with group = C, num_output = C*M (output c*M + m reads channel c)"
 
@@ -152,6 +160,9 @@ class DepthwiseConv2D(Handler):
 
 @register("conv2d_transpose")
 class Conv2DTranspose(Handler):
+    config_keys = ("filters", "kernel_size", "strides", "padding")
+    array_layouts = {"kernel": "(kh, kw, out, in)", "bias?": "(out)"}
+    notes = 'padding "same" or "valid"'
     caffe_layers = ("Deconvolution", "Slice", "Silence", "Split")
     summary = "Deconvolution; 'same': pad = floor((k-s)/2), Slice off a trailing row when k-s is odd"
 
@@ -200,6 +211,8 @@ class Conv2DTranspose(Handler):
 
 @register("pad2d")
 class Pad2D(Handler):
+    config_keys = ("padding", "mode", "value")
+    notes = 'padding [[t, b], [l, r]], mode "constant"'
     caffe_layers = ("Convolution", "Slice", "Silence", "Split")
     summary = ("zero padding as a per-channel 1x1 Convolution of ones (BVLC has no Pad layer) padding "
                "the larger side of each axis, then Slice off the surplus")
@@ -226,6 +239,8 @@ class Pad2D(Handler):
 
 @register("crop2d")
 class Crop2D(Handler):
+    config_keys = ("cropping",)
+    notes = "cropping [[t, b], [l, r]]"
     caffe_layers = ("Slice", "Silence", "Split")
     summary = "Slice per cropped axis, cut-off parts silenced"
 
@@ -237,6 +252,8 @@ class Crop2D(Handler):
 
 @register("upsample2d")
 class UpSample2D(Handler):
+    config_keys = ("size", "interpolation")
+    notes = 'interpolation "nearest" or "bilinear"'
     caffe_layers = ("Deconvolution",)
     summary = "nearest: Deconvolution group = C, kernel = stride = factor, weights ones, no bias"
 

@@ -23,6 +23,9 @@ def _spatial(flattened_from):
 
 @register("dense")
 class Dense(Handler):
+    config_keys = ("units",)
+    array_layouts = {"kernel": "(in, out)", "bias?": "(out)"}
+    notes = "the input is 2-D"
     summary = "InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W"
     caffe_layers = ("InnerProduct",)
 

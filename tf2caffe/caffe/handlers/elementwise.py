@@ -43,6 +43,7 @@ def _broadcast(ctx, layer, index, blob, full):
 
 @register(*sorted(OPERATIONS))
 class Merge(Handler):
+    notes = "two or more inputs; shapes equal or broadcast (N,1,1,C) against (N,H,W,C)"
     summary = ("Eltwise: add, subtract (coeff 1, -1), multiply, maximum, minimum (negated maximum), "
                "average (coeff 1/n); a (N,1,1,C) multiplier: two-bottom Scale, other (N,1,1,C) "
                "inputs expanded by a ones Deconvolution")
@@ -89,6 +90,7 @@ class Merge(Handler):
 
 @register("concat")
 class Concat(Handler):
+    config_keys = ("axis",)
     summary = "Concat, axis remapped from NHWC to NCHW"
     caffe_layers = ("Concat",)
 

@@ -9,6 +9,8 @@ from .shape import order_problem
 
 @register("input")
 class Input(Handler):
+    config_keys = ("shape",)
+    notes = "batch first"
     summary = "Input, NCHW for images, (N, D) for vectors"
     caffe_layers = ("Input",)
 
@@ -28,6 +30,8 @@ class Input(Handler):
 
 @register("identity")
 class Identity(Handler):
+    config_keys = ("reason",)
+    notes = 'e.g. "Dropout: identity at inference"'
     summary = "nothing emitted: Dropout, GaussianNoise and the like are the identity at inference"
     caffe_layers = ()
 

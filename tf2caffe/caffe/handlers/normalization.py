@@ -36,6 +36,10 @@ def _scale(suffix, scale, bias=None) -> Step:
 
 @register("batch_norm")
 class BatchNorm(Handler):
+    config_keys = ("epsilon",)
+    array_layouts = {"moving_mean": "(C)", "moving_variance": "(C)", "gamma?": "(C; ones if absent)",
+                     "beta?": "(C; zeros if absent)"}
+    notes = "normalises the last axis"
     summary = "BatchNorm (global statistics, TF epsilon) + Scale for gamma/beta"
     caffe_layers = ("BatchNorm", "Scale")
 
@@ -62,6 +66,8 @@ class BatchNorm(Handler):
 
 @register("rescale")
 class Rescale(Handler):
+    config_keys = ("scale", "offset")
+    notes = "numbers or per-channel lists: x·scale + offset"
     summary = "x·scale + offset: Power for scalars, Scale with bias per channel"
     caffe_layers = ("Power", "Scale")
 
@@ -84,6 +90,9 @@ class Rescale(Handler):
 
 @register("normalize")
 class Normalize(Handler):
+    config_keys = ("epsilon",)
+    array_layouts = {"mean": "(C, or broadcasting to it)", "variance": "(C, or broadcasting to it)"}
+    notes = "(x − mean) / max(sqrt(variance), epsilon)"
     summary = "(x - mean) / max(sqrt(variance), epsilon): subtract, then multiply (Power or Scale)"
     caffe_layers = ("Power", "Scale")
 
@@ -113,6 +122,8 @@ class Normalize(Handler):
 
 @register("lrn")
 class LRN(Handler):
+    config_keys = ("depth_radius", "bias", "alpha", "beta")
+    notes = "TensorFlow's definition"
     summary = ("LRN across channels in the portable form: k = 1, alpha·n/bias, then "
                "Power(bias^-beta) (OpenCV ignores k)")
     caffe_layers = ("LRN", "Power")

@@ -49,6 +49,7 @@ def _axes(layer, model) -> List[PoolAxis]:
 
 @register("max_pool2d", "avg_pool2d")
 class Pooling(Handler):
+    config_keys = ("pool_size", "strides", "padding")
     caffe_layers = ("Pooling", "Slice", "Silence", "Split", "Scale")
     summary = ("Pooling with aligned symmetric pads, Slice off Caffe's extra (ceil-rounded or shifted) "
                "outputs; average: a fixed Scale corrects border divisors to TensorFlow's real-cell counts")
@@ -90,6 +91,7 @@ class Pooling(Handler):
 
 @register("global_max_pool2d", "global_avg_pool2d")
 class GlobalPooling(Handler):
+    config_keys = ("keepdims",)
     caffe_layers = ("Pooling", "Flatten")
     summary = "Pooling global_pooling: true; keepdims false: Flatten to (N, C)"
 

@@ -106,6 +106,8 @@ class Flatten(Handler):
 
 @register("reshape")
 class Reshape(Handler):
+    config_keys = ("target_shape",)
+    notes = "target_shape without batch"
     summary = ("Reshape where TensorFlow's and Caffe's element orders agree; "
                "flatten-like reshapes as Flatten")
     caffe_layers = ("Reshape", "Flatten")
