@@ -55,9 +55,12 @@ def emit_chain(ctx, layer, bottom: str, steps: List[Step]) -> str:
     return top
 
 
-def power(suffix, scale=1.0, shift=0.0) -> Step:
-    """Power layer computing shift + scale·x (Caffe multiplies first, then adds, like TF)."""
+def power(suffix, scale=1.0, shift=0.0, exponent=1.0) -> Step:
+    """Power layer computing (shift + scale·x)^exponent (Caffe multiplies first, then adds,
+    like TF)."""
     params = {}
+    if exponent != 1.0:
+        params["power"] = float(exponent)
     if scale != 1.0:
         params["scale"] = float(scale)
     if shift != 0.0:
@@ -104,6 +107,17 @@ def _hard_sigmoid(layer, profile, _x):
             + [power("scale", 1.0 / 6.0)])
 
 
+def _softsign(layer, profile, x):
+    # x / (1 + |x|) as x · (1 + |x|)^-1: two roundings where TensorFlow divides once (≤ 1 ulp more).
+    return [Step("abs", "AbsVal"), power("reciprocal", shift=1.0, exponent=-1.0),
+            Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
+
+
+# TensorFlow's SELU constants (tensorflow/core/kernels/selu_op.h): scale · elu(x, alpha).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
 def _softmax_axis(layer, rank):
     axis = layer.config.get("axis", -1)
     if isinstance(axis, (list, tuple)):
@@ -124,6 +138,11 @@ STEPS = {
     "tanh": lambda layer, profile, x: [Step("tanh", "TanH")],
     "softmax": lambda layer, profile, x: [Step("softmax", "Softmax", {"softmax_param": {
         "axis": _softmax_axis(layer, len(layer.output_shape))}})],
+    "selu": lambda layer, profile, x: [Step("elu", "ELU", {"elu_param": {"alpha": SELU_ALPHA}}),
+                                       power("scale", SELU_SCALE)],
+    "softplus": lambda layer, profile, x: [Step("bnll", "BNLL")],  # log(1 + exp(x))
+    "softsign": _softsign,
+    "abs": lambda layer, profile, x: [Step("abs", "AbsVal")],
     "swish": _swish,
     "hard_sigmoid": _hard_sigmoid,
     "linear": lambda layer, profile, x: [],
@@ -132,10 +151,12 @@ STEPS = {
 
 @register("activation")
 class Activation(Handler):
-    summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, sigmoid, "
-               "tanh, softmax (any axis), swish, hard_sigmoid, linear; ReLU6 and clipping as "
+    summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, selu "
+               "(ELU + Power scale), sigmoid, tanh, softmax (any axis), softplus (BNLL), softsign "
+               "(x · (1 + |x|)^-1), abs, swish, hard_sigmoid, linear; ReLU6 and clipping as "
                "ReLU(x) - ReLU(x - m) (ReLU6, Swish in the opencv profile)")
-    caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "Eltwise", "ReLU6", "Swish")
+    caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "BNLL", "AbsVal", "Eltwise",
+                    "ReLU6", "Swish")
 
     def check(self, layer, model, profile):
         function = layer.config["function"]
