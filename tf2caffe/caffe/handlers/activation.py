@@ -153,7 +153,7 @@ STEPS = {
 class Activation(Handler):
     summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, selu "
                "(ELU + Power scale), sigmoid, tanh, softmax (any axis), softplus (BNLL), softsign "
-               "(x · (1 + |x|)^-1), abs, swish, hard_sigmoid, linear; ReLU6 and clipping as "
+               "(x · (1 + abs(x))^-1), abs, swish, hard_sigmoid, linear; ReLU6 and clipping as "
                "ReLU(x) - ReLU(x - m) (ReLU6, Swish in the opencv profile)")
     caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "BNLL", "AbsVal", "Eltwise",
                     "ReLU6", "Swish")
