@@ -94,4 +94,4 @@ def test_prelu_ops_one_by_one_read_abs(results):
     ("selu", ["ELU", "Power"]), ("softplus", ["BNLL"]), ("softsign", ["AbsVal", "Power", "Eltwise"])])
 def test_activation_functions_become_bvlc_layers(results, name, caffe_types):
     types = results[name].caffe_types
-    assert types[types.index("Convolution") + 1:types.index("InnerProduct")] == caffe_types
+    assert types[types.index("Convolution") + 1:types.index("Flatten")] == caffe_types
