@@ -43,6 +43,11 @@ CONSTRUCTS = {
     "sigmoid": Construct(conv("sigmoid"), around_conv("activation")),
     "tanh": Construct(conv("tanh"), around_conv("activation")),
     "softmax": Construct(conv("softmax"), around_conv("activation")),
+    # 0.2·x + 0.5 clipped to [0, 1] by tf.clip_by_value: the clip is a ReLU with max_value 1.
+    "hard_sigmoid": Construct(conv("hard_sigmoid"), around_conv("rescale", "rescale", "activation")),
+    # tanh's approximation 0.5·x·(1 + tanh(sqrt(2/pi)·(x + 0.044715·x³))), op by op.
+    "gelu": Construct(conv("gelu"), around_conv(
+        "rescale", "activation", "rescale", "add", "rescale", "activation", "rescale", "multiply")),
     "prelu_op_by_op": Construct(prelu_and_its_magnitude, around_conv(
         "activation", "activation", "subtract", "rescale", "rescale", "add", "concat")),
 }
@@ -95,3 +100,8 @@ def test_prelu_ops_one_by_one_read_abs(results):
 def test_activation_functions_become_bvlc_layers(results, name, caffe_types):
     types = results[name].caffe_types
     assert types[types.index("Convolution") + 1:types.index("Flatten")] == caffe_types
+
+
+def test_hard_sigmoid_clip_is_a_relu_with_max_value_1(results):
+    clip = layers(results["hard_sigmoid"])[4]
+    assert clip.config == {"function": "relu", "max_value": 1.0}

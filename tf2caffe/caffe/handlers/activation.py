@@ -113,6 +113,13 @@ def _softsign(layer, profile, x):
             Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
 
 
+def _power(layer, profile, _x):
+    # OpenCV 4.14 fuses a Power with power p != 1 into a following scale (Power, Scale) as
+    # (s·x)^p with s = next scale, not s·x^p (error ~1 on gelu's 0.044715·x³); a Split between
+    # the two stops the fusion.
+    return [power("power", exponent=layer.config["exponent"]), Step("unfused", "Split")]
+
+
 # TensorFlow's SELU constants (tensorflow/core/kernels/selu_op.h): scale · elu(x, alpha).
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -143,6 +150,7 @@ STEPS = {
     "softplus": lambda layer, profile, x: [Step("bnll", "BNLL")],  # log(1 + exp(x))
     "softsign": _softsign,
     "abs": lambda layer, profile, x: [Step("abs", "AbsVal")],
+    "power": _power,
     "swish": _swish,
     "hard_sigmoid": _hard_sigmoid,
     "linear": lambda layer, profile, x: [],
@@ -153,10 +161,10 @@ STEPS = {
 class Activation(Handler):
     summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, selu "
                "(ELU + Power scale), sigmoid, tanh, softmax (any axis), softplus (BNLL), softsign "
-               "(x · (1 + abs(x))^-1), abs, swish, hard_sigmoid, linear; ReLU6 and clipping as "
+               "(x · (1 + abs(x))^-1), abs, power (x^exponent; a Split after it keeps OpenCV from fusing it wrongly), swish, hard_sigmoid, linear; ReLU6 and clipping as "
                "ReLU(x) - ReLU(x - m) (ReLU6, Swish in the opencv profile)")
     caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "BNLL", "AbsVal", "Eltwise",
-                    "ReLU6", "Swish")
+                    "Split", "ReLU6", "Swish")
 
     def check(self, layer, model, profile):
         function = layer.config["function"]
@@ -164,6 +172,8 @@ class Activation(Handler):
             return "activation '%s' has no exact Caffe equivalent" % function
         if function == "leaky_relu" and "alpha" not in layer.config:
             return "leaky_relu without 'alpha' in its config"
+        if function == "power" and "exponent" not in layer.config:
+            return "power without 'exponent' in its config"
         if function == "relu" and float(layer.config.get("threshold") or 0.0) != 0.0:
             return ("ReLU with threshold %s is a step x·[x > t]: Caffe's Threshold layer would "
                     "do it, but OpenCV cannot load it" % layer.config["threshold"])

@@ -257,6 +257,13 @@ def _activation(m: _Mapper, node):
     m.add(node, "activation", data, config)
 
 
+def _pow(m: _Mapper, node):
+    x, exponent = _data_inputs(node)
+    if not m.constant(exponent) or _scalar(m, exponent) is None:
+        raise _Unmappable("not a tensor to a constant scalar power")
+    m.add(node, "activation", [x], {"function": "power", "exponent": _scalar(m, exponent)})
+
+
 def _pool(m: _Mapper, node):
     _nhwc(node)
     data, _ = m.data_operands(node)
@@ -438,8 +445,20 @@ def _match_prelu(m: _Mapper, add) -> Optional[_Fused]:
                   {"alpha": (slopes, m.tf_name(alphas))})
 
 
+def _match_clip(m: _Mapper, maximum) -> Optional[_Fused]:
+    """tf.clip_by_value(x, 0, c) with c > 0: maximum(minimum(x, c), 0) = min(max(x, 0), c),
+    a ReLU with max_value c."""
+    clipped, low = _data_and_constant(m, maximum)
+    minimum = clipped and _producer(m, clipped, "Minimum")
+    x, high = _data_and_constant(m, minimum) if minimum else (None, None)
+    if x is None or _scalar(m, low) != 0.0 or not (_scalar(m, high) or 0.0) > 0.0:
+        return None
+    return _Fused(maximum, (minimum,), "activation", x, {"function": "relu", "max_value": _scalar(m, high)})
+
+
 # The op a pattern's output comes from -> the patterns ending there.
-PATTERNS = {"Sub": (_match_leaky_relu,), "Add": (_match_prelu,), "AddV2": (_match_prelu,)}
+PATTERNS = {"Sub": (_match_leaky_relu,), "Add": (_match_prelu,), "AddV2": (_match_prelu,),
+            "Maximum": (_match_clip,)}
 PATTERN_DEPTH = 4  # the most ops between a pattern's first op and its root
 
 
@@ -495,7 +514,7 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Reshape": _reshape, "Squeeze": _reshape, "ConcatV2": _concat, "LRN": _lrn,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
-           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat}
+           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
 MAPPERS.update({op: _pass_through for op in PASS_THROUGH})
