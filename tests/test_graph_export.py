@@ -13,8 +13,6 @@ Sources written under TF1 behaviour (`disable_v2_behavior` is process-wide) are 
 subprocess, and converted in another fresh one that never saw the code that built them: this
 module doubles as that script (`python tests/test_graph_export.py build-tf1|convert DIR`).
 """
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,9 +23,9 @@ import tensorflow as tf
 from tf2caffe import intermediate
 from tf2caffe.errors import ConversionError, UnsupportedError
 from tf2caffe.export import export, graph
+from tflearn_cases import export_sources, finish, randomise_variables, save_tflearn, start_script
 
 v1 = tf.compat.v1
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SIZE = 32  # input height and width of the image models
 
 
@@ -61,15 +59,6 @@ def tflearn_network(tflearn, seed, logs: Path):
     return model, x[:2]
 
 
-def save_tflearn(tflearn, folder: Path, name):
-    """Build, train and save; also store tflearn's own predictions for an independent check."""
-    with tf.Graph().as_default():
-        model, x = tflearn_network(tflearn, seed=1, logs=folder / "logs")
-        model.save(str(folder / (name + ".tfl")))
-        np.save(folder / (name + ".x.npy"), x)
-        np.save(folder / (name + ".predictions.npy"), np.asarray(model.predict(x)))
-
-
 def slim_compat():
     """tf-slim 1.1.0 on TF 2.21: two names it uses moved."""
     from tensorflow.python.framework import ops
@@ -88,16 +77,6 @@ def batch_norm_scope(slim, epsilon):
     return slim.arg_scope([slim.conv2d], normalizer_fn=slim.batch_norm, normalizer_params=params)
 
 
-def randomise_statistics(session, rng):
-    """Moving statistics far from (0, 1), so a batch norm mapped as the identity fails."""
-    for variable in v1.global_variables():
-        role = variable.op.name.rsplit("/", 1)[-1]
-        if role in ("moving_mean", "beta"):
-            variable.load(rng.normal(0, 0.5, variable.shape).astype(np.float32), session)
-        elif role in ("moving_variance", "gamma"):
-            variable.load(rng.uniform(0.5, 2.0, variable.shape).astype(np.float32), session)
-
-
 def train_and_save(session, images, labels, logits, is_training, folder: Path, name, seed):
     """One Adam step in training mode (Adam slots, a global step), then random statistics."""
     loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
@@ -107,7 +86,7 @@ def train_and_save(session, images, labels, logits, is_training, folder: Path, n
     feed = {images: rng.standard_normal((4,) + tuple(images.shape[1:])).astype(np.float32),
             labels: rng.integers(0, 10, 4), is_training: True}
     session.run(step, feed)
-    randomise_statistics(session, rng)
+    randomise_variables(session, rng)  # statistics far from (0, 1): an identity batch norm fails
     v1.train.Saver().save(session, str(folder / (name + ".ckpt")))
 
 
@@ -249,7 +228,7 @@ def build_tf1_sources(folder: Path):
     """Sources as TF1 code writes them (run as a script: TF1 behaviour is process-wide)."""
     v1.disable_v2_behavior()
     from tf2caffe.export.tflearn_compat import import_tflearn
-    save_tflearn(import_tflearn(), folder, "tflearn_classic")
+    save_tflearn(import_tflearn(), folder, "tflearn_classic", tflearn_network)
     save_slim_inception(folder)
 
 
@@ -258,39 +237,21 @@ TF1_SOURCES = {"tflearn_classic": "tflearn_classic.tfl", "slim_inception": "slim
 MODELS = list(TF1_SOURCES) + ["tflearn_v2", "slim_resnet", "lowlevel", "keras_export"]
 
 
-def convert_sources(folder: Path, sources):
-    """Export each source to FOLDER/out/<stem>.h5, with per-layer activations."""
-    for source in sources:
-        export(folder / source, folder / "out", per_layer=True)
-
-
-def run_script(*args):
-    environment = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.Popen([sys.executable, __file__, *map(str, args)], cwd=str(PROJECT_ROOT),
-                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True)
-
-
-def finish(process, what):
-    _, stderr = process.communicate()
-    assert process.returncode == 0, "%s failed:\n%s" % (what, stderr[-3000:])
-
-
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """Every source model, exported with per-layer activations. The TF1 sources are built and
     converted in subprocesses, meanwhile the others here."""
     folder = tmp_path_factory.mktemp("graph_sources")
-    builder = run_script("build-tf1", folder)
+    builder = start_script(__file__, "build-tf1", folder)
     from tf2caffe.export.tflearn_compat import import_tflearn
-    save_tflearn(import_tflearn(), folder, "tflearn_v2")
+    save_tflearn(import_tflearn(), folder, "tflearn_v2", tflearn_network)
     save_slim_resnet(folder)
     save_lowlevel(folder)
     save_keras_export(folder)
     finish(builder, "building the TF1 sources")
-    converter = run_script("convert", folder, *TF1_SOURCES.values())
-    convert_sources(folder, ["tflearn_v2.tfl", "slim_resnet.ckpt", "lowlevel", "keras_export"])
+    converter = start_script(__file__, "convert", folder, *TF1_SOURCES.values())
+    export_sources(folder, ["tflearn_v2.tfl", "slim_resnet.ckpt", "lowlevel", "keras_export"])
     finish(converter, "converting the TF1 sources")
     return {"folder": folder, "paths": {name: folder / "out" / (name + ".h5") for name in MODELS}}
 
@@ -530,4 +491,4 @@ if __name__ == "__main__":
     if command == "build-tf1":
         build_tf1_sources(folder)
     elif command == "convert":
-        convert_sources(folder, sys.argv[3:])
+        export_sources(folder, sys.argv[3:])

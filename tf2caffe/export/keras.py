@@ -158,9 +158,12 @@ ACTIVATIONS = {
     "relu6": ("relu6", {}),
     "leaky_relu": ("leaky_relu", {"alpha": 0.2}),  # keras.activations.leaky_relu's default
     "elu": ("elu", {"alpha": 1.0}),
+    "selu": ("selu", {}),
     "sigmoid": ("sigmoid", {}),
     "tanh": ("tanh", {}),
     "softmax": ("softmax", {}),
+    "softplus": ("softplus", {}),
+    "softsign": ("softsign", {}),
     "silu": ("swish", {}),
     # Keras 3: relu6(x + 3) / 6 (Keras 2 used 0.2 x + 0.5), so the slope is recorded.
     "hard_sigmoid": ("hard_sigmoid", {"slope": 1.0 / 6.0, "offset": 0.5}),

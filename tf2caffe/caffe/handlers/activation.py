@@ -55,9 +55,12 @@ def emit_chain(ctx, layer, bottom: str, steps: List[Step]) -> str:
     return top
 
 
-def power(suffix, scale=1.0, shift=0.0) -> Step:
-    """Power layer computing shift + scale·x (Caffe multiplies first, then adds, like TF)."""
+def power(suffix, scale=1.0, shift=0.0, exponent=1.0) -> Step:
+    """Power layer computing (shift + scale·x)^exponent (Caffe multiplies first, then adds,
+    like TF)."""
     params = {}
+    if exponent != 1.0:
+        params["power"] = float(exponent)
     if scale != 1.0:
         params["scale"] = float(scale)
     if shift != 0.0:
@@ -104,6 +107,24 @@ def _hard_sigmoid(layer, profile, _x):
             + [power("scale", 1.0 / 6.0)])
 
 
+def _softsign(layer, profile, x):
+    # x / (1 + |x|) as x · (1 + |x|)^-1: two roundings where TensorFlow divides once (≤ 1 ulp more).
+    return [Step("abs", "AbsVal"), power("reciprocal", shift=1.0, exponent=-1.0),
+            Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
+
+
+def _power(layer, profile, _x):
+    # OpenCV 4.14 fuses a Power with power p != 1 into a following scale (Power, Scale) as
+    # (s·x)^p with s = next scale, not s·x^p (error ~1 on gelu's 0.044715·x³); a Split between
+    # the two stops the fusion.
+    return [power("power", exponent=layer.config["exponent"]), Step("unfused", "Split")]
+
+
+# TensorFlow's SELU constants (tensorflow/core/kernels/selu_op.h): scale · elu(x, alpha).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
 def _softmax_axis(layer, rank):
     axis = layer.config.get("axis", -1)
     if isinstance(axis, (list, tuple)):
@@ -124,6 +145,12 @@ STEPS = {
     "tanh": lambda layer, profile, x: [Step("tanh", "TanH")],
     "softmax": lambda layer, profile, x: [Step("softmax", "Softmax", {"softmax_param": {
         "axis": _softmax_axis(layer, len(layer.output_shape))}})],
+    "selu": lambda layer, profile, x: [Step("elu", "ELU", {"elu_param": {"alpha": SELU_ALPHA}}),
+                                       power("scale", SELU_SCALE)],
+    "softplus": lambda layer, profile, x: [Step("bnll", "BNLL")],  # log(1 + exp(x))
+    "softsign": _softsign,
+    "abs": lambda layer, profile, x: [Step("abs", "AbsVal")],
+    "power": _power,
     "swish": _swish,
     "hard_sigmoid": _hard_sigmoid,
     "linear": lambda layer, profile, x: [],
@@ -134,12 +161,15 @@ STEPS = {
 class Activation(Handler):
     config_keys = ("function",)
     notes = ("one of %s; optional `alpha` (leaky_relu, elu), `max_value`, `threshold`, "
-             "`negative_slope` (relu), `axis` (softmax), `slope`, `offset` (hard_sigmoid: "
+             "`exponent` (power), `negative_slope` (relu), `axis` (softmax), `slope`, `offset` (hard_sigmoid: "
              "clip(slope·x + offset, 0, 1))" % ", ".join(sorted(STEPS)))
-    summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, sigmoid, "
-               "tanh, softmax (any axis), swish, hard_sigmoid, linear; ReLU6 and clipping as "
+    summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, selu "
+               "(ELU + Power scale), sigmoid, tanh, softmax (any axis), softplus (BNLL), softsign "
+               "(x · (1 + abs(x))^-1), abs, power (x^exponent; a Split after it keeps OpenCV from "
+               "fusing it wrongly), swish, hard_sigmoid, linear; ReLU6 and clipping as "
                "ReLU(x) - ReLU(x - m) (ReLU6, Swish in the opencv profile)")
-    caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "Eltwise", "ReLU6", "Swish")
+    caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "BNLL", "AbsVal", "Eltwise",
+                    "Split", "ReLU6", "Swish")
 
     def check(self, layer, model, profile):
         function = layer.config["function"]
@@ -147,6 +177,8 @@ class Activation(Handler):
             return "activation '%s' has no exact Caffe equivalent" % function
         if function == "leaky_relu" and "alpha" not in layer.config:
             return "leaky_relu without 'alpha' in its config"
+        if function == "power" and "exponent" not in layer.config:
+            return "power without 'exponent' in its config"
         if function == "relu" and float(layer.config.get("threshold") or 0.0) != 0.0:
             return ("ReLU with threshold %s is a step x·[x > t]: Caffe's Threshold layer would "
                     "do it, but OpenCV cannot load it" % layer.config["threshold"])

@@ -2,7 +2,7 @@
 `_Mapper` walking the graph, adds the layer(s) the op (and the ops it absorbs) becomes."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 # Ops whose output is their (first) input at inference.
 PASS_THROUGH = {"Identity", "StopGradient", "Snapshot", "PreventGradient", "CheckNumerics",
                 "EnsureShape"}
-ACTIVATIONS = {"Relu": "relu", "Relu6": "relu6", "Elu": "elu", "Sigmoid": "sigmoid",
-               "Tanh": "tanh", "Softmax": "softmax", "LeakyRelu": "leaky_relu"}
+ACTIVATIONS = {"Relu": "relu", "Relu6": "relu6", "Elu": "elu", "Selu": "selu", "Sigmoid": "sigmoid",
+               "Tanh": "tanh", "Softmax": "softmax", "LeakyRelu": "leaky_relu", "Softplus": "softplus",
+               "Softsign": "softsign", "Abs": "abs"}
 ELEMENTWISE = {"Add": "add", "AddV2": "add", "AddN": "add", "Sub": "subtract", "Mul": "multiply",
                "Maximum": "maximum", "Minimum": "minimum"}
 
@@ -256,6 +257,13 @@ def _activation(m: _Mapper, node):
     m.add(node, "activation", data, config)
 
 
+def _pow(m: _Mapper, node):
+    x, exponent = _data_inputs(node)
+    if not m.constant(exponent) or _scalar(m, exponent) is None:
+        raise _Unmappable("not a tensor to a constant scalar power")
+    m.add(node, "activation", [x], {"function": "power", "exponent": _scalar(m, exponent)})
+
+
 def _pool(m: _Mapper, node):
     _nhwc(node)
     data, _ = m.data_operands(node)
@@ -350,10 +358,140 @@ def _repeat(m: _Mapper, node):
     expected = [before[0], before[1] * size[0], before[2] * size[1], before[3]]
     if multiples[:axis] + multiples[axis + 1:] != [1] * 4 or list(m.values[merge.name].shape) != expected:
         raise _Unmappable("tiles %s, not a repeat along one axis" % multiples)
-    scope = node.name.rsplit("/", 1)[0]
     m.add(node, "upsample2d", [x], {"size": size, "interpolation": "nearest"}, output_node=merge,
-          claims=(tile, merge), name=scope if scope not in m.reserved and "/" in node.name else None)
-    m.reserved.add(m.layers[-1].name)
+          claims=(tile, merge), name=_scope_name(m, node))
+
+
+def _scope_name(m: _Mapper, node) -> Optional[str]:
+    """For a layer made of several ops: their name scope ('Conv2D/PReLU'), unless a node or an
+    earlier layer has that name (then None: the mapper names it)."""
+    scope = node.name.rsplit("/", 1)[0] if "/" in node.name else None
+    if scope is None or scope in m.reserved:
+        return None
+    m.reserved.add(scope)
+    return scope
+
+
+# --------------------------------------------------------------------------- op patterns
+class _Fused(NamedTuple):
+    """A pattern of ops computing one layer of `x`: `root` is the op whose output is the
+    layer's, `members` the other ops it absorbs."""
+    root: object
+    members: Tuple
+    kind: str
+    x: str
+    config: Dict
+    arrays: Dict = {}
+
+
+def _producer(m: _Mapper, name, op):
+    """The node computing tensor `name` if it is a `op`, else None."""
+    node = m.source(name)[1]
+    return node if node.op == op else None
+
+
+def _scalar(m: _Mapper, name) -> Optional[float]:
+    value = np.asarray(m.value(name))
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _data_and_constant(m: _Mapper, node) -> Tuple[Optional[str], Optional[str]]:
+    """(tensor, constant) operands of a binary op with exactly one of each, else (None, None)."""
+    data, constants = m.data_operands(node)
+    return (data[0], constants[0]) if len(data) == 1 and len(constants) == 1 else (None, None)
+
+
+def _match_leaky_relu(m: _Mapper, sub) -> Optional[_Fused]:
+    """tflearn's leaky_relu: relu(x) - alpha·relu(-x) with a scalar alpha. For x < 0 that is
+    -(alpha·(-x)) = alpha·x exactly, Caffe's ReLU with negative_slope alpha."""
+    inputs = _data_inputs(sub)
+    positive, scaled = _producer(m, inputs[0], "Relu"), _producer(m, inputs[1], "Mul")
+    if positive is None or scaled is None:
+        return None
+    relu_input, alpha = _data_and_constant(m, scaled)
+    negative = relu_input and _producer(m, relu_input, "Relu")
+    negation = negative and _producer(m, negative.input[0], "Neg")
+    x = _data_inputs(positive)[0]
+    if negation is None or _scalar(m, alpha) is None or m.source(negation.input[0])[0] != m.source(x)[0]:
+        return None
+    return _Fused(sub, (positive, scaled, negative, negation), "activation", x,
+                  {"function": "leaky_relu", "alpha": _scalar(m, alpha)})
+
+
+def _match_prelu(m: _Mapper, add) -> Optional[_Fused]:
+    """tflearn's prelu: relu(x) + alphas·(x - |x|)·0.5 with constant alphas, one or one per
+    channel. For x < 0 that is alphas·(2x)·0.5 = alphas·x exactly, Caffe's PReLU."""
+    operands = [m.source(i)[1] for i in _data_inputs(add)]
+    positive = next((n for n in operands if n.op == "Relu"), None)
+    halved = next((n for n in operands if n.op == "Mul"), None)
+    if positive is None or halved is None:
+        return None
+    scaled_input, half = _data_and_constant(m, halved)
+    scaled = scaled_input and _producer(m, scaled_input, "Mul")
+    difference_input, alphas = _data_and_constant(m, scaled) if scaled else (None, None)
+    difference = difference_input and _producer(m, difference_input, "Sub")
+    if difference is None or _scalar(m, half) != 0.5:
+        return None
+    x, magnitude = _data_inputs(difference)
+    absolute = _producer(m, magnitude, "Abs")
+    same_x = {m.source(i)[0] for i in (x, _data_inputs(positive)[0])}
+    if absolute is None or same_x != {m.source(absolute.input[0])[0]}:
+        return None
+    try:
+        slopes = _per_channel(m.value(alphas), m.values[add.name].shape[-1], "alphas")
+    except _Unmappable:
+        return None  # slopes varying over H or W: op by op
+    return _Fused(add, (positive, halved, scaled, difference, absolute), "prelu", x, {},
+                  {"alpha": (slopes, m.tf_name(alphas))})
+
+
+def _match_clip(m: _Mapper, maximum) -> Optional[_Fused]:
+    """tf.clip_by_value(x, 0, c) with c > 0: maximum(minimum(x, c), 0) = min(max(x, 0), c),
+    a ReLU with max_value c."""
+    clipped, low = _data_and_constant(m, maximum)
+    minimum = clipped and _producer(m, clipped, "Minimum")
+    x, high = _data_and_constant(m, minimum) if minimum else (None, None)
+    if x is None or _scalar(m, low) != 0.0 or not (_scalar(m, high) or 0.0) > 0.0:
+        return None
+    return _Fused(maximum, (minimum,), "activation", x, {"function": "relu", "max_value": _scalar(m, high)})
+
+
+# The op a pattern's output comes from -> the patterns ending there.
+PATTERNS = {"Sub": (_match_leaky_relu,), "Add": (_match_prelu,), "AddV2": (_match_prelu,),
+            "Maximum": (_match_clip,)}
+PATTERN_DEPTH = 4  # the most ops between a pattern's first op and its root
+
+
+def _pattern_of(m: _Mapper, node) -> Optional[_Fused]:
+    """The pattern `node` belongs to: its single consumers are followed down to a root that a
+    pattern matches with `node` among its ops, every op but the root feeding only the pattern."""
+    candidate = node
+    for _ in range(PATTERN_DEPTH + 1):
+        for match in PATTERNS.get(candidate.op, ()):
+            fused = match(m, candidate)
+            names = {n.name for n in fused.members + (fused.root,)} if fused else set()
+            if node.name in names and all(
+                    m.users[n.name] and set(m.users[n.name]) <= names and n.name not in m.outputs
+                    for n in fused.members):
+                return fused
+        users = m.users[candidate.name]
+        if len(users) != 1 or candidate.name in m.outputs:
+            return None
+        candidate = m.nodes[users[0]]
+    return None
+
+
+def _pattern_or(mapper):
+    """`mapper`, unless the node begins a pattern of ops that maps as one layer (the first of
+    its ops the walk meets maps the whole pattern; the others are absorbed)."""
+    def map_node(m: _Mapper, node):
+        fused = _pattern_of(m, node)
+        if fused is None:
+            mapper(m, node)
+            return
+        m.add(fused.root, fused.kind, [fused.x], fused.config, fused.arrays, claims=fused.members,
+              name=_scope_name(m, fused.root))
+    return map_node
 
 
 def _pass_through(m: _Mapper, node):
@@ -376,7 +514,8 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Reshape": _reshape, "Squeeze": _reshape, "ConcatV2": _concat, "LRN": _lrn,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
-           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat}
+           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
 MAPPERS.update({op: _pass_through for op in PASS_THROUGH})
+MAPPERS = {op: _pattern_or(mapper) for op, mapper in MAPPERS.items()}
