@@ -1,5 +1,6 @@
-"""tflearn constructs from their checkpoints: each row of CONSTRUCTS is a small tflearn net saved
-with `model.save`, converted through the graph mapper, exact in pycaffe and OpenCV.
+"""tflearn constructs from both sources: each row of CONSTRUCTS is a small tflearn net saved with
+`model.save`, converted from the checkpoint alone and from an architecture module restoring it,
+exact in pycaffe and OpenCV, and the same intermediate layers either way.
 
 Rows: every activation of tflearn 0.5.0's activations.py (as `conv_2d(activation=...)`),
 leaky_relu and prelu fused from their op patterns into one layer each, and prelu's ops mapped
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from tf2caffe import intermediate
-from tflearn_cases import Construct, convert_constructs
+from tflearn_cases import SOURCES, Construct, convert_constructs
 
 
 def conv(activation):
@@ -62,16 +63,25 @@ def layers(result):
     return intermediate.read(str(result.h5)).layers
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("name", sorted(CONSTRUCTS))
-def test_maps_to_its_layer_types(results, name):
-    assert results[name].error is None, results[name].error
-    assert [layer.type for layer in layers(results[name])] == CONSTRUCTS[name].types
+def test_maps_to_its_layer_types(results, name, source):
+    assert results[name + source].error is None, results[name + source].error
+    assert [layer.type for layer in layers(results[name + source])] == CONSTRUCTS[name].types
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("name", sorted(CONSTRUCTS))
-def test_exact_in_pycaffe_and_opencv(results, name):
+def test_exact_in_pycaffe_and_opencv(results, name, source):
     import harness
-    harness.assert_exact(results[name])
+    harness.assert_exact(results[name + source])
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRUCTS))
+def test_architecture_and_checkpoint_give_the_same_layers(results, name):
+    def described(result):
+        return [(layer.name, layer.type, layer.inputs, layer.config) for layer in layers(result)]
+    assert described(results[name + ".architecture"]) == described(results[name])
 
 
 def test_leaky_relu_pattern_is_one_relu_with_tflearns_slope(results):

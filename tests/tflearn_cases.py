@@ -97,23 +97,52 @@ def export_sources(folder: Path, sources):
         export(folder / source, folder / "out", per_layer=True)
 
 
+# The construct's net as an architecture module (architectures/README.md), weights from its
+# checkpoint: the user's other route to the same network.
+ARCHITECTURE = """
+import importlib, sys
+sys.path.insert(0, {tests!r})
+import tflearn
+from tflearn_cases import HEAD_UNITS
+
+DEFAULT_INPUT_SHAPE = (1, 8, 8, 3)  # the batch the checkpoint route uses
+CONSTRUCT = importlib.import_module({module!r}).CONSTRUCTS[{name!r}]
+
+
+def build(input_shape):
+    net = tflearn.input_data(shape=[None] + list(input_shape[1:]), name="input")
+    return tflearn.fully_connected(CONSTRUCT.build(tflearn, net), HEAD_UNITS)
+"""
+# Result keys: "<construct>" from the checkpoint alone, "<construct>.architecture" from the
+# architecture module with --checkpoint.
+SOURCES = ("", ".architecture")
+
+
 def convert_constructs(module: str, constructs: Dict[str, Construct], tmp_dir) -> Dict[str, object]:
     """Save each construct's net as <name>.tfl (in a subprocess running `module`'s table), export
-    each here, import all in one Caffe subprocess and check each in OpenCV. A construct that does
-    not export has its error in its Result."""
+    it here from the checkpoint alone and from an architecture module restoring the checkpoint,
+    import all in one Caffe subprocess and check each in OpenCV. A construct that does not export
+    has its error in its Result."""
     import harness
     from tf2caffe.errors import ConversionError
+    from tf2caffe.export import export
 
     folder = Path(tmp_dir).resolve()
     finish(start_script(__file__, "build", module, folder, *constructs), "building the tflearn nets")
     exported, refused = {}, {}
     for name in constructs:
-        try:
-            export_sources(folder, [name + ".tfl"])
-            exported[name] = folder / "out" / (name + ".h5")
-        except ConversionError as error:
-            refused[name] = harness.Result(name, folder / (name + ".tfl"))
-            refused[name].error = str(error)
+        architecture = folder / (name + "_architecture.py")
+        architecture.write_text(ARCHITECTURE.format(tests=str(Path(__file__).parent), module=module,
+                                                    name=name))
+        checkpoint = folder / (name + ".tfl")
+        for key, make in ((name, lambda: export(checkpoint, folder / "out", per_layer=True)),
+                          (name + ".architecture", lambda: export(
+                              architecture, folder / "out", checkpoint=checkpoint, per_layer=True))):
+            try:
+                exported[key] = make()
+            except ConversionError as error:
+                refused[key] = harness.Result(key, checkpoint)
+                refused[key].error = str(error)
     results = harness.convert_h5_batch(exported, folder / "caffe") if exported else {}
     return dict(results, **refused)
 
