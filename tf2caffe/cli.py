@@ -22,9 +22,9 @@ from typing import Dict, List, Optional, Tuple
 
 from . import __version__
 from .errors import ConversionError, UnsupportedError, reported_errors
+from .measure import DEFAULT_TOLERANCE, LAYER_TOLERANCE
 
 PROG = "tf2caffe"
-DEFAULT_TOLERANCE = 1e-4
 
 # glog: "F1126 12:34:56.789012 12345 net.cpp:123] Check failed: ..." plus its stack dump.
 GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]*\] ?(.*)$")
@@ -452,8 +452,8 @@ def print_convert_report(entry: Dict, opencv: Optional[Dict[str, Dict[str, float
         print("not verified (--no-verify)")
     if entry["per_layer"]:
         worst = max(entry["per_layer"], key=entry["per_layer"].get)
-        print("per layer (%s): worst %s %.3g; first over 1e-05: %s" % (
-            entry["verified_with"], worst, entry["per_layer"][worst], entry["first_over_layer_tolerance"] or "none"))
+        print("per layer (%s): worst %s %.3g; first over %g: %s" % (
+            entry["verified_with"], worst, entry["per_layer"][worst], LAYER_TOLERANCE, entry["first_over_layer_tolerance"] or "none"))
     if entry.get("accuracy"):
         accuracy = entry["accuracy"]
         print("top-1 accuracy: Caffe %.4f, TensorFlow %.4f (%d labelled inputs)" % (

@@ -36,6 +36,7 @@ from .caffe.backends import get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from .cli import add_import_arguments
 from .errors import ConversionError, reported_errors
+from .measure import LAYER_TOLERANCE
 
 PROG = "tf2caffe"
 
@@ -227,7 +228,7 @@ def print_entry(entry: Dict, tolerance: float, out=None) -> None:
         for name, error in entry["per_layer"].items():
             out.write("  %-32s %12.3g\n" % (name, error))
         first = entry["first_over_layer_tolerance"]
-        out.write("  first layer over %g: %s\n" % (verify.LAYER_TOLERANCE, first or "none"))
+        out.write("  first layer over %g: %s\n" % (LAYER_TOLERANCE, first or "none"))
     if entry["accuracy"]:
         accuracy = entry["accuracy"]
         out.write("  top-1 accuracy on %d labelled inputs: Caffe %.4f, TensorFlow %.4f, agreement %.4f\n" % (

@@ -12,7 +12,9 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..intermediate import Model
+from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error
 from .emit import Blob, nchw
+
 
 def reference_feeds(model: Model, inputs: Dict[str, str]) -> Dict[str, np.ndarray]:
     """Caffe input blob -> the reference input in Caffe's layout (`inputs`: TF input -> blob)."""
@@ -23,8 +25,6 @@ def reference_feeds(model: Model, inputs: Dict[str, str]) -> Dict[str, np.ndarra
     return feeds
 
 
-# A mapped layer is exact when its relative error is at most this (the project's bar).
-LAYER_TOLERANCE = 1e-5
 # A compared tensor whose spread is below this fraction of its magnitude cannot reveal a
 # wrong conversion (e.g. a saturated softmax, a dead ReLU).
 DEGENERATE_SPREAD = 1e-6
@@ -112,20 +112,6 @@ def compared_targets(model: Model, targets: Dict[str, Target]) -> Dict[str, Targ
                 "after the forward pass" % (model.source, name, model.layer(name).caffe_name))
         chosen[name] = targets[name]
     return chosen
-
-
-def relative_error(caffe: np.ndarray, tf: np.ndarray) -> float:
-    """max|caffe - tf| / max|tf| (the project's error measure)."""
-    scale = float(np.max(np.abs(tf))) if tf.size else 0.0
-    worst = max_abs_error(caffe, tf)
-    if scale == 0.0:
-        return 0.0 if worst == 0.0 else float("inf")
-    return worst / scale
-
-
-def max_abs_error(caffe: np.ndarray, tf: np.ndarray) -> float:
-    difference = np.abs(np.asarray(caffe, dtype=np.float64) - np.asarray(tf, dtype=np.float64))
-    return float(np.max(difference)) if difference.size else 0.0
 
 
 def in_caffe_layout(target: Target, tf_value: np.ndarray, where: str) -> np.ndarray:

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from .. import intermediate
 from ..errors import ConversionError, UnsupportedError
+from ..measure import relative_error
 from .reference import reference_batch
 
 # Largest max|layer-by-layer - model(x)| / max|model(x)| accepted: both compute the same ops.
@@ -522,16 +523,6 @@ def input_shapes(graph, input_shape: Optional[Sequence[int]]) -> List[List[int]]
                                   "N,H,W,C" % (name, tuple(tensor.shape)))
         shapes.append([int(d) for d in shape])
     return shapes
-
-
-def relative_error(value, reference) -> float:
-    """max|value - reference| / max|reference| (the project's error measure)."""
-    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
-    if value.shape != reference.shape:
-        return float("inf")
-    difference = float(np.abs(value - reference).max(initial=0.0))
-    scale = float(np.abs(reference).max(initial=0.0))
-    return difference / scale if scale > 0 else difference
 
 
 class GraphWalk:

@@ -11,12 +11,13 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from ...errors import ConversionError
+from ...measure import relative_error
 from .inference import _resolve_training
 from .io import _detect
 from .load import _load
 from .nodes import _node_name, _split, _tensor
 from ..reference import reference_batch
-from .session import _full, _input_shapes, _relative_error, _run_graph_def
+from .session import _full, _input_shapes, _run_graph_def
 
 v1 = tf.compat.v1
 
@@ -97,7 +98,7 @@ def _load_graph(path: Path, inputs, outputs, signature, input_shape):
         if source.session is not None:
             source.session.close()
     for name, value, reference in zip(new_outputs, got, expected):
-        error = _relative_error(value, reference)
+        error = relative_error(value, reference)
         if error > 1e-5:
             raise ConversionError("%s: output '%s' of the inference graph differs from the original "
                                   "graph run with training flags off (relative error %.2g)" % (

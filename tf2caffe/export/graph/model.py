@@ -8,12 +8,13 @@ import tensorflow as tf
 
 from ... import __version__, intermediate
 from ...errors import ConversionError, UnsupportedError
+from ...measure import relative_error
 from .freeze import _load_graph
 from .inference import CONTROL_FLOW_OPS
 from .load import model_stem
 from .mapper import _Mapper
 from .nodes import _node_name
-from .session import SESSION_CONFIG, _full, _import, _input_shapes, _relative_error
+from .session import SESSION_CONFIG, _full, _import, _input_shapes
 from ..reference import reference_batch
 
 v1 = tf.compat.v1
@@ -49,7 +50,7 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
             output_layers.append(layer)
     for tensor, value in zip(outputs, direct):
         recorded = values[mapper.tensor_of[mapper.layer_input(_node_name(tensor))]]
-        if recorded.shape != value.shape or _relative_error(recorded, value) > 1e-6:
+        if relative_error(recorded, value) > 1e-6:
             raise ConversionError("%s: output '%s' recorded during the per-layer run differs from a "
                                   "direct run of the graph" % (source_path, tensor))
     model = intermediate.Model(

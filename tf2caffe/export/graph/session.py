@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 
@@ -43,12 +42,6 @@ def _import(graph_def) -> tf.Graph:
 def _run_graph_def(graph_def, feeds, fetches):
     with v1.Session(graph=_import(graph_def), config=SESSION_CONFIG) as session:
         return _run(session, feeds, fetches)
-
-
-def _relative_error(got, expected) -> float:
-    expected = np.asarray(expected, dtype=np.float64)
-    scale = max(float(np.max(np.abs(expected))), 1e-30)
-    return float(np.max(np.abs(np.asarray(got, dtype=np.float64) - expected))) / scale
 
 
 def _input_shapes(graph_def, inputs, input_shape, where) -> Dict[str, List[int]]:
