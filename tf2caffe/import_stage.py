@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import intermediate
+from .atomic import atomic_file
 from .caffe import emit, verify
 from .caffe.backends import get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
@@ -240,22 +241,9 @@ def print_entry(entry: Dict, tolerance: float, out=None) -> None:
 
 
 def write_report(path: str, tolerance: float, entries: Dict[str, Dict]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
-    except OSError as error:
-        raise ConversionError("%s: cannot write the report: %s" % (path, error.strerror))
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump({"format": "tf2caffe-import-report", "tolerance": tolerance, "results": entries},
-                      f, indent=1, sort_keys=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a report is not one
-        os.replace(tmp, path)
-    except OSError as error:
-        os.unlink(tmp)
-        raise ConversionError("%s: cannot write the report: %s" % (path, error.strerror))
+    with atomic_file(path, failure="cannot write the report", mode="w") as f:
+        json.dump({"format": "tf2caffe-import-report", "tolerance": tolerance, "results": entries},
+                  f, indent=1, sort_keys=True)
 
 
 def parser() -> argparse.ArgumentParser:

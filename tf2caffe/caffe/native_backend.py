@@ -12,8 +12,9 @@ import numpy as np
 
 from ..errors import ConversionError
 from . import verify
+from ..atomic import atomic_file
 from .backends import PROTOTXT_NEEDS_PYCAFFE, NetDescription, generated_inputs
-from .caffemodel import atomic_file, write_caffemodel
+from .caffemodel import write_caffemodel
 from .netspec import NetSpec
 
 
