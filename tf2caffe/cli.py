@@ -21,7 +21,7 @@ import threading
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__
-from .errors import ConversionError, UnsupportedError, reported_errors
+from .errors import ConversionError, UnsupportedError, reported_errors, signal_name
 from .measure import DEFAULT_TOLERANCE, LAYER_TOLERANCE
 
 PROG = "tf2caffe"
@@ -323,7 +323,7 @@ def _import_in_chroot(files: List[str], output: str, args, report: Optional[str]
         where = started[-1] if started else files[0]
         if fatal:
             raise ConversionError("%s: Caffe refused the net: %s" % (where, fatal))
-        raise ConversionError("%s: Caffe crashed (%s)" % (where, _signal_name(-returncode)))
+        raise ConversionError("%s: Caffe crashed (killed by %s)" % (where, signal_name(-returncode)))
     return returncode
 
 
@@ -398,13 +398,6 @@ def _relay_segment(segment: bytes, keep_glog: bool, fatal: Optional[str]) -> Opt
         sys.stderr.write(text)
         sys.stderr.flush()
     return fatal
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return "killed by %s" % signal.Signals(number).name
-    except ValueError:
-        return "killed by signal %d" % number
 
 
 # ---------------------------------------------------------------- convert

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from typing import Callable, List
 from urllib.parse import quote, unquote
 
@@ -16,7 +15,7 @@ import h5py
 import numpy as np
 
 from .atomic import replacing
-from .errors import ConversionError
+from .errors import ConversionError, signal_name
 
 FORMAT_NAME = "tf2caffe-intermediate"
 FORMAT_VERSION = 1
@@ -278,16 +277,9 @@ def check_readable(path, check_model: Callable[[Model], None] = lambda model: No
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         raise IntermediateError("%s: corrupt HDF5 file: reading it crashed the HDF5 library (%s)" % (
-            path, _signal_name(os.WTERMSIG(status))))
+            path, signal_name(os.WTERMSIG(status))))
     if os.WEXITSTATUS(status) == 3:
         raise IntermediateError(message)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "signal %d" % number
 
 
 def read(path) -> Model:
