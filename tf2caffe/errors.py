@@ -31,6 +31,11 @@ def signal_name(number: int) -> str:
         return "signal %d" % number
 
 
+class Unmappable(Exception):
+    """One layer (or one of its options) that has no exact vocabulary mapping; the exporters
+    collect every layer's reason into one UnsupportedError."""
+
+
 @contextlib.contextmanager
 def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
     """Exit with one line and status 2 on a ConversionError (status 130 on Ctrl-C).

@@ -13,7 +13,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from ...errors import ConversionError
-from .session import SESSION_CONFIG, _import, _run, _run_graph_def
+from .session import SESSION_CONFIG, import_graph, run_fetches, run_graph_def
 
 v1 = tf.compat.v1
 
@@ -34,8 +34,8 @@ class _Source:
 
     def run(self, feeds: Dict[str, np.ndarray], fetches: Sequence[str]) -> List[np.ndarray]:
         if self.session is not None:
-            return _run(self.session, feeds, fetches)
-        return _run_graph_def(self.graph_def, feeds, fetches)
+            return run_fetches(self.session, feeds, fetches)
+        return run_graph_def(self.graph_def, feeds, fetches)
 
 
 def _checkpoint_prefix(src: Path) -> Optional[Path]:
@@ -60,7 +60,7 @@ def _load_checkpoint(prefix: Path) -> _Source:
     if not meta.saver_def.restore_op_name:
         raise ConversionError("%s.meta: the meta graph has no saver, so its variables cannot be "
                               "restored" % prefix)
-    session = v1.Session(graph=_import(meta.graph_def), config=SESSION_CONFIG)
+    session = v1.Session(graph=import_graph(meta.graph_def), config=SESSION_CONFIG)
     try:
         session.run(meta.saver_def.restore_op_name, {meta.saver_def.filename_tensor_name: str(prefix)})
     except tf.errors.OpError as error:
@@ -134,7 +134,7 @@ def _load_saved_model(path: Path, signature: Optional[str]) -> _Source:
     return source
 
 
-def _load(src: Path, signature: Optional[str]) -> _Source:
+def load_source(src: Path, signature: Optional[str]) -> _Source:
     if not src.exists() and not Path(str(src) + ".meta").exists():
         raise ConversionError("%s: no such file or checkpoint prefix" % src)
     if src.is_dir() and (src / "saved_model.pb").exists():
