@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import report
 from ..errors import ConversionError
 from ..intermediate import Model
 from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error
@@ -152,9 +153,8 @@ def check_not_degenerate(name: str, tf: np.ndarray, where: str) -> None:
 
 
 def compare(fetched: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
-    """{layer: {"max_abs", "max_rel"}} for every layer in `expected` (Caffe layout on both sides)."""
-    return {name: {"max_abs": max_abs_error(fetched[name], value),
-                   "max_rel": relative_error(fetched[name], value)}
+    """{layer: report.layer_error} for every layer in `expected` (Caffe layout on both sides)."""
+    return {name: report.layer_error(max_abs_error(fetched[name], value), relative_error(fetched[name], value))
             for name, value in expected.items()}
 
 
@@ -174,10 +174,9 @@ def accuracy(caffe_output: np.ndarray, tf_output: np.ndarray, labels: np.ndarray
     """Top-1 accuracy of both frameworks on the reference labels, and how often they agree."""
     labels = np.asarray(labels).reshape(-1)
     caffe_top, tf_top = top1(caffe_output), top1(tf_output)
-    return {"caffe": float(np.mean(caffe_top == labels)),
-            "tensorflow": float(np.mean(tf_top == labels)),
-            "agreement": float(np.mean(caffe_top == tf_top)),
-            "count": int(labels.size)}
+    return report.accuracy(count=int(labels.size), caffe=float(np.mean(caffe_top == labels)),
+                           tensorflow=float(np.mean(tf_top == labels)),
+                           agreement=float(np.mean(caffe_top == tf_top)))
 
 
 def targets_to_json(targets: Dict[str, Target]) -> Dict[str, Dict]:
@@ -186,14 +185,6 @@ def targets_to_json(targets: Dict[str, Target]) -> Dict[str, Dict]:
 
 def targets_from_json(data: Dict[str, Dict]) -> Dict[str, Target]:
     return {name: Target.from_json(name, value) for name, value in data.items()}
-
-
-def worst(errors: Dict[str, Dict[str, float]]) -> Tuple[Optional[str], float]:
-    """(layer, max relative error) over compared layers."""
-    if not errors:
-        return None, 0.0
-    name = max(errors, key=lambda key: errors[key]["max_rel"])
-    return name, errors[name]["max_rel"]
 
 
 def names_in_order(model: Model) -> List[str]:
