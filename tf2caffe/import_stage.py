@@ -30,7 +30,7 @@ import numpy as np
 
 from . import intermediate, report
 from .caffe import emit, verify
-from .caffe.backends import get_backend
+from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from .errors import ConversionError, reported_errors
 from .import_options import add_import_arguments
@@ -38,7 +38,7 @@ from .import_options import add_import_arguments
 PROG = "tf2caffe"
 
 
-def import_file(path: str, args, scratch: str, progress: "Progress", backend) -> report.FileResult:
+def import_file(path: str, args, scratch: str, progress: "Progress", backend: Backend) -> report.FileResult:
     """Convert and verify one intermediate file."""
     stem = os.path.splitext(os.path.basename(path))[0]
     prototxt_out = os.path.join(args.output, stem + ".prototxt")
@@ -57,7 +57,8 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend) ->
         net_spec, blobs = emit.build_net(model, args.profile)
 
         progress.stage("writing the prototxt")
-        described = backend.describe(model, net_spec, blobs, path, args.prototxt, prototxt_out)
+        described = backend.describe(model=model, net_spec=net_spec, blobs=blobs, h5_path=path,
+                                     prototxt=args.prototxt, prototxt_out=prototxt_out)
         targets = described.targets_in(model, blobs, described.layer_tops)
         compared = verify.compared_targets(model, targets)
         prototxt_tmp = os.path.join(scratch, stem + ".prototxt")
@@ -68,8 +69,9 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend) ->
             raise ConversionError("%s: cannot write: %s" % (prototxt_out, error.strerror))
 
         caffemodel_tmp = os.path.join(scratch, stem + ".caffemodel")
-        written = backend.write(net_spec, prototxt_tmp, caffemodel_tmp, path,
-                                args.prototxt or prototxt_out, caffemodel_out, progress)
+        written = backend.write(net_spec=net_spec, prototxt_file=prototxt_tmp, caffemodel_file=caffemodel_tmp,
+                                h5_path=path, prototxt_shown=args.prototxt or prototxt_out,
+                                caffemodel_shown=caffemodel_out, progress=progress)
         commit([(prototxt_tmp, prototxt_out), (caffemodel_tmp, caffemodel_out)])
         _tell_the_cli(args, "wrote", path)
 
@@ -106,7 +108,7 @@ def check_caffemodel_size(model, path: str) -> None:
                                   MAX_CAFFEMODEL_BYTES))
 
 
-def verify_in(result: report.FileResult, backend, written, model, targets: Dict[str, verify.Target],
+def verify_in(result: report.FileResult, backend: Backend, written, model, targets: Dict[str, verify.Target],
               compared: Dict[str, verify.Target], args) -> None:
     """Run the reference input once in the backend's runtime and measure the compared layers (and,
     with --per-layer or when the file has every layer's activation, every mapped layer) into
@@ -118,8 +120,8 @@ def verify_in(result: report.FileResult, backend, written, model, targets: Dict[
     mapped = {}
     if args.per_layer or every_layer:
         mapped = {name: target for name, target in targets.items() if name in model.reference_activations}
-    fetched = backend.run(written, {"prototxt": result.prototxt, "caffemodel": result.caffemodel}, feeds,
-                          dict(mapped, **compared))
+    fetched = backend.run(written=written, prototxt=result.prototxt, caffemodel=result.caffemodel, feeds=feeds,
+                          targets=dict(mapped, **compared))
     expected = {name: verify.in_caffe_layout(target, model.activation(name), path)
                 for name, target in compared.items()}
     for name, target in compared.items():
