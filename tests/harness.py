@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from tf2caffe import intermediate, opencv_check
+from tf2caffe.report import FileResult
 from tf2caffe.caffe import verify
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +124,7 @@ def _fill(result: Result, entry: Dict) -> None:
     result.files = dict(entry["files"])
     result.prototxt = Path(result.files["prototxt"]).read_text()
     try:
-        opencv = opencv_check.check_report_entry(entry)
+        opencv = opencv_check.check_result(FileResult.from_json(entry))
     except Exception as error:  # OpenCV refusing the model is a test failure, not a crash
         result.error = "OpenCV: %s: %s" % (type(error).__name__, " ".join(str(error).split()))
         return

@@ -15,6 +15,7 @@ import caffe
 from tf2caffe import intermediate
 from tf2caffe.caffe import pycaffe_backend, verify
 from tf2caffe.caffe.emit import Blob, nchw
+from tf2caffe.measure import relative_error
 
 
 def differing_blobs(native, pycaffe):
@@ -42,7 +43,7 @@ def errors_in_caffe(net, entry):
             feeds[blob] = Blob(blob, nchw(value.shape)).to_caffe(value)
         pycaffe_backend.forward(net, feeds)
         targets = verify.targets_from_json({name: entry["targets"][name] for name in entry["compared"]})
-        return {name: verify.relative_error(net.blobs[target.blob.name].data,
+        return {name: relative_error(net.blobs[target.blob.name].data,
                                             verify.in_caffe_layout(target, model.activation(name), entry["file"]))
                 for name, target in targets.items()}
     finally:

@@ -8,6 +8,7 @@ import intermediate_models
 from harness import assert_exact, convert_keras_batch
 
 from tf2caffe import cli, intermediate, opencv_check
+from tf2caffe.report import FileResult
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
         assert entry["verified"]
         entry["file"] = str(tmp_path / entry["file"])
         entry["files"] = {kind: str(tmp_path / path) for kind, path in entry["files"].items()}
-        for errors in opencv_check.check_report_entry(entry).values():
+        for errors in opencv_check.check_result(FileResult.from_json(entry)).values():
             assert errors["max_rel"] <= 1e-6
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "first.caffemodel", "first.prototxt", "report.json", "second.caffemodel", "second.prototxt"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tf2caffe import opencv_check
+from tf2caffe.report import FileResult
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4
@@ -36,7 +37,7 @@ def convert(name, out, export_args=(), import_args=()):
     report = out / "report.json"
     tf2caffe("import", h5, "-o", out, "--report", report, "--per-layer", *import_args)
     entry = json.loads(report.read_text())["results"][str(h5)]
-    return entry, opencv_check.check_report_entry(entry)
+    return entry, opencv_check.check_result(FileResult.from_json(entry))
 
 
 def assert_verified(entry, opencv):

@@ -308,7 +308,7 @@ def test_tflearn_inference_graph_reproduces_tflearn_predict(sources, name):
     assert not {n.op for n in graph_def.node} & {"Switch", "Merge", "If", "StatelessIf", "VariableV2",
                                                   "VarHandleOp", "ApplyAdam", "ResourceApplyAdam"}
     x = np.load(folder / (name + ".x.npy"))
-    (got,) = graph._run_graph_def(graph_def, {inputs[0]: x}, outputs)
+    (got,) = graph.run_graph_def(graph_def, {inputs[0]: x}, outputs)
     np.testing.assert_allclose(got, np.load(folder / (name + ".predictions.npy")), rtol=1e-5, atol=1e-6)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from . import environments
-from .environments import PROJECT_ROOT, Progress, _key, _locked, _run_logged, _step
+from .environments import PROJECT_ROOT, Progress, cache_key, locked, run_logged, timed_step
 
 # Bump when a recipe changes in a way its inputs do not show.
 BASE_RECIPE = "debootstrap-minbase-slim/1"
@@ -121,7 +121,7 @@ def ensure_podman(progress: Progress) -> None:
         if not (shutil.which(program) or os.path.exists("/usr/sbin/" + program))
         for package in packages]
     if missing:
-        environments._apt_install_host(missing, progress, _fresh_log("apt-get"))
+        environments.apt_install_host(missing, progress, _fresh_log("apt-get"))
     containers_dir().mkdir(parents=True, exist_ok=True)
     conf = containers_dir() / "containers.conf"
     if not conf.exists() or conf.read_text() != PODMAN_CONF:
@@ -134,7 +134,7 @@ def _engine_ok(engine: str, *args: str) -> bool:
 
 
 def _engine_logged(engine: str, args: Sequence[str], log: Path, what: str) -> None:
-    _run_logged(engine_command(engine) + list(args), log, what)
+    run_logged(engine_command(engine) + list(args), log, what)
 
 
 # ---------------------------------------------------------------- base images
@@ -148,9 +148,9 @@ def ensure_base_image(suite: str, progress: Progress, log: Path) -> None:
     machine's Debian mirror.  Tagged also with a key of the recipe, so a changed
     recipe or mirror makes a new one."""
     mirror = environments.debian_mirror()
-    keyed = f"localhost/tf2caffe-base:{suite}-{_key(suite.encode(), mirror.encode(), BASE_RECIPE.encode())}"
+    keyed = f"localhost/tf2caffe-base:{suite}-{cache_key(suite.encode(), mirror.encode(), BASE_RECIPE.encode())}"
     if not _engine_ok("podman", "image", "exists", keyed):
-        with _locked(containers_dir() / f"base-{suite}.lock", progress):
+        with locked(containers_dir() / f"base-{suite}.lock", progress):
             if not _engine_ok("podman", "image", "exists", keyed):
                 _make_base_image(suite, mirror, keyed, progress)
     _engine_logged("podman", ["tag", keyed, base_image(suite)], log, "podman tag")
@@ -159,14 +159,14 @@ def ensure_base_image(suite: str, progress: Progress, log: Path) -> None:
 def _make_base_image(suite: str, mirror: str, tag: str, progress: Progress) -> None:
     log = _fresh_log(f"base-{suite}")
     rootfs = containers_dir() / f"base-{suite}.partial"
-    environments._remove_tree(rootfs)
+    environments.remove_tree(rootfs)
     debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
     try:
-        with _step(progress, f"containers: debootstrap {suite} from {mirror}"):
-            _run_logged(["unshare", "-m", debootstrap, "--variant=minbase", suite, str(rootfs),
-                         mirror], log, "debootstrap")
+        with timed_step(progress, f"containers: debootstrap {suite} from {mirror}"):
+            run_logged(["unshare", "-m", debootstrap, "--variant=minbase", suite, str(rootfs),
+                        mirror], log, "debootstrap")
         for removed in SLIM_REMOVED:
-            environments._remove_tree(rootfs / removed)
+            environments.remove_tree(rootfs / removed)
         (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
         (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
         (rootfs / "etc/dpkg/dpkg.cfg.d/slim").write_text(SLIM_DPKG_CFG)
@@ -177,7 +177,7 @@ def _make_base_image(suite: str, mirror: str, tag: str, progress: Progress) -> N
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        with _step(progress, f"containers: podman import {tag}"):
+        with timed_step(progress, f"containers: podman import {tag}"):
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."],
                                    stdout=subprocess.PIPE)
             with open(log, "ab") as out:
@@ -187,7 +187,7 @@ def _make_base_image(suite: str, mirror: str, tag: str, progress: Progress) -> N
             if tar.wait() != 0 or imported != 0:
                 raise RuntimeError(f"podman import of {rootfs} failed")
     finally:
-        environments._remove_tree(rootfs)
+        environments.remove_tree(rootfs)
 
 
 # ---------------------------------------------------------------- wheels
@@ -196,28 +196,28 @@ def ensure_wheels(progress: Progress) -> Path:
     """The export image's wheels (export/requirements.txt, for CPython 3.11 on
     x86_64 Linux) in the cache, downloaded once with the host's pip."""
     requirements = PROJECT_ROOT / "export" / "requirements.txt"
-    key = _key(requirements.read_bytes(), WHEELS_RECIPE.encode())
+    key = cache_key(requirements.read_bytes(), WHEELS_RECIPE.encode())
     wheels = containers_dir() / f"wheels-{key}"
     if wheels.is_dir():
         return wheels
-    with _locked(containers_dir() / "wheels.lock", progress):
+    with locked(containers_dir() / "wheels.lock", progress):
         if wheels.is_dir():
             return wheels
         partial = wheels.with_name(wheels.name + ".partial")
-        environments._remove_tree(partial)
+        environments.remove_tree(partial)
         log = _fresh_log(wheels.name)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-        with _step(progress, f"containers: pip download the export image's wheels into {wheels}"):
+        with timed_step(progress, f"containers: pip download the export image's wheels into {wheels}"):
             # Requirements published only as sources (tflearn) become wheels here
             # first; a cross-platform download below accepts nothing else.
-            _run_logged(pip + ["wheel", "--no-deps", "--progress-bar", "off", "--wheel-dir",
-                               str(partial), "-r", str(requirements)], log, "pip wheel")
-            _run_logged(pip + ["download", "--progress-bar", "off", "--only-binary=:all:",
-                               "--python-version", WHEELS_PYTHON, "--implementation", "cp",
-                               *(f"--platform={tag}" for tag in WHEELS_PLATFORMS),
-                               "--find-links", str(partial),
-                               "--dest", str(partial), "-r", str(requirements)],
-                        log, "pip download")
+            run_logged(pip + ["wheel", "--no-deps", "--progress-bar", "off", "--wheel-dir",
+                              str(partial), "-r", str(requirements)], log, "pip wheel")
+            run_logged(pip + ["download", "--progress-bar", "off", "--only-binary=:all:",
+                              "--python-version", WHEELS_PYTHON, "--implementation", "cp",
+                              *(f"--platform={tag}" for tag in WHEELS_PLATFORMS),
+                              "--find-links", str(partial),
+                              "--dest", str(partial), "-r", str(requirements)],
+                       log, "pip download")
         os.rename(partial, wheels)
     return wheels
 
@@ -230,7 +230,7 @@ class _lent_wheels:
         self.target = PROJECT_ROOT / WHEELS_IN_CONTEXT
 
     def __enter__(self) -> None:
-        environments._remove_tree(self.target)
+        environments.remove_tree(self.target)
         self.target.mkdir()
         for wheel in self.wheels.iterdir():
             try:
@@ -239,7 +239,7 @@ class _lent_wheels:
                 shutil.copy2(wheel, self.target / wheel.name)
 
     def __exit__(self, *exc) -> None:
-        environments._remove_tree(self.target)
+        environments.remove_tree(self.target)
 
 
 # ---------------------------------------------------------------- build, run
@@ -258,14 +258,14 @@ def build(stage_name: str, engine: Optional[str] = None, progress: Progress = pr
     wheels = ensure_wheels(progress) if stage_name == "export" else None
     if engine == "podman":
         ensure_podman(progress)
-    with _locked(containers_dir() / "build.lock", progress):
+    with locked(containers_dir() / "build.lock", progress):
         log = _fresh_log(f"build-{stage_name}")
         if engine == "podman":
             ensure_base_image(stage.suite, progress, log)
         lent = _lent_wheels(wheels) if wheels else contextlib.nullcontext()
-        with lent, _step(progress, f"containers: {engine} build {stage.image} (log: {log})"):
-            _run_logged(build_command(engine, PROJECT_ROOT / stage.dockerfile, stage.image), log,
-                        f"{engine} build {stage.image}")
+        with lent, timed_step(progress, f"containers: {engine} build {stage.image} (log: {log})"):
+            run_logged(build_command(engine, PROJECT_ROOT / stage.dockerfile, stage.image), log,
+                       f"{engine} build {stage.image}")
         if engine == "podman":
             # The previous image's layers (each code change makes a new image; the layers
             # that the build cache still uses are kept).

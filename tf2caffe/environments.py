@@ -48,7 +48,7 @@ def cache_dir() -> Path:
 
 # ---------------------------------------------------------------- helpers
 
-def _key(*parts: bytes) -> str:
+def cache_key(*parts: bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
         # Length-prefix each part so ("ab", "c") and ("a", "bc") differ.
@@ -57,7 +57,7 @@ def _key(*parts: bytes) -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path, progress: Progress) -> Iterator[None]:
+def locked(lock_path: Path, progress: Progress) -> Iterator[None]:
     """Exclusive lock, so concurrent builders wait instead of colliding."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as f:
@@ -83,7 +83,7 @@ def _mounts_under(path: Path) -> list[str]:
     return found
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """rm -rf, refusing if anything is mounted below (it would delete host files)."""
     if path.is_symlink():
         path.unlink()
@@ -104,7 +104,7 @@ def _remove_interrupted(pattern: str, own: Path, progress: Progress) -> None:
             continue
         if path == own:
             progress(f"removing {path.name} of an interrupted build")
-            _remove_tree(path)
+            remove_tree(path)
             continue
         lock = path.with_name(path.name.replace(".partial", "") + ".lock")
         with open(lock, "a") as f:
@@ -114,10 +114,10 @@ def _remove_interrupted(pattern: str, own: Path, progress: Progress) -> None:
             except OSError:
                 continue  # being built right now
             progress(f"removing {path.name} of an interrupted build")
-            _remove_tree(path)
+            remove_tree(path)
 
 
-def _run_logged(cmd: Sequence[str], log: Path, what: str) -> None:
+def run_logged(cmd: Sequence[str], log: Path, what: str) -> None:
     """Run cmd with its (long) output in a log file; show the tail on failure."""
     with open(log, "ab") as f:
         f.write(("\n$ " + shlex.join(cmd) + "\n").encode())
@@ -131,7 +131,7 @@ def _run_logged(cmd: Sequence[str], log: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _step(progress: Progress, what: str) -> Iterator[None]:
+def timed_step(progress: Progress, what: str) -> Iterator[None]:
     progress(f"{what} ...")
     start = time.monotonic()
     yield
@@ -153,15 +153,15 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _apt_install_host(packages: Sequence[str], progress: Progress, log: Path) -> None:
+def apt_install_host(packages: Sequence[str], progress: Progress, log: Path) -> None:
     if not _is_root():
         raise RuntimeError(f"need {' '.join(packages)}: run as root or "
                            f"apt-get install them")
     env_cmd = ["env", "DEBIAN_FRONTEND=noninteractive"]
-    with _step(progress, f"host: apt-get install {' '.join(packages)}"):
-        _run_logged(env_cmd + ["apt-get", "update"], log, "apt-get update")
-        _run_logged(env_cmd + ["apt-get", "install", "-y", "--no-install-recommends",
-                               *packages], log, "apt-get install")
+    with timed_step(progress, f"host: apt-get install {' '.join(packages)}"):
+        run_logged(env_cmd + ["apt-get", "update"], log, "apt-get update")
+        run_logged(env_cmd + ["apt-get", "install", "-y", "--no-install-recommends",
+                              *packages], log, "apt-get install")
 
 
 # ---------------------------------------------------------------- Caffe root
@@ -196,7 +196,7 @@ def debian_mirror() -> str:
 
 
 def _caffe_root_path(project_root: Path = PROJECT_ROOT) -> Path:
-    key = _key(_packages_file(project_root).read_bytes(), CAFFE_RECIPE.encode())
+    key = cache_key(_packages_file(project_root).read_bytes(), CAFFE_RECIPE.encode())
     return cache_dir() / f"caffe-root-{key}"
 
 
@@ -227,7 +227,7 @@ def ensure_caffe_root(progress: Progress = print) -> Path:
         raise RuntimeError(f"the Caffe root {final} does not exist yet and "
                            f"building it (debootstrap, chroot) needs root")
     packages = _read_packages(_packages_file())
-    with _locked(final.with_name(final.name + ".lock"), progress):
+    with locked(final.with_name(final.name + ".lock"), progress):
         if final.is_dir():  # another process built it while we waited
             return final
         start = time.monotonic()
@@ -240,14 +240,14 @@ def ensure_caffe_root(progress: Progress = print) -> Path:
         debootstrap = shutil.which("debootstrap") or (
             "/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None)
         if debootstrap is None:
-            _apt_install_host(["debootstrap", "debian-archive-keyring"], progress, log)
+            apt_install_host(["debootstrap", "debian-archive-keyring"], progress, log)
             debootstrap = "/usr/sbin/debootstrap"
 
         mirror = debian_mirror()
         # unshare -m: whatever debootstrap mounts in the target dies with it.
-        with _step(progress, f"caffe root: debootstrap {SUITE} from {mirror}"):
-            _run_logged(["unshare", "-m", debootstrap, "--variant=minbase", SUITE,
-                         str(partial), mirror], log, "debootstrap")
+        with timed_step(progress, f"caffe root: debootstrap {SUITE} from {mirror}"):
+            run_logged(["unshare", "-m", debootstrap, "--variant=minbase", SUITE,
+                        str(partial), mirror], log, "debootstrap")
 
         # apt needs /proc and /dev; mount them only in a private namespace
         # that ends with this shell, so no mount outlives the install.
@@ -262,8 +262,8 @@ def ensure_caffe_root(progress: Progress = print) -> Path:
             + " ".join(shlex.quote(p) for p in packages),
             f"{chroot} apt-get clean",
         ])
-        with _step(progress, f"caffe root: apt-get install {len(packages)} packages"):
-            _run_logged(["unshare", "-m", "sh", "-c", script], log, "apt-get in the Caffe root")
+        with timed_step(progress, f"caffe root: apt-get install {len(packages)} packages"):
+            run_logged(["unshare", "-m", "sh", "-c", script], log, "apt-get in the Caffe root")
         for lists in (partial / "var/lib/apt/lists").glob("*"):
             if lists.is_file():
                 lists.unlink()
@@ -354,9 +354,9 @@ def _base_python() -> str:
 
 
 def _tf_venv_path(project_root: Path) -> Path:
-    key = _key((project_root / "requirements.txt").read_bytes(),
-               (project_root / "export" / "requirements.txt").read_bytes(),
-               TF_RECIPE.encode(), _base_python().encode(), sys.version.encode())
+    key = cache_key((project_root / "requirements.txt").read_bytes(),
+                    (project_root / "export" / "requirements.txt").read_bytes(),
+                    TF_RECIPE.encode(), _base_python().encode(), sys.version.encode())
     return cache_dir() / f"tf-venv-{key}"
 
 
@@ -370,7 +370,7 @@ def _ensure_heavy_venv(project_root: Path, progress: Progress) -> Path:
     venv = _tf_venv_path(project_root)
     if (venv / COMPLETE).exists():
         return venv
-    with _locked(venv.with_name(venv.name + ".lock"), progress):
+    with locked(venv.with_name(venv.name + ".lock"), progress):
         if (venv / COMPLETE).exists():
             return venv
         start = time.monotonic()
@@ -382,16 +382,16 @@ def _ensure_heavy_venv(project_root: Path, progress: Progress) -> Path:
         if subprocess.call([python, "-c", "import ensurepip, venv"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
             # Debian splits venv's pip bootstrap into python3-venv.
-            _apt_install_host(["python3-venv"], progress, log)
-        with _step(progress, "tf venv: python -m venv"):
-            _run_logged([python, "-m", "venv", str(venv)], log, "python -m venv")
+            apt_install_host(["python3-venv"], progress, log)
+        with timed_step(progress, "tf venv: python -m venv"):
+            run_logged([python, "-m", "venv", str(venv)], log, "python -m venv")
         vpy = str(venv / "bin" / "python")
-        with _step(progress, "tf venv: pip install -r requirements.txt"):
-            _run_logged([vpy, "-m", "pip", "install", "--no-input", "--progress-bar", "off",
-                         "-r", str(project_root / "requirements.txt")], log, "pip install")
-        with _step(progress, "tf venv: checking imports"):
-            _run_logged([vpy, "-c", "import tensorflow, h5py, cv2, tf_slim, sklearn, pytest"],
-                        log, "import check")
+        with timed_step(progress, "tf venv: pip install -r requirements.txt"):
+            run_logged([vpy, "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+                        "-r", str(project_root / "requirements.txt")], log, "pip install")
+        with timed_step(progress, "tf venv: checking imports"):
+            run_logged([vpy, "-c", "import tensorflow, h5py, cv2, tf_slim, sklearn, pytest"],
+                       log, "import check")
         (venv / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         progress(f"tf venv: ready in {time.monotonic() - start:.0f} s, "
                  f"{_du_mb(venv)} MB: {venv}")
@@ -443,11 +443,11 @@ def ensure_tf_env(project_root: str | os.PathLike = PROJECT_ROOT,
 
     if current():
         return python
-    with _locked(heavy.with_name(heavy.name + ".lock"), progress):
+    with locked(heavy.with_name(heavy.name + ".lock"), progress):
         if current():
             return python
-        with _step(progress, f"tf venv: linking {dot}"):
-            _remove_tree(dot)
+        with timed_step(progress, f"tf venv: linking {dot}"):
+            remove_tree(dot)
             subprocess.check_call([_base_python(), "-m", "venv", "--without-pip", str(dot)])
             for path, text in wanted.items():
                 path.write_text(text)
@@ -457,7 +457,7 @@ def ensure_tf_env(project_root: str | os.PathLike = PROJECT_ROOT,
             check = ("import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None "
                      "for m in ('tensorflow', 'tflearn', 'h5py', 'tf2caffe')))")
             if subprocess.call([str(python), "-c", check]) != 0:
-                _remove_tree(dot)
+                remove_tree(dot)
                 raise RuntimeError(f"{dot} cannot find tensorflow/tflearn/h5py/tf2caffe")
     return python
 

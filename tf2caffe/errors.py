@@ -1,7 +1,9 @@
-"""The project's one error type and the command-line wrapper that turns it into one line."""
+"""The project's one error type, the command-line wrapper that turns it into one line, and how
+messages name a crash's signal."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 
 
@@ -19,6 +21,19 @@ class UnsupportedError(ConversionError):
         self.partial_model = partial_model
         lines = "; ".join(self.problems)
         super().__init__("%d unsupported layer(s): %s" % (len(self.problems), lines))
+
+
+def signal_name(number: int) -> str:
+    """How messages name the signal that ended a process: "SIGSEGV", or "signal 99"."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal %d" % number
+
+
+class Unmappable(Exception):
+    """One layer (or one of its options) that has no exact vocabulary mapping; the exporters
+    collect every layer's reason into one UnsupportedError."""
 
 
 @contextlib.contextmanager

@@ -18,30 +18,28 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections import Counter
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import intermediate
+from . import intermediate, report
 from .caffe import emit, verify
-from .caffe.backends import get_backend
+from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
-from .cli import add_import_arguments
 from .errors import ConversionError, reported_errors
+from .import_options import add_import_arguments
 
 PROG = "tf2caffe"
 
 
-def import_file(path: str, args, scratch: str, progress: "Progress", backend) -> Dict:
-    """Convert and verify one intermediate file; returns its report entry."""
+def import_file(path: str, args, scratch: str, progress: "Progress", backend: Backend) -> report.FileResult:
+    """Convert and verify one intermediate file."""
     stem = os.path.splitext(os.path.basename(path))[0]
     prototxt_out = os.path.join(args.output, stem + ".prototxt")
     caffemodel_out = os.path.join(args.output, stem + ".caffemodel")
@@ -59,7 +57,8 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend) ->
         net_spec, blobs = emit.build_net(model, args.profile)
 
         progress.stage("writing the prototxt")
-        described = backend.describe(model, net_spec, blobs, path, args.prototxt, prototxt_out)
+        described = backend.describe(model=model, net_spec=net_spec, blobs=blobs, h5_path=path,
+                                     prototxt=args.prototxt, prototxt_out=prototxt_out)
         targets = described.targets_in(model, blobs, described.layer_tops)
         compared = verify.compared_targets(model, targets)
         prototxt_tmp = os.path.join(scratch, stem + ".prototxt")
@@ -70,29 +69,26 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend) ->
             raise ConversionError("%s: cannot write: %s" % (prototxt_out, error.strerror))
 
         caffemodel_tmp = os.path.join(scratch, stem + ".caffemodel")
-        written = backend.write(net_spec, prototxt_tmp, caffemodel_tmp, path,
-                                args.prototxt or prototxt_out, caffemodel_out, progress)
+        written = backend.write(net_spec=net_spec, prototxt_file=prototxt_tmp, caffemodel_file=caffemodel_tmp,
+                                h5_path=path, prototxt_shown=args.prototxt or prototxt_out,
+                                caffemodel_shown=caffemodel_out, progress=progress)
         commit([(prototxt_tmp, prototxt_out), (caffemodel_tmp, caffemodel_out)])
         _tell_the_cli(args, "wrote", path)
 
-        entry = {"file": path, "model": model.name, "error": None,
-                 "backend": backend.name, "verified_with": None if args.no_verify else backend.verifier,
-                 "layers": {"tensorflow": len(model.layers), "caffe": len(described.layer_tops),
-                            "caffe_types": described.types},
-                 "inputs": described.inputs,
-                 "files": {"prototxt": prototxt_out, "caffemodel": caffemodel_out}}
-        if args.no_verify:
-            entry.update(compared={}, per_layer={}, first_over_layer_tolerance=None, accuracy=None,
-                         targets=verify.targets_to_json(compared), verified=None, worst=None)
-        else:
+        result = report.FileResult(
+            path, model=model.name, backend=backend.name,
+            verified_with=None if args.no_verify else backend.verifier,
+            tensorflow_layers=len(model.layers), caffe_layers=len(described.layer_tops),
+            caffe_types=described.types, inputs=described.inputs, prototxt=prototxt_out,
+            caffemodel=caffemodel_out, targets=verify.targets_to_json(compared))
+        if not args.no_verify:
             progress.stage("verifying")
             try:
-                entry.update(verify_in(backend, written, entry["files"], model, described.inputs,
-                                       targets, compared, args))
+                verify_in(result, backend, written, model, targets, compared, args)
             except ConversionError as error:
                 error.args = ("%s (the files were written, unverified)" % error,)
                 raise
-        return entry
+        return result
     finally:
         model.file.close()
 
@@ -112,39 +108,36 @@ def check_caffemodel_size(model, path: str) -> None:
                                   MAX_CAFFEMODEL_BYTES))
 
 
-def verify_in(backend, written, files: Dict[str, str], model, inputs: Dict[str, str],
-              targets: Dict[str, verify.Target], compared: Dict[str, verify.Target], args) -> Dict:
+def verify_in(result: report.FileResult, backend: Backend, written, model, targets: Dict[str, verify.Target],
+              compared: Dict[str, verify.Target], args) -> None:
     """Run the reference input once in the backend's runtime and measure the compared layers (and,
-    with --per-layer or when the file has every layer's activation, every mapped layer)."""
+    with --per-layer or when the file has every layer's activation, every mapped layer) into
+    `result`."""
     path = model.source
-    feeds = verify.reference_feeds(model, {name: inputs[name] for name in model.inputs})
+    feeds = verify.reference_feeds(model, {name: result.inputs[name] for name in model.inputs})
     every_layer = all(layer.name in model.reference_activations
                       for layer in model.layers if layer.type != "input")
     mapped = {}
     if args.per_layer or every_layer:
         mapped = {name: target for name, target in targets.items() if name in model.reference_activations}
-    fetched = backend.run(written, files, feeds, dict(mapped, **compared))
+    fetched = backend.run(written=written, prototxt=result.prototxt, caffemodel=result.caffemodel, feeds=feeds,
+                          targets=dict(mapped, **compared))
     expected = {name: verify.in_caffe_layout(target, model.activation(name), path)
                 for name, target in compared.items()}
     for name, target in compared.items():
         verify.check_shapes_match(target, fetched[name], expected[name], path)
-    result = {"compared": verify.compare(fetched, expected), "per_layer": {},
-              "first_over_layer_tolerance": None, "accuracy": None,
-              "targets": verify.targets_to_json(compared)}
+    result.compared = verify.compare(fetched, expected)
     if mapped:
-        result["per_layer"] = {
+        result.per_layer = {
             name: verify.mapped_error(target, fetched[name], model.activation(name))
             for name, target in mapped.items()}
-        result["first_over_layer_tolerance"] = verify.first_over(
-            result["per_layer"], verify.names_in_order(model))
-        result["targets"] = verify.targets_to_json(dict(mapped, **compared))
+        result.first_over_layer_tolerance = verify.first_over(result.per_layer, verify.names_in_order(model))
+        result.targets = verify.targets_to_json(dict(mapped, **compared))
     if model.labels is not None:
         output = model.compared_layers()[0]
-        result["accuracy"] = verify.accuracy(fetched[output], expected[output], model.labels)
-    worst_layer, worst_error = verify.worst(result["compared"])
-    result["verified"] = bool(worst_error <= args.tolerance)
-    result["worst"] = {"layer": worst_layer, "max_rel": worst_error}
-    return result
+        result.accuracy = verify.accuracy(fetched[output], expected[output], model.labels)
+    result.worst_layer, result.worst_max_rel = report.worst(result.compared)
+    result.verified = bool(result.worst_max_rel <= args.tolerance)
 
 
 def commit(renames) -> None:
@@ -208,55 +201,6 @@ class Progress:
             yield item
 
 
-def print_entry(entry: Dict, tolerance: float, out=None) -> None:
-    out = out or sys.stdout
-    layers = entry["layers"]
-    types = Counter(layers["caffe_types"])
-    out.write("%s -> %s, %s\n" % (entry["file"], entry["files"]["prototxt"], entry["files"]["caffemodel"]))
-    out.write("  layers: %d TensorFlow -> %d Caffe (%s)\n" % (
-        layers["tensorflow"], layers["caffe"], ", ".join("%s %d" % item for item in sorted(types.items()))))
-    if entry["verified"] is None:
-        out.write("  not verified (--no-verify)\n")
-        out.flush()
-        return
-    out.write("  %-32s %12s %12s (%s)\n" % ("compared layer", "max abs", "max rel", entry["verified_with"]))
-    for name, errors in entry["compared"].items():
-        out.write("  %-32s %12.3g %12.3g\n" % (name, errors["max_abs"], errors["max_rel"]))
-    if entry["per_layer"]:
-        out.write("  %-32s %12s\n" % ("mapped layer (%s)" % entry["verified_with"], "max rel"))
-        for name, error in entry["per_layer"].items():
-            out.write("  %-32s %12.3g\n" % (name, error))
-        first = entry["first_over_layer_tolerance"]
-        out.write("  first layer over %g: %s\n" % (verify.LAYER_TOLERANCE, first or "none"))
-    if entry["accuracy"]:
-        accuracy = entry["accuracy"]
-        out.write("  top-1 accuracy on %d labelled inputs: Caffe %.4f, TensorFlow %.4f, agreement %.4f\n" % (
-            accuracy["count"], accuracy["caffe"], accuracy["tensorflow"], accuracy["agreement"]))
-    out.write("  %s: max relative error %.3g (%s), tolerance %g\n" % (
-        "verified" if entry["verified"] else "VERIFICATION FAILED", entry["worst"]["max_rel"],
-        entry["worst"]["layer"], tolerance))
-    out.flush()
-
-
-def write_report(path: str, tolerance: float, entries: Dict[str, Dict]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
-    except OSError as error:
-        raise ConversionError("%s: cannot write the report: %s" % (path, error.strerror))
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump({"format": "tf2caffe-import-report", "tolerance": tolerance, "results": entries},
-                      f, indent=1, sort_keys=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a report is not one
-        os.replace(tmp, path)
-    except OSError as error:
-        os.unlink(tmp)
-        raise ConversionError("%s: cannot write the report: %s" % (path, error.strerror))
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m tf2caffe.import_stage", description=(
         "The import stage (inside the Caffe environment): convert tf2caffe intermediate files into "
@@ -293,14 +237,14 @@ def run(args) -> int:
         scratch = args.scratch or tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=args.output)
     except OSError as error:
         raise ConversionError("%s: cannot write in the output folder: %s" % (args.output, error.strerror))
-    entries: Dict[str, Dict] = {}
+    results = report.Report(args.tolerance, {})
     status = 0
     try:
         for path in args.files:
             progress.start(os.path.basename(path))
             started = time.monotonic()
             try:
-                entry = import_file(path, args, scratch, progress, backend)
+                result = import_file(path, args, scratch, progress, backend)
             except ConversionError as error:
                 if args.debug:
                     raise
@@ -309,21 +253,20 @@ def run(args) -> int:
                     message = "%s: %s" % (path, message)
                 sys.stderr.write("%s: error: %s\n" % (PROG, message))
                 sys.stderr.flush()
-                entries[path] = {"file": path, "error": message}
+                results.results[path] = report.FileResult(path, error=message)
                 status = 2
             else:
-                entry["seconds"] = round(time.monotonic() - started, 3)
-                entry["stage_seconds"] = progress.seconds()
-                entries[path] = entry
-                print_entry(entry, args.tolerance)
-                if entry["verified"] is False:
+                result.seconds = round(time.monotonic() - started, 3)
+                result.stage_seconds = progress.seconds()
+                results.results[path] = result
+                report.print_file_result(result, args.tolerance)
+                if result.verified is False:
                     sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g > "
                                      "tolerance %g (the files were written)\n" % (
-                                         PROG, path, entry["worst"]["layer"], entry["worst"]["max_rel"],
-                                         args.tolerance))
+                                         PROG, path, result.worst_layer, result.worst_max_rel, args.tolerance))
                     status = max(status, 1)
             if args.report:
-                write_report(args.report, args.tolerance, entries)
+                report.write(args.report, results)
     finally:
         if own_scratch:
             shutil.rmtree(scratch, ignore_errors=True)

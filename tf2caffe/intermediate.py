@@ -6,18 +6,16 @@ in Debian bullseye's Caffe), so it sticks to what all of them have.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
-import signal
-import tempfile
 from typing import Callable, List
 from urllib.parse import quote, unquote
 
 import h5py
 import numpy as np
 
-from .errors import ConversionError
+from .atomic import replacing
+from .errors import ConversionError, signal_name
 
 FORMAT_NAME = "tf2caffe-intermediate"
 FORMAT_VERSION = 1
@@ -151,52 +149,35 @@ def _json_attr(value):
 
 def write(path, model: Model) -> None:
     """Write `model` to `path` atomically (a temporary file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=folder)
-    except OSError as error:
-        raise IntermediateError("%s: cannot write: %s" % (path, error.strerror))
-    os.close(handle)
-    try:
-        with h5py.File(tmp, "w") as f:  # default libver: h5py 2.10 must read it
-            attrs = dict(model.attrs)
-            attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, model_name=model.name,
-                         input_layout="NHWC")
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.attrs["outputs"] = _json_attr(model.outputs)
-            f.attrs["layer_order"] = _json_attr([layer.name for layer in model.layers])
-            layers = f.create_group("layers")
-            for layer in model.layers:
-                group = layers.create_group(_key(layer.name))
-                group.attrs["name"] = layer.name
-                group.attrs["type"] = layer.type
-                group.attrs["inputs"] = _json_attr(layer.inputs)
-                group.attrs["config"] = _json_attr(layer.config)
-                group.attrs["output_shape"] = _json_attr(layer.output_shape)
-                group.attrs["caffe_name"] = layer.caffe_name
-                for role, value in layer.arrays.items():
-                    data = group.create_dataset(role, data=np.asarray(value, dtype=np.float32))
-                    data.attrs["tf_name"] = layer.tf_names.get(role, role)
-            reference = f.create_group("reference")
-            inputs = reference.create_group("inputs")
-            for name, value in model.reference_inputs.items():
-                inputs.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
-            activations = reference.create_group("activations")
-            for name, value in model.reference_activations.items():
-                activations.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
-            if model.labels is not None:
-                reference.create_dataset("labels", data=np.asarray(model.labels, dtype=np.int64))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException as error:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise IntermediateError("%s: cannot write: %s" % (path, os.strerror(error.errno))) from None
-        raise
+    with replacing(path) as tmp, h5py.File(tmp, "w") as f:  # default libver: h5py 2.10 must read it
+        attrs = dict(model.attrs)
+        attrs.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, model_name=model.name,
+                     input_layout="NHWC")
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["outputs"] = _json_attr(model.outputs)
+        f.attrs["layer_order"] = _json_attr([layer.name for layer in model.layers])
+        layers = f.create_group("layers")
+        for layer in model.layers:
+            group = layers.create_group(_key(layer.name))
+            group.attrs["name"] = layer.name
+            group.attrs["type"] = layer.type
+            group.attrs["inputs"] = _json_attr(layer.inputs)
+            group.attrs["config"] = _json_attr(layer.config)
+            group.attrs["output_shape"] = _json_attr(layer.output_shape)
+            group.attrs["caffe_name"] = layer.caffe_name
+            for role, value in layer.arrays.items():
+                data = group.create_dataset(role, data=np.asarray(value, dtype=np.float32))
+                data.attrs["tf_name"] = layer.tf_names.get(role, role)
+        reference = f.create_group("reference")
+        inputs = reference.create_group("inputs")
+        for name, value in model.reference_inputs.items():
+            inputs.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
+        activations = reference.create_group("activations")
+        for name, value in model.reference_activations.items():
+            activations.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
+        if model.labels is not None:
+            reference.create_dataset("labels", data=np.asarray(model.labels, dtype=np.int64))
 
 
 def _load_json(owner, key, where):
@@ -263,16 +244,9 @@ def check_readable(path, check_model: Callable[[Model], None] = lambda model: No
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         raise IntermediateError("%s: corrupt HDF5 file: reading it crashed the HDF5 library (%s)" % (
-            path, _signal_name(os.WTERMSIG(status))))
+            path, signal_name(os.WTERMSIG(status))))
     if os.WEXITSTATUS(status) == 3:
         raise IntermediateError(message)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "signal %d" % number
 
 
 def read(path) -> Model:

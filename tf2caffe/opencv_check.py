@@ -14,7 +14,7 @@ from typing import Dict
 
 import numpy as np
 
-from . import intermediate
+from . import intermediate, report
 from .caffe import verify
 from .errors import ConversionError
 
@@ -24,10 +24,10 @@ def load(prototxt: str, caffemodel: str):
     try:
         return cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
     except cv2.error as error:
-        raise ConversionError("%s: OpenCV cannot load the model: %s" % (prototxt, _first_line(error)))
+        raise ConversionError("%s: OpenCV cannot load the model: %s" % (prototxt, _last_line(error)))
 
 
-def _first_line(error) -> str:
+def _last_line(error) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
@@ -50,14 +50,14 @@ def run(net, inputs: Dict[str, np.ndarray], targets: Dict[str, verify.Target], w
             net.setInput(np.ascontiguousarray(value, dtype=np.float32), blob)
         outputs = dict(zip(layers, net.forwardAndRetrieve(layers)))
     except cv2.error as error:
-        raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _first_line(error)))
+        raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _last_line(error)))
     return {tf_layer: np.asarray(outputs[names[tf_layer]][target.top_index])
             for tf_layer, target in targets.items()}
 
 
 def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
           targets: Dict[str, verify.Target]) -> Dict[str, Dict[str, float]]:
-    """{layer: {"max_abs", "max_rel"}} between OpenCV and TensorFlow's reference for `targets`.
+    """{layer: report.layer_error} between OpenCV and TensorFlow's reference for `targets`.
     `inputs` maps each TF input layer to its Caffe input blob."""
     model = intermediate.read(h5_path)
     try:
@@ -72,8 +72,7 @@ def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
     return verify.compare(fetched, expected)
 
 
-def check_report_entry(entry: Dict) -> Dict[str, Dict[str, float]]:
-    """OpenCV errors of the compared layers of one file's entry in an import report."""
-    targets = verify.targets_from_json({name: entry["targets"][name] for name in entry["compared"]})
-    return check(entry["file"], entry["files"]["prototxt"], entry["files"]["caffemodel"],
-                 entry["inputs"], targets)
+def check_result(result: report.FileResult) -> Dict[str, Dict[str, float]]:
+    """OpenCV errors (`report.layer_error`s) of the compared layers of one file of an import report."""
+    targets = verify.targets_from_json({name: result.targets[name] for name in result.compared})
+    return check(result.file, result.prototxt, result.caffemodel, result.inputs, targets)

@@ -9,6 +9,7 @@ from tf2caffe.caffe import handwritten, verify
 from tf2caffe.caffe.emit import Blob, nchw
 from tf2caffe.caffe.netspec import CaffeLayer, NetSpec, Quoted, shape_param
 from tf2caffe.errors import ConversionError
+from tf2caffe.measure import relative_error
 
 
 def caffe_net(tmp_path, spec: NetSpec):
@@ -108,9 +109,10 @@ def test_last_writers_follow_in_place_layers():
 
 def test_relative_error_and_degenerate_reference():
     tf = np.array([1.0, -2.0, 4.0], dtype=np.float32)
-    assert verify.relative_error(tf + np.float32(0.004), tf) == pytest.approx(1e-3, rel=1e-3)
-    assert verify.relative_error(np.zeros(2), np.zeros(2)) == 0.0
-    assert verify.relative_error(np.ones(2), np.zeros(2)) == float("inf")
+    assert relative_error(tf + np.float32(0.004), tf) == pytest.approx(1e-3, rel=1e-3)
+    assert relative_error(np.zeros(2), np.zeros(2)) == 0.0
+    assert relative_error(np.ones(2), np.zeros(2)) == float("inf")
+    assert relative_error(np.zeros(2), np.zeros(3)) == float("inf")  # shapes differ
     with pytest.raises(ConversionError, match="degenerate"):
         verify.check_not_degenerate("prob", np.full((2, 3), 0.25, dtype=np.float32), "m.h5")
     verify.check_not_degenerate("logits", tf, "m.h5")

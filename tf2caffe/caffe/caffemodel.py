@@ -24,15 +24,13 @@ called once just to learn its shape.
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import queue
-import tempfile
 import threading
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence, Tuple
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import ConversionError
 from .netspec import CaffeLayer
 
@@ -213,53 +211,3 @@ def _written_behind(out: BinaryIO) -> Iterator[_WriteBehind]:
     writer.finish()
     if writer.failure is not None:
         raise writer.failure
-
-
-@contextlib.contextmanager
-def atomic_file(path, shown_path=None) -> Iterator[BinaryIO]:
-    """A binary file that replaces `path` when the block succeeds and vanishes when it fails.
-    `shown_path`: what messages call it (default `path`)."""
-    shown_path = shown_path or path
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp",
-                                       dir=folder)
-    except OSError as error:
-        raise _cannot_write(shown_path, error) from None
-    try:
-        with os.fdopen(handle, "wb") as out:
-            yield out
-    except OSError as error:
-        _remove(tmp)
-        # Other OSErrors come from the caller's own work (e.g. reading weights): not ours to word.
-        if error.errno in _OUTPUT_FULL:
-            raise _cannot_write(shown_path, error) from None
-        raise
-    except BaseException:
-        _remove(tmp)
-        raise
-    try:
-        # mkstemp's 0600 would make the result unreadable to others, unlike any other new file.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as error:
-        _remove(tmp)
-        raise _cannot_write(shown_path, error) from None
-
-
-_OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def _cannot_write(path, error: OSError) -> ConversionError:
-    return ConversionError("%s: cannot write: %s" % (path, error.strerror or error))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _remove(path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

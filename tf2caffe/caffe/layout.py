@@ -12,7 +12,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ConversionError
 
 # Elements per tile (100 KB of float32: well inside a core's L2 cache), and output rows per tile.
 TILE_ELEMENTS = 25600

@@ -6,14 +6,17 @@ backend (see backends.py); `save` writes both files from Python.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import ConversionError
+from ..intermediate import Model
 from . import verify
-from .backends import PROTOTXT_NEEDS_PYCAFFE, NetDescription, generated_inputs
-from .caffemodel import atomic_file, write_caffemodel
+from .backends import PROTOTXT_NEEDS_PYCAFFE, NetDescription, Progress, generated_inputs
+from .caffemodel import write_caffemodel
+from .emit import Blob
 from .netspec import NetSpec
 
 
@@ -33,7 +36,8 @@ class Native:
     name = "native"
     verifier = "OpenCV"
 
-    def describe(self, model, net_spec: NetSpec, blobs, h5_path: str, prototxt, prototxt_out: str):
+    def describe(self, *, model: Model, net_spec: NetSpec, blobs: Dict[str, Blob], h5_path: str,
+                 prototxt: Optional[str], prototxt_out: str) -> NetDescription:
         if prototxt:
             raise ConversionError(PROTOTXT_NEEDS_PYCAFFE % prototxt)
         return NetDescription(net_spec.to_prototxt(),
@@ -41,20 +45,20 @@ class Native:
                               [layer.type for layer in net_spec.layers], generated_inputs(model, blobs),
                               verify.generated_targets)
 
-    def write(self, net_spec: NetSpec, prototxt_file: str, caffemodel_file: str, h5_path: str,
-              prototxt_shown: str, caffemodel_shown: str, progress) -> None:
+    def write(self, *, net_spec: NetSpec, prototxt_file: str, caffemodel_file: str, h5_path: str,
+              prototxt_shown: str, caffemodel_shown: str, progress: Progress) -> None:
         progress.stage("writing weights")
         write_caffemodel(caffemodel_file, net_spec.name, net_spec.layers, progress.each,
                          shown_path=caffemodel_shown)
 
-    def run(self, unused, files: Dict[str, str], feeds: Dict[str, np.ndarray],
+    def run(self, *, written: None, prototxt: str, caffemodel: str, feeds: Dict[str, np.ndarray],
             targets: Dict[str, verify.Target]) -> Dict[str, np.ndarray]:
         # The files as written, read back by an independent implementation of Caffe.
         from .. import opencv_check
         try:
-            net = opencv_check.load(files["prototxt"], files["caffemodel"])
+            net = opencv_check.load(prototxt, caffemodel)
         except ImportError:
             raise ConversionError("%s: the native backend verifies with OpenCV 4.x "
                                   "(opencv-python-headless<5), which is not installed; pass --no-verify "
-                                  "to skip verification" % files["caffemodel"]) from None
-        return opencv_check.run(net, feeds, targets, files["prototxt"])
+                                  "to skip verification" % caffemodel) from None
+        return opencv_check.run(net, feeds, targets, prototxt)

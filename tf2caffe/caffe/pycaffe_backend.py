@@ -8,16 +8,17 @@ import os
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # before caffe loads glog: no INFO/WARNING chatter
 
-from typing import Callable, Dict, Iterable, List, Sequence  # noqa: E402
+from typing import Callable, Dict, Iterable, List, Optional, Sequence  # noqa: E402
 
 import caffe  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import ConversionError  # noqa: E402
 from . import handwritten, verify  # noqa: E402
-from .backends import NetDescription, generated_inputs  # noqa: E402
+from ..intermediate import Model  # noqa: E402
+from .backends import NetDescription, Progress, generated_inputs  # noqa: E402
 from .caffemodel import MAX_CAFFEMODEL_BYTES  # noqa: E402
-from .emit import nchw  # noqa: E402
+from .emit import Blob, nchw  # noqa: E402
 from .netspec import CaffeLayer, NetSpec  # noqa: E402
 from .verify import Target  # noqa: E402
 
@@ -121,7 +122,8 @@ class Pycaffe:
     name = "pycaffe"
     verifier = "pycaffe"
 
-    def describe(self, model, net_spec: NetSpec, blobs, h5_path: str, prototxt, prototxt_out: str):
+    def describe(self, *, model: Model, net_spec: NetSpec, blobs: Dict[str, Blob], h5_path: str,
+                 prototxt: Optional[str], prototxt_out: str) -> NetDescription:
         if prototxt:
             net_param = handwritten.read(prototxt)
             inputs = handwritten.match_inputs(
@@ -140,8 +142,8 @@ class Pycaffe:
                               [layer.type for layer in handwritten.test_layers(net_param)], inputs,
                               targets_in)
 
-    def write(self, net_spec: NetSpec, prototxt_file: str, caffemodel_file: str, h5_path: str,
-              prototxt_shown: str, caffemodel_shown: str, progress) -> "caffe.Net":
+    def write(self, *, net_spec: NetSpec, prototxt_file: str, caffemodel_file: str, h5_path: str,
+              prototxt_shown: str, caffemodel_shown: str, progress: Progress) -> "caffe.Net":
         progress.stage("loading the net in Caffe")
         net = load(prototxt_file)
         progress.stage("assigning weights")
@@ -150,7 +152,8 @@ class Pycaffe:
         save(net, caffemodel_file, h5_path, caffemodel_shown)
         return net
 
-    def run(self, net: "caffe.Net", files: Dict[str, str], feeds: Dict[str, np.ndarray],
+    def run(self, *, written: "caffe.Net", prototxt: str, caffemodel: str, feeds: Dict[str, np.ndarray],
             targets: Dict[str, Target]) -> Dict[str, np.ndarray]:
-        forward(net, feeds)
-        return fetch(net, targets)
+        # The net `write` loaded and saved the weights from: the very weights in the .caffemodel.
+        forward(written, feeds)
+        return fetch(written, targets)

@@ -10,9 +10,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import report
 from ..errors import ConversionError
 from ..intermediate import Model
+from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error
 from .emit import Blob, nchw
+
 
 def reference_feeds(model: Model, inputs: Dict[str, str]) -> Dict[str, np.ndarray]:
     """Caffe input blob -> the reference input in Caffe's layout (`inputs`: TF input -> blob)."""
@@ -23,8 +26,6 @@ def reference_feeds(model: Model, inputs: Dict[str, str]) -> Dict[str, np.ndarra
     return feeds
 
 
-# A mapped layer is exact when its relative error is at most this (the project's bar).
-LAYER_TOLERANCE = 1e-5
 # A compared tensor whose spread is below this fraction of its magnitude cannot reveal a
 # wrong conversion (e.g. a saturated softmax, a dead ReLU).
 DEGENERATE_SPREAD = 1e-6
@@ -114,20 +115,6 @@ def compared_targets(model: Model, targets: Dict[str, Target]) -> Dict[str, Targ
     return chosen
 
 
-def relative_error(caffe: np.ndarray, tf: np.ndarray) -> float:
-    """max|caffe - tf| / max|tf| (the project's error measure)."""
-    scale = float(np.max(np.abs(tf))) if tf.size else 0.0
-    worst = max_abs_error(caffe, tf)
-    if scale == 0.0:
-        return 0.0 if worst == 0.0 else float("inf")
-    return worst / scale
-
-
-def max_abs_error(caffe: np.ndarray, tf: np.ndarray) -> float:
-    difference = np.abs(np.asarray(caffe, dtype=np.float64) - np.asarray(tf, dtype=np.float64))
-    return float(np.max(difference)) if difference.size else 0.0
-
-
 def in_caffe_layout(target: Target, tf_value: np.ndarray, where: str) -> np.ndarray:
     """TensorFlow's activation rearranged into the target blob's layout."""
     try:
@@ -166,9 +153,8 @@ def check_not_degenerate(name: str, tf: np.ndarray, where: str) -> None:
 
 
 def compare(fetched: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
-    """{layer: {"max_abs", "max_rel"}} for every layer in `expected` (Caffe layout on both sides)."""
-    return {name: {"max_abs": max_abs_error(fetched[name], value),
-                   "max_rel": relative_error(fetched[name], value)}
+    """{layer: report.layer_error} for every layer in `expected` (Caffe layout on both sides)."""
+    return {name: report.layer_error(max_abs_error(fetched[name], value), relative_error(fetched[name], value))
             for name, value in expected.items()}
 
 
@@ -188,10 +174,9 @@ def accuracy(caffe_output: np.ndarray, tf_output: np.ndarray, labels: np.ndarray
     """Top-1 accuracy of both frameworks on the reference labels, and how often they agree."""
     labels = np.asarray(labels).reshape(-1)
     caffe_top, tf_top = top1(caffe_output), top1(tf_output)
-    return {"caffe": float(np.mean(caffe_top == labels)),
-            "tensorflow": float(np.mean(tf_top == labels)),
-            "agreement": float(np.mean(caffe_top == tf_top)),
-            "count": int(labels.size)}
+    return report.accuracy(count=int(labels.size), caffe=float(np.mean(caffe_top == labels)),
+                           tensorflow=float(np.mean(tf_top == labels)),
+                           agreement=float(np.mean(caffe_top == tf_top)))
 
 
 def targets_to_json(targets: Dict[str, Target]) -> Dict[str, Dict]:
@@ -200,14 +185,6 @@ def targets_to_json(targets: Dict[str, Target]) -> Dict[str, Dict]:
 
 def targets_from_json(data: Dict[str, Dict]) -> Dict[str, Target]:
     return {name: Target.from_json(name, value) for name, value in data.items()}
-
-
-def worst(errors: Dict[str, Dict[str, float]]) -> Tuple[Optional[str], float]:
-    """(layer, max relative error) over compared layers."""
-    if not errors:
-        return None, 0.0
-    name = max(errors, key=lambda key: errors[key]["max_rel"])
-    return name, errors[name]["max_rel"]
 
 
 def names_in_order(model: Model) -> List[str]:

@@ -8,7 +8,9 @@ only when a source needs them.
 from __future__ import annotations
 
 import os
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -108,3 +110,16 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
         model.name, len(model.layers), format(weights, ","), len(model.reference_activations),
         time.time() - started, path), flush=True)
     return path
+
+
+class _CallableExportPackage(types.ModuleType):
+    """`tf2caffe.export(src, out_dir, **options)` is the Python API's export (`api.export`, which
+    returns an ExportReport); the package keeps the name for both, since importing it makes
+    `tf2caffe.export` this module."""
+
+    def __call__(self, src, out_dir, **options):
+        from ..api import export as api_export
+        return api_export(src, out_dir, **options)
+
+
+sys.modules[__name__].__class__ = _CallableExportPackage

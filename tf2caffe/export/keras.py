@@ -18,15 +18,12 @@ import numpy as np
 import tensorflow as tf
 
 from .. import intermediate
-from ..errors import ConversionError, UnsupportedError
+from ..errors import ConversionError, Unmappable, UnsupportedError
+from ..measure import relative_error
 from .reference import reference_batch
 
 # Largest max|layer-by-layer - model(x)| / max|model(x)| accepted: both compute the same ops.
 EAGER_TOLERANCE = 1e-5
-
-
-class Refused(Exception):
-    """A layer (or one of its options) that has no exact vocabulary mapping."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +173,7 @@ def activation_function_name(function) -> str:
     except Exception:
         name = None
     if not isinstance(name, str):
-        raise Refused("custom activation function %r" % getattr(function, "__name__", function))
+        raise Unmappable("custom activation function %r" % getattr(function, "__name__", function))
     return name
 
 
@@ -187,7 +184,7 @@ def activation_pieces(function, rank, suffix=None) -> List[Piece]:
     if name == "linear":
         return []
     if name not in ACTIVATIONS:
-        raise Refused("activation '%s' has no exact Caffe equivalent in tf2caffe" % name)
+        raise Unmappable("activation '%s' has no exact Caffe equivalent in tf2caffe" % name)
     vocabulary_name, extra = ACTIVATIONS[name]
     config = dict(extra, function=vocabulary_name)
     if vocabulary_name == "softmax":
@@ -220,7 +217,7 @@ def pair(value) -> List[int]:
 def require_channels_last(layer) -> None:
     data_format = getattr(layer, "data_format", "channels_last")
     if data_format not in (None, "channels_last"):
-        raise Refused("data_format '%s' (only channels_last is supported)" % data_format)
+        raise Unmappable("data_format '%s' (only channels_last is supported)" % data_format)
 
 
 def _conv2d(layer, call):
@@ -271,9 +268,9 @@ def _separable_conv2d(layer, call):
 def _conv2d_transpose(layer, call):
     require_channels_last(layer)
     if layer.output_padding is not None:
-        raise Refused("output_padding=%s is not supported" % (layer.output_padding,))
+        raise Unmappable("output_padding=%s is not supported" % (layer.output_padding,))
     if pair(layer.dilation_rate) != [1, 1]:
-        raise Refused("dilation_rate=%s is not supported" % (layer.dilation_rate,))
+        raise Unmappable("dilation_rate=%s is not supported" % (layer.dilation_rate,))
     config = dict(filters=int(layer.filters), kernel_size=pair(layer.kernel_size),
                   strides=pair(layer.strides), padding=layer.padding)
     arrays = weights(layer, kernel="kernel", bias="bias" if layer.use_bias else None)
@@ -294,7 +291,7 @@ def _dense(layer, call):
                                          strides=[1, 1], dilation=[1, 1], padding="valid",
                                          groups=1), call.linear_output, arrays)
     else:
-        raise Refused("Dense on a %d-D input (only 2-D, or 4-D as a 1x1 convolution)" % rank)
+        raise Unmappable("Dense on a %d-D input (only 2-D, or 4-D as a 1x1 convolution)" % rank)
     return [piece] + activation_pieces(layer.activation, 2 if rank == 2 else 4)
 
 
@@ -302,7 +299,7 @@ def _batch_norm(layer, call):
     rank = call.rank()
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     if [axis % rank for axis in axes] != [rank - 1]:
-        raise Refused("normalises axis %s; only the last (channel) axis is supported" % (layer.axis,))
+        raise Unmappable("normalises axis %s; only the last (channel) axis is supported" % (layer.axis,))
     arrays = weights(layer, moving_mean="moving_mean", moving_variance="moving_variance",
                      gamma="gamma" if layer.scale else None, beta="beta" if layer.center else None)
     return [Piece("", "batch_norm", dict(epsilon=float(layer.epsilon)), call.output, arrays)]
@@ -369,7 +366,7 @@ def _softmax(layer, call):
     rank = call.rank()
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     if len(axes) != 1:
-        raise Refused("softmax over several axes %s" % (layer.axis,))
+        raise Unmappable("softmax over several axes %s" % (layer.axis,))
     return [Piece("", "activation", dict(function="softmax", axis=axes[0] % rank), call.output)]
 
 
@@ -421,11 +418,11 @@ def _rescale(layer, call):
 
 def _normalize(layer, call):
     if layer.invert:
-        raise Refused("invert=True is not supported")
+        raise Unmappable("invert=True is not supported")
     rank, channels = call.rank(), int(call.inputs[0].shape[-1])
     axes = [axis % rank for axis in (layer.axis or ())]
     if axes not in ([rank - 1], []):
-        raise Refused("normalises axes %s; only the last (channel) axis is supported" % (layer.axis,))
+        raise Unmappable("normalises axes %s; only the last (channel) axis is supported" % (layer.axis,))
     arrays = {}
     for role in ("mean", "variance"):
         value = to_numpy(getattr(layer, role), np.float32).ravel()
@@ -480,9 +477,9 @@ MAPPERS: Dict[str, Callable] = {
 def map_layer(layer, call) -> List[Piece]:
     kind = type(layer).__name__
     if isinstance(layer, keras.Model):
-        raise Refused("nested model; tf2caffe does not flatten nested models yet")
+        raise Unmappable("nested model; tf2caffe does not flatten nested models yet")
     if kind not in MAPPERS or not type(layer).__module__.startswith("keras."):
-        raise Refused("layer class %s is not supported" % kind)
+        raise Unmappable("layer class %s is not supported" % kind)
     return MAPPERS[kind](layer, call)
 
 
@@ -527,16 +524,6 @@ def input_shapes(graph, input_shape: Optional[Sequence[int]]) -> List[List[int]]
     return shapes
 
 
-def relative_error(value, reference) -> float:
-    """max|value - reference| / max|reference| (the project's error measure)."""
-    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
-    if value.shape != reference.shape:
-        return float("inf")
-    difference = float(np.abs(value - reference).max(initial=0.0))
-    scale = float(np.abs(reference).max(initial=0.0))
-    return difference / scale if scale > 0 else difference
-
-
 class GraphWalk:
     """Runs a functional graph node by node in topological order, mapping each layer onto
     vocabulary layers and keeping every vocabulary layer's TensorFlow output."""
@@ -566,11 +553,11 @@ class GraphWalk:
         where = "'%s' (%s)" % (layer.name, type(layer).__name__)
         try:
             if len(node.outputs) != 1:
-                raise Refused("%d outputs (only single-output layers are supported)" % len(node.outputs))
+                raise Unmappable("%d outputs (only single-output layers are supported)" % len(node.outputs))
             if self.uses[id(layer)] > 1:
-                raise Refused("called %d times (shared layers are not supported)" % self.uses[id(layer)])
+                raise Unmappable("called %d times (shared layers are not supported)" % self.uses[id(layer)])
             pieces = map_layer(layer, call)
-        except Refused as reason:
+        except Unmappable as reason:
             self.problems.append("%s: %s" % (where, reason))
             # Keep running so that every later layer is checked too; the refused layer's output
             # stands in as an input, so the import side can check the layers after it.

@@ -22,7 +22,7 @@ from .. import intermediate
 from ..errors import ConversionError
 from .graph import graph_to_intermediate
 from .graph.freeze import freeze
-from .graph.load import _Source, tflearn_layers
+from .graph.load import GraphSource, tflearn_layers
 from .graph.session import SESSION_CONFIG
 from .reference import append_user_input, reference_batch
 from .tflearn_compat import import_tflearn
@@ -132,7 +132,7 @@ def architecture_to_intermediate(path, checkpoint=None, input_shape=None, per_la
             raise
         recorded = [(key, [t.name for t in graph.get_collection(key) if isinstance(t, tf.Tensor)])
                     for key in graph.get_all_collection_keys()]
-        source = _Source(graph.as_graph_def(), "tflearn", session=session,
+        source = GraphSource(graph.as_graph_def(), "tflearn", session=session,
                          layer_tensors=tflearn_layers(recorded))
     graph_def, inputs, outputs = freeze(source, path, [data[0].name], [output.name], list(x.shape))
     model = graph_to_intermediate(

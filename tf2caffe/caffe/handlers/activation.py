@@ -1,4 +1,4 @@
-"""Activations and PReLU, plus the chain-of-layers helper other families use.
+"""Activations and PReLU.
 
 BVLC Caffe lacks ReLU6, clipping and hard-sigmoid; they are composed from ReLU, Power and
 Eltwise as min(r, m) = r - ReLU(x - m) with r = ReLU(x): exact wherever x < m, since ReLU(x - m)
@@ -7,65 +7,14 @@ an absolute error of ~5e-7 that swamps small activations in deep untrained nets.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 
 from ..netspec import CaffeLayer
 from . import BroadcastsTo, Handler, register
+from .chain import Chain, Earlier, Step, power
 from .shape import caffe_axis, in_blob_order, order_problem
-
-
-class Earlier(str):
-    """In a chain, the top of the earlier step with this suffix (or the chain's input for "")."""
-
-
-class Step(NamedTuple):
-    """One layer of a chain: it takes the previous layer's top, or `source` when given (a blob
-    name or an `Earlier` step), plus `extra_bottoms`."""
-    suffix: str
-    type: str
-    params: Optional[Dict] = None
-    blobs: Sequence = ()
-    extra_bottoms: Sequence[str] = ()
-    source: Optional[str] = None
-
-
-def add_step(ctx, name: str, bottom: str, step: Step, extra_bottoms: Sequence[str] = ()) -> str:
-    """Emit one step as Caffe layer `name` with top `name` (never in place); returns the top."""
-    ctx.add(CaffeLayer(name, step.type, [bottom] + list(extra_bottoms or step.extra_bottoms),
-                       [name], step.params, step.blobs))
-    return name
-
-
-def emit_chain(ctx, layer, bottom: str, steps: List[Step]) -> str:
-    """Emit `steps` from blob `bottom`; the last layer (and its top) takes `layer`'s own name,
-    the others `<name>/<suffix>`. Returns the last top."""
-    tops = {"": bottom}
-    top = bottom
-
-    def resolve(blob):
-        return tops[blob] if isinstance(blob, Earlier) else blob
-
-    for index, step in enumerate(steps):
-        source = top if step.source is None else resolve(step.source)
-        top = add_step(ctx, ctx.name(layer, "" if index == len(steps) - 1 else step.suffix), source,
-                       step, [resolve(blob) for blob in step.extra_bottoms])
-        tops[step.suffix] = top
-    return top
-
-
-def power(suffix, scale=1.0, shift=0.0, exponent=1.0) -> Step:
-    """Power layer computing (shift + scale·x)^exponent (Caffe multiplies first, then adds,
-    like TF)."""
-    params = {}
-    if exponent != 1.0:
-        params["power"] = float(exponent)
-    if scale != 1.0:
-        params["scale"] = float(scale)
-    if shift != 0.0:
-        params["shift"] = float(shift)
-    return Step(suffix, "Power", {"power_param": params})
 
 
 def relu(suffix, negative_slope=0.0) -> Step:
@@ -190,10 +139,9 @@ class Activation(Handler):
         return order_problem(layer, model)
 
     def emit(self, layer, ctx):
-        bottom = ctx.bottom(layer)
-        steps = STEPS[layer.config["function"]](layer, ctx.profile, bottom.name)
-        top = emit_chain(ctx, layer, bottom.name, steps) if steps else bottom.name
-        ctx.produce(layer, top, bottom.shape, bottom.flattened_from)
+        chain = Chain(ctx, layer)
+        chain.follow(STEPS[layer.config["function"]](layer, ctx.profile, chain.top))
+        chain.produce()
 
 
 def _prelu_slopes(layer, model) -> Optional[np.ndarray]:

@@ -1,5 +1,5 @@
 """Convolutions (conv2d, depthwise_conv2d, conv2d_transpose) and the layers that move pixels around
-them (pad2d, crop2d, upsample2d). Geometry and the Slice crops live in `spatial`."""
+them (pad2d, crop2d, upsample2d). Geometry lives in `spatial`, the Slice crops in `chain`."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -9,8 +9,8 @@ import numpy as np
 from ..layout import hwcn_to_nchw_blocks
 from ..netspec import LazyBlob
 from . import Handler, register
-from .spatial import (Chain, align, caffe_conv_count, effective_kernel, tf_pads, tf_window_count,
-                      window_params)
+from .chain import Chain
+from .spatial import align, caffe_conv_count, effective_kernel, tf_pads, tf_window_count, window_params
 
 
 # The config keys of every layer type that slides a window.

@@ -11,7 +11,7 @@ import numpy as np
 from ..emit import nchw
 from ..netspec import CaffeLayer
 from . import Handler, register
-from .activation import Step, add_step, emit_chain, power
+from .chain import Chain, Earlier, Step, power
 from .shape import caffe_axis, order_problem
 
 OPERATIONS = {"add": "SUM", "subtract": "SUM", "multiply": "PROD", "maximum": "MAX",
@@ -73,19 +73,22 @@ class Merge(Handler):
             return
         bottoms = [_broadcast(ctx, layer, i, blob, shape) if gate else blob.name
                    for i, (blob, gate) in enumerate(zip(blobs, gates))]
+        chain = Chain(ctx, layer, bottoms[0], shape)
         if layer.type == "minimum":
             # min(a, b, ...) = -max(-a, -b, ...); negation is exact.
-            bottoms = [add_step(ctx, ctx.name(layer, "negate%d" % i), bottom, power("", -1.0))
-                       for i, bottom in enumerate(bottoms)]
-        params = {"operation": OPERATIONS[layer.type]}
+            chain.follow([power("negate%d" % i, -1.0)._replace(source=bottom)
+                          for i, bottom in enumerate(bottoms)])
+            bottoms = [Earlier("negate%d" % i) for i in range(len(bottoms))]
+        operation = OPERATIONS[layer.type]
+        params = {"operation": operation}
         coefficients = _coefficients(layer.type, len(bottoms))
         if coefficients:
             params["coeff"] = coefficients
-        steps = [Step("max", "Eltwise", {"eltwise_param": params}, extra_bottoms=bottoms[1:])]
+        chain.follow([Step(operation.lower(), "Eltwise", {"eltwise_param": params}, source=bottoms[0],
+                           extra_bottoms=bottoms[1:])])
         if layer.type == "minimum":
-            steps.append(power("negate", -1.0))
-        top = emit_chain(ctx, layer, bottoms[0], steps)
-        ctx.produce(layer, top, shape, blobs[0].flattened_from)
+            chain.follow([power("negate", -1.0)])
+        chain.produce()
 
 
 @register("concat")

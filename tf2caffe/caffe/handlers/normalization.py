@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import BroadcastsTo, Handler, register
-from .activation import Step, emit_chain, power
+from .chain import Chain, Step, power
 from .shape import in_blob_order, order_problem
 
 
@@ -23,9 +23,9 @@ def _vector_problem(layer, values, what):
 
 
 def _emit(layer, ctx, steps):
-    bottom = ctx.bottom(layer)
-    top = emit_chain(ctx, layer, bottom.name, steps)
-    ctx.produce(layer, top, bottom.shape, bottom.flattened_from)
+    chain = Chain(ctx, layer)
+    chain.follow(steps)
+    chain.produce()
 
 
 def _scale(suffix, scale, bias=None) -> Step:

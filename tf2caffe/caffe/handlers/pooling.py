@@ -6,7 +6,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from . import Handler, register
-from .spatial import AxisPlan, Chain, align, caffe_pool_count, tf_pads, tf_window_count, window_params
+from .chain import Chain
+from .spatial import AxisPlan, align, caffe_pool_count, tf_pads, tf_window_count, window_params
 
 
 class PoolAxis:

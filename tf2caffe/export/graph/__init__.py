@@ -17,8 +17,8 @@ convert them; nothing here knows about Caffe.
 from .freeze import load_graph
 from .load import is_graph_source, model_stem
 from .model import graph_to_intermediate, source_to_intermediate
-from .session import _run_graph_def
+from .session import run_graph_def
 
-# _run_graph_def too: test_graph_export.py runs frozen graphs with it.
+# run_graph_def too: test_graph_export.py runs frozen graphs with it.
 __all__ = ["graph_to_intermediate", "is_graph_source", "load_graph", "model_stem", "source_to_intermediate",
-           "_run_graph_def"]
+           "run_graph_def"]

@@ -11,12 +11,13 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from ...errors import ConversionError
-from .inference import _resolve_training
-from .io import _detect
-from .load import _load, _Source
-from .nodes import _node_name, _split, _tensor
+from ...measure import relative_error
+from .inference import resolve_training
+from .io import detect_inputs_outputs
+from .load import GraphSource, load_source
+from .nodes import node_of_tensor, split_input, tensor_name
 from ..reference import reference_batch
-from .session import _full, _input_shapes, _relative_error, _run_graph_def
+from .session import full_tensor_name, input_shapes, run_graph_def
 
 v1 = tf.compat.v1
 
@@ -40,9 +41,9 @@ def _rename(graph_def, renames: Dict[str, str]) -> Tuple[graph_pb2.GraphDef, Dic
         node.name = mapping.get(node.name, node.name)
         inputs = []
         for name in node.input:
-            source, port, control = _split(name)
+            source, port, control = split_input(name)
             source = mapping.get(source, source)
-            inputs.append("^" + source if control else _tensor(source, port))
+            inputs.append("^" + source if control else tensor_name(source, port))
         del node.input[:]
         node.input.extend(inputs)
     return graph_def, mapping
@@ -62,7 +63,7 @@ def load_graph(src, inputs=None, outputs=None, signature=None, input_shape=None)
     GraphDef `.pb` or a SavedModel folder, and return (frozen, pruned inference GraphDef,
     input tensor names, output tensor names).
 
-    Training structure is resolved to inference first (`_resolve_training`). Unless given (or
+    Training structure is resolved to inference first (`resolve_training`). Unless given (or
     named by the SavedModel signature), the output is the one float tensor that the data
     placeholders (those flowing into a weighted op) reach and nothing else consumes, ignoring
     training ops and everything that depends on labels; inputs are the placeholders the
@@ -70,18 +71,19 @@ def load_graph(src, inputs=None, outputs=None, signature=None, input_shape=None)
     result is checked against the original graph, run with training flags off, on a seeded
     input.
     """
-    return freeze(_load(Path(src), signature), Path(src), inputs, outputs, input_shape)
+    return freeze(load_source(Path(src), signature), Path(src), inputs, outputs, input_shape)
 
 
-def freeze(source: _Source, path, inputs, outputs, input_shape):
+def freeze(source: GraphSource, path, inputs, outputs, input_shape):
     """A loaded source -> (frozen, pruned inference GraphDef, input and output tensor names),
     checked against the source run with training flags off. Closes the source's session."""
     try:
         inputs, outputs = _parse_names(inputs), _parse_names(outputs)
-        resolved, flags = _resolve_training(source.graph_def, [_node_name(i) for i in inputs or []])
+        resolved, flags = resolve_training(source.graph_def, [node_of_tensor(i) for i in inputs or []])
         if inputs is None and source.inputs is not None:
-            inputs = [i for i in source.inputs if _node_name(i) not in flags]
-        inputs, outputs = _detect(resolved, inputs, outputs or source.outputs, path, source.layer_tensors)
+            inputs = [i for i in source.inputs if node_of_tensor(i) not in flags]
+        inputs, outputs = detect_inputs_outputs(resolved, inputs, outputs or source.outputs, path,
+                                                source.layer_tensors)
         if source.session is not None:
             frozen = v1.graph_util.convert_variables_to_constants(source.session, resolved, outputs)
         else:
@@ -89,17 +91,17 @@ def freeze(source: _Source, path, inputs, outputs, input_shape):
         frozen, renamed = _rename(frozen, source.variable_names)
         new_inputs = [renamed.get(i, i) for i in inputs]
         new_outputs = [renamed.get(o, o) for o in outputs]
-        shapes = _input_shapes(frozen, new_inputs, input_shape, path)
+        shapes = input_shapes(frozen, new_inputs, input_shape, path)
         feeds = dict(zip(shapes, reference_batch(list(shapes.values()), seed=0)))
         expected = source.run(dict(flags, **dict(zip(inputs, feeds.values()))), outputs)
-        got = _run_graph_def(frozen, feeds, new_outputs)
+        got = run_graph_def(frozen, feeds, new_outputs)
     finally:
         if source.session is not None:
             source.session.close()
     for name, value, reference in zip(new_outputs, got, expected):
-        error = _relative_error(value, reference)
+        error = relative_error(value, reference)
         if error > 1e-5:
             raise ConversionError("%s: output '%s' of the inference graph differs from the original "
                                   "graph run with training flags off (relative error %.2g)" % (
                                       path, name, error))
-    return frozen, [_full(i) for i in new_inputs], [_full(o) for o in new_outputs]
+    return frozen, [full_tensor_name(i) for i in new_inputs], [full_tensor_name(o) for o in new_outputs]

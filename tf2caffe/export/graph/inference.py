@@ -12,8 +12,8 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
 
 from ...errors import ConversionError
-from .nodes import (_ancestors, _by_name, _const_node, _consumers, _data_inputs, _split, _tensor,
-                    _topological, _value_dtype)
+from .nodes import (ancestors, const_node, data_inputs, nodes_by_name, split_input, tensor_name,
+                    topological_order, users_by_node, value_dtype)
 
 v1 = tf.compat.v1
 
@@ -37,7 +37,7 @@ CONTROL_FLOW_OPS = CONTROL_FLOW_CALLS + ("Switch", "RefSwitch", "Merge", "RefMer
                                          "NextIteration", "LoopCond", "While", "StatelessWhile")
 
 
-def _is_training_op(node) -> bool:
+def is_training_op(node) -> bool:
     if node.op in TRAINING_OP_TYPES or TRAINING_OP_PATTERN.search(node.op):
         return True
     parts = node.name.split("/")
@@ -50,30 +50,30 @@ def _force_training_flags(graph_def, keep: Sequence[str]) -> Dict[str, bool]:
     the same way (a resource variable's reads, since its handle cannot be fed)."""
     flags = {}
     for node in graph_def.node:
-        if (node.name in keep or _value_dtype(node) != BOOL or not TRAINING_FLAG.search(node.name)
+        if (node.name in keep or value_dtype(node) != BOOL or not TRAINING_FLAG.search(node.name)
                 or node.op not in FLAG_OPS
                 or "/Initializer/" in node.name):
             continue
         if node.op == "VarHandleOp":
             for user in graph_def.node:
-                if user.op == "ReadVariableOp" and _split(user.input[0])[0] == node.name:
+                if user.op == "ReadVariableOp" and split_input(user.input[0])[0] == node.name:
                     flags[user.name] = False
                     user.op = "Identity"
                     user.attr["T"].type = BOOL
                     del user.attr["dtype"]
         else:
             flags[node.name] = False
-        node.CopyFrom(_const_node(node.name, False, tf.bool))
+        node.CopyFrom(const_node(node.name, False, tf.bool))
     return flags
 
 
 def _static_bool(graph_def, tensor: str, nodes=None) -> Optional[bool]:
     """The value of a scalar boolean tensor when the graph fixes it, else None."""
-    nodes = nodes or _by_name(graph_def)
-    name, port, _ = _split(tensor)
+    nodes = nodes or nodes_by_name(graph_def)
+    name, port, _ = split_input(tensor)
     node = nodes.get(name)
     while node is not None and node.op in ("Identity", "PlaceholderWithDefault", "Snapshot") and port == 0:
-        name, port, _ = _split(node.input[0])
+        name, port, _ = split_input(node.input[0])
         node = nodes.get(name)
     if node is None:
         return None
@@ -100,14 +100,14 @@ def _inline_calls(graph_def, inlined: set) -> bool:
     their function. Body nodes are named `<call>/<node>`; the calls' names are added to
     `inlined`. Returns whether anything changed."""
     functions = {f.signature.name: f for f in graph_def.library.function}
-    nodes = _by_name(graph_def)
-    users = {name: set(found) for name, found in _consumers(graph_def, data_only=False).items()}
+    nodes = nodes_by_name(graph_def)
+    users = {name: set(found) for name, found in users_by_node(graph_def, data_only=False).items()}
     changed = False
     with _library_graph(graph_def).as_default():
         for node in list(graph_def.node):
             if node.op not in CONTROL_FLOW_CALLS:
                 continue
-            args = _data_inputs(node)
+            args = data_inputs(node)
             if node.op in ("If", "StatelessIf"):
                 taken = _static_bool(graph_def, args[0], nodes)
                 if taken is None:
@@ -132,11 +132,11 @@ def _inline(graph_def, call, fdef, args, nodes, users):
     controls = [i for i in call.input if i.startswith("^")]
 
     def outer(name):
-        node, port, control = _split(name)
+        node, port, control = split_input(name)
         if node in params:
-            target = _split(params[node])[0]
+            target = split_input(params[node])[0]
             return "^" + target if control else params[node]
-        return ("^" if control else "") + prefix + _tensor(node, max(port, 0))
+        return ("^" if control else "") + prefix + tensor_name(node, max(port, 0))
 
     added = []
     for node in body.node:
@@ -152,22 +152,22 @@ def _inline(graph_def, call, fdef, args, nodes, users):
     # Keep only what computes the results someone uses: a fused batch norm's unused batch
     # statistics would otherwise look like outputs of the model.
     consumers = [nodes[name] for name in users.get(call.name, ())]
-    used = {_split(i)[1] for n in consumers for i in n.input if _split(i)[0] == call.name}
+    used = {split_input(i)[1] for n in consumers for i in n.input if split_input(i)[0] == call.name}
     wanted = [r for port, r in enumerate(results) if port in used or -1 in used]
-    kept = _ancestors(graph_pb2.GraphDef(node=added), [_split(r)[0] for r in wanted])
+    kept = ancestors(graph_pb2.GraphDef(node=added), [split_input(r)[0] for r in wanted])
     for node in consumers:
         rewired = []
         for name in node.input:
-            source, port, control = _split(name)
+            source, port, control = split_input(name)
             if source == call.name and not control:
                 name = results[port]
-                users.setdefault(_split(name)[0], set()).add(node.name)
+                users.setdefault(split_input(name)[0], set()).add(node.name)
             rewired.append(name)
         del node.input[:]
         node.input.extend(rewired)
     # The call becomes a NoOp after the body's results, for anything with a control edge on it.
     replacement = node_def_pb2.NodeDef(name=call.name, op="NoOp")
-    replacement.input.extend(sorted({"^" + _split(r)[0] for r in wanted if _split(r)[0] in kept}))
+    replacement.input.extend(sorted({"^" + split_input(r)[0] for r in wanted if split_input(r)[0] in kept}))
     call.CopyFrom(replacement)
     users[call.name] = {n.name for n in consumers if any(i == "^" + call.name for i in n.input)}
     for node in added:
@@ -176,7 +176,7 @@ def _inline(graph_def, call, fdef, args, nodes, users):
             element.CopyFrom(node)
             nodes[element.name] = element
             for name in element.input:
-                users.setdefault(_split(name)[0], set()).add(element.name)
+                users.setdefault(split_input(name)[0], set()).add(element.name)
 
 
 def _remove_dead_branches(graph_def) -> bool:
@@ -185,18 +185,18 @@ def _remove_dead_branches(graph_def) -> bool:
     and removed, and a `Merge` with one live input becomes that input. Returns whether
     anything changed. (Grappler could do this, but it also rewrites and fuses other ops and
     renames nodes; this pass touches control flow only.)"""
-    nodes = _by_name(graph_def)
+    nodes = nodes_by_name(graph_def)
     alias: Dict[str, str] = {}
     dead: set = set()  # tensors ("node:port") and nodes ("node") known dead
     resolved = set()
 
     def live(name):
-        node, port, _ = _split(name)
+        node, port, _ = split_input(name)
         return "%s:%d" % (node, port) not in dead and node not in dead
 
-    for node in _topological(graph_def):
-        inputs = _data_inputs(node)
-        controls = [_split(i)[0] for i in node.input if i.startswith("^")]
+    for node in topological_order(graph_def):
+        inputs = data_inputs(node)
+        controls = [split_input(i)[0] for i in node.input if i.startswith("^")]
         if any(c in dead for c in controls):
             dead.add(node.name)
         elif node.op in ("Switch", "RefSwitch"):
@@ -220,12 +220,12 @@ def _remove_dead_branches(graph_def) -> bool:
         return False
 
     def follow(name):
-        node, port, control = _split(name)
+        node, port, control = split_input(name)
         key = "%s:%d" % (node, port)
         while key in alias:
-            node, port, _ = _split(alias[key])
+            node, port, _ = split_input(alias[key])
             key = "%s:%d" % (node, port)
-        return ("^" + node) if control else _tensor(node, port)
+        return ("^" + node) if control else tensor_name(node, port)
 
     kept = []
     for node in graph_def.node:
@@ -234,7 +234,7 @@ def _remove_dead_branches(graph_def) -> bool:
         node = copy.deepcopy(node)
         inputs = []
         for name in node.input:
-            source, port, control = _split(name)
+            source, port, control = split_input(name)
             if control and (source in resolved or source in dead):
                 continue  # a control edge on resolved control flow orders nothing any more
             if not control and source in resolved and port == 1 and nodes[source].op in ("Merge", "RefMerge"):
@@ -255,7 +255,7 @@ def _remove_unused(graph_def, calls: set) -> None:
     later conditional that used them is gone), repeatedly."""
     scopes = tuple(call + "/" for call in calls)
     while scopes:
-        users = _consumers(graph_def, data_only=False)
+        users = users_by_node(graph_def, data_only=False)
         unused = {n.name for n in graph_def.node if n.name.startswith(scopes) and not users[n.name]}
         if not unused:
             return
@@ -268,7 +268,7 @@ def _drop_training_control_edges(graph_def) -> None:
     """Forget control edges on training ops: tf-slim's batch norm makes its output wait for the
     moving-average updates even at inference, which would keep `AssignSub`s on variables that
     freezing turns into constants."""
-    training = {n.name for n in graph_def.node if _is_training_op(n)}
+    training = {n.name for n in graph_def.node if is_training_op(n)}
     for node in graph_def.node:
         kept = [i for i in node.input if not (i.startswith("^") and i[1:] in training)]
         if len(kept) != len(node.input):
@@ -276,7 +276,7 @@ def _drop_training_control_edges(graph_def) -> None:
             node.input.extend(kept)
 
 
-def _resolve_training(graph_def, keep: Sequence[str]) -> Tuple[graph_pb2.GraphDef, Dict[str, bool]]:
+def resolve_training(graph_def, keep: Sequence[str]) -> Tuple[graph_pb2.GraphDef, Dict[str, bool]]:
     """Training structure -> inference: training flags False, conditionals on them resolved,
     `PlaceholderWithDefault` -> its default (unless named as an input)."""
     graph_def = copy.deepcopy(graph_def)

@@ -1,5 +1,5 @@
 """Reading graph sources from disk: TF1/tflearn checkpoints (from the meta graph alone), frozen
-GraphDef `.pb` files and SavedModels, each as a `_Source` not yet resolved to inference."""
+GraphDef `.pb` files and SavedModels, each as a `GraphSource` not yet resolved to inference."""
 from __future__ import annotations
 
 import re
@@ -13,12 +13,12 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from ...errors import ConversionError
-from .session import SESSION_CONFIG, _import, _run, _run_graph_def
+from .session import SESSION_CONFIG, import_graph, run_fetches, run_graph_def
 
 v1 = tf.compat.v1
 
 
-class _Source:
+class GraphSource:
     """A loaded graph before resolution: its GraphDef, how to freeze its variables, what the
     file says about inputs and outputs, and how to run it unchanged (for the final check)."""
 
@@ -35,8 +35,8 @@ class _Source:
 
     def run(self, feeds: Dict[str, np.ndarray], fetches: Sequence[str]) -> List[np.ndarray]:
         if self.session is not None:
-            return _run(self.session, feeds, fetches)
-        return _run_graph_def(self.graph_def, feeds, fetches)
+            return run_fetches(self.session, feeds, fetches)
+        return run_graph_def(self.graph_def, feeds, fetches)
 
 
 def _checkpoint_prefix(src: Path) -> Optional[Path]:
@@ -53,7 +53,7 @@ def _checkpoint_prefix(src: Path) -> Optional[Path]:
     return Path(text) if Path(text + ".meta").exists() else None
 
 
-def _load_checkpoint(prefix: Path) -> _Source:
+def _load_checkpoint(prefix: Path) -> GraphSource:
     meta = meta_graph_pb2.MetaGraphDef()
     meta.ParseFromString(Path(str(prefix) + ".meta").read_bytes())
     # import_meta_graph would also rebuild every collection, and tflearn's hold names that
@@ -61,7 +61,7 @@ def _load_checkpoint(prefix: Path) -> _Source:
     if not meta.saver_def.restore_op_name:
         raise ConversionError("%s.meta: the meta graph has no saver, so its variables cannot be "
                               "restored" % prefix)
-    session = v1.Session(graph=_import(meta.graph_def), config=SESSION_CONFIG)
+    session = v1.Session(graph=import_graph(meta.graph_def), config=SESSION_CONFIG)
     try:
         session.run(meta.saver_def.restore_op_name, {meta.saver_def.filename_tensor_name: str(prefix)})
     except tf.errors.OpError as error:
@@ -69,11 +69,11 @@ def _load_checkpoint(prefix: Path) -> _Source:
         raise ConversionError("%s: restoring the checkpoint failed: %s" % (
             prefix, error.message.split("\n")[0]))
     if "is_training_ops" not in meta.collection_def:
-        return _Source(meta.graph_def, "tf1-graph", session=session)
+        return GraphSource(meta.graph_def, "tf1-graph", session=session)
     # tflearn records each layer's output; its loss ops (a clipped log of the softmax) would
     # otherwise pass for the model's output.
     recorded = [(key, list(collection.node_list.value)) for key, collection in meta.collection_def.items()]
-    return _Source(meta.graph_def, "tflearn", session=session, layer_tensors=tflearn_layers(recorded))
+    return GraphSource(meta.graph_def, "tflearn", session=session, layer_tensors=tflearn_layers(recorded))
 
 
 def tflearn_layers(collections) -> Dict[str, str]:
@@ -104,7 +104,7 @@ def tflearn_layers(collections) -> Dict[str, str]:
             for tensor, name in found.items()}
 
 
-def _load_frozen(path: Path) -> _Source:
+def _load_frozen(path: Path) -> GraphSource:
     graph_def = graph_pb2.GraphDef()
     try:
         graph_def.ParseFromString(path.read_bytes())
@@ -115,7 +115,7 @@ def _load_frozen(path: Path) -> _Source:
         raise ConversionError("%s: the graph still has variables (%s); freeze it first or convert "
                               "the checkpoint it came from" % (path, ", ".join(variables[:5])))
     _repair_frozen_updates(graph_def)
-    return _Source(graph_def, "tf1-graph")
+    return GraphSource(graph_def, "tf1-graph")
 
 
 def _repair_frozen_updates(graph_def) -> None:
@@ -138,7 +138,7 @@ def _repair_frozen_updates(graph_def) -> None:
                 del node.attr[attr]
 
 
-def _load_saved_model(path: Path, signature: Optional[str]) -> _Source:
+def _load_saved_model(path: Path, signature: Optional[str]) -> GraphSource:
     loaded = tf.saved_model.load(str(path))
     key = signature or "serving_default"
     if not loaded.signatures:
@@ -157,12 +157,12 @@ def _load_saved_model(path: Path, signature: Optional[str]) -> _Source:
     for external, internal in function.graph.captures:
         if id(external) in handles:
             variable_names[internal.op.name] = handles[id(external)]
-    source = _Source(graph_def, "tf1-graph", inputs=[t.name for t in frozen.inputs],
+    source = GraphSource(graph_def, "tf1-graph", inputs=[t.name for t in frozen.inputs],
                      outputs=[t.name for t in frozen.outputs], variable_names=variable_names)
     return source
 
 
-def _load(src: Path, signature: Optional[str]) -> _Source:
+def load_source(src: Path, signature: Optional[str]) -> GraphSource:
     if not src.exists() and not Path(str(src) + ".meta").exists():
         raise ConversionError("%s: no such file or checkpoint prefix" % src)
     if src.is_dir() and (src / "saved_model.pb").exists():

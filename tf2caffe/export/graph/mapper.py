@@ -10,17 +10,17 @@ import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
 from ... import intermediate
-from ...errors import UnsupportedError
-from .nodes import _by_name, _consumers, _data_inputs, _node_name, _split, _topological
-from .ops import MAPPERS, PASS_THROUGH, _Unmappable
-from .session import _full
+from ...errors import Unmappable, UnsupportedError
+from .nodes import data_inputs, node_of_tensor, nodes_by_name, split_input, topological_order, users_by_node
+from .ops import MAPPERS, PASS_THROUGH
+from .session import full_tensor_name
 
 
 # Ops whose value depends only on (fixed) shapes, never on the input's values.
 SHAPE_OPS = {"Shape", "ShapeN", "Size", "Rank"}
 
 
-class _Mapper:
+class Mapper:
     """Walks the frozen graph's data nodes in order and turns each into intermediate layers.
 
     A node whose value depends on no input is a constant (weights, shapes, axes). Every other
@@ -30,9 +30,9 @@ class _Mapper:
 
     def __init__(self, graph_def, inputs, outputs, values, session, feed_dict, layer_names=None):
         self.graph_def = graph_def
-        self.nodes = _by_name(graph_def)
-        self.users = _consumers(graph_def)
-        self.inputs = [_node_name(i) for i in inputs]
+        self.nodes = nodes_by_name(graph_def)
+        self.users = users_by_node(graph_def)
+        self.inputs = [node_of_tensor(i) for i in inputs]
         self.outputs = {self.source(o)[0] for o in outputs}
         self.values = values       # data node name -> its reference output (:0)
         self.session = session    # evaluates constants computed in the graph (shape-dependent too)
@@ -45,13 +45,13 @@ class _Mapper:
         self.reserved = set(self.nodes)
         self._constant: Dict[str, bool] = {}
         # tflearn: {output node: layer name}; layers take the names tflearn gave them.
-        self.recorded = {_split(tensor)[0]: name for tensor, name in (layer_names or {}).items()
-                         if _split(tensor)[1] == 0}
+        self.recorded = {split_input(tensor)[0]: name for tensor, name in (layer_names or {}).items()
+                         if split_input(tensor)[1] == 0}
         self.recorded_scopes = set(self.recorded.values())
 
     # ---- graph queries
     def constant(self, name) -> bool:
-        node_name = _split(name)[0]
+        node_name = split_input(name)[0]
         if node_name not in self._constant:
             node = self.nodes[node_name]
             if node.op in ("Placeholder", "PlaceholderWithDefault") or node_name in self.inputs:
@@ -59,7 +59,7 @@ class _Mapper:
             elif node.op == "Const" or node.op in SHAPE_OPS:
                 result = True
             else:
-                inputs = _data_inputs(node)
+                inputs = data_inputs(node)
                 stateful = node.op.startswith("Random") or node.op.startswith("Stateless")
                 result = bool(inputs) and not stateful and all(self.constant(i) for i in inputs)
             self._constant[node_name] = result
@@ -68,10 +68,10 @@ class _Mapper:
     def source(self, name) -> Tuple[str, node_def_pb2.NodeDef]:
         """Follow pass-through ops back to the node that produced a tensor (an `IdentityN`,
         which custom gradients such as swish's add, passes its input of the same index)."""
-        node_name, port, _ = _split(name)
+        node_name, port, _ = split_input(name)
         node = self.nodes[node_name]
-        while (node.op in PASS_THROUGH and port == 0 or node.op == "IdentityN") and _data_inputs(node):
-            node_name, port, _ = _split(_data_inputs(node)[port])
+        while (node.op in PASS_THROUGH and port == 0 or node.op == "IdentityN") and data_inputs(node):
+            node_name, port, _ = split_input(data_inputs(node)[port])
             node = self.nodes[node_name]
         return node.name, node
 
@@ -79,7 +79,7 @@ class _Mapper:
         node_name, node = self.source(name)
         if node.op == "Const":
             return tf.make_ndarray(node.attr["value"].tensor)
-        return self.session.run(self.session.graph.get_tensor_by_name(_full(name)), self.feed_dict)
+        return self.session.run(self.session.graph.get_tensor_by_name(full_tensor_name(name)), self.feed_dict)
 
     def tf_name(self, name) -> str:
         """The variable (frozen Const) a weight comes from, through reshapes of it (Keras 3
@@ -95,7 +95,7 @@ class _Mapper:
         return list(self.values[self.source(name)[0]].shape)
 
     def data_operands(self, node) -> Tuple[List[str], List[str]]:
-        inputs = _data_inputs(node)
+        inputs = data_inputs(node)
         return [i for i in inputs if not self.constant(i)], [i for i in inputs if self.constant(i)]
 
     def only_user(self, node, ops) -> Optional[node_def_pb2.NodeDef]:
@@ -160,12 +160,12 @@ class _Mapper:
         return layer
 
     def run(self) -> List[intermediate.Layer]:
-        for node in _topological(self.graph_def):
+        for node in topological_order(self.graph_def):
             if node.name in self.absorbed or self.constant(node.name) or node.op in ("NoOp", "IdentityN"):
                 continue
             try:
                 self.map(node)
-            except _Unmappable as reason:
+            except Unmappable as reason:
                 self.problems.append("'%s' (%s): %s" % (node.name, node.op, reason))
                 self.layer_of[node.name] = node.name  # keep walking: report every problem
         if self.problems:
@@ -179,5 +179,5 @@ class _Mapper:
             return
         handler = MAPPERS.get(node.op)
         if handler is None:
-            raise _Unmappable("no mapping for this op")
+            raise Unmappable("no mapping for this op")
         handler(self, node)

@@ -8,12 +8,13 @@ import tensorflow as tf
 
 from ... import __version__, intermediate
 from ...errors import ConversionError, UnsupportedError
+from ...measure import relative_error
 from .freeze import freeze
 from .inference import CONTROL_FLOW_OPS
-from .load import _load, model_stem
-from .mapper import _Mapper
-from .nodes import _node_name
-from .session import SESSION_CONFIG, _full, _import, _input_shapes, _relative_error
+from .load import load_source, model_stem
+from .mapper import Mapper
+from .nodes import node_of_tensor
+from .session import SESSION_CONFIG, full_tensor_name, import_graph, input_shapes
 from ..reference import reference_batch
 
 v1 = tf.compat.v1
@@ -27,30 +28,30 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
     `user_input`, see export/reference.py), or on `reference` {input: batch} when given.
     `layer_names` {output tensor: name} names the layers (tflearn's own names)."""
     _refuse_control_flow(graph_def)
-    shapes = _input_shapes(graph_def, inputs, input_shape, source_path)
+    shapes = input_shapes(graph_def, inputs, input_shape, source_path)
     if user_input is not None and len(shapes) != 1:
         raise ConversionError("%s: %d inputs; --reference-input needs a single-input graph" % (
             source_path, len(shapes)))
     feeds = reference or dict(zip(shapes, reference_batch(list(shapes.values()), seed, user_input,
                                                           "%s: " % source_path)))
-    graph = _import(graph_def)
+    graph = import_graph(graph_def)
     with v1.Session(graph=graph, config=SESSION_CONFIG) as session:
         data_nodes = [op for op in graph.get_operations()
                       if op.outputs and op.outputs[0].dtype.is_floating and op.type != "Const"]
-        feed_dict = {graph.get_tensor_by_name(_full(i)): v for i, v in feeds.items()}
+        feed_dict = {graph.get_tensor_by_name(full_tensor_name(i)): v for i, v in feeds.items()}
         fetched = session.run([op.outputs[0] for op in data_nodes], feed_dict)
         values = {op.name: value for op, value in zip(data_nodes, fetched)}
-        mapper = _Mapper(graph_def, inputs, outputs, values, session, feed_dict, layer_names)
+        mapper = Mapper(graph_def, inputs, outputs, values, session, feed_dict, layer_names)
         layers = mapper.run()
-        direct = session.run([graph.get_tensor_by_name(_full(o)) for o in outputs], feed_dict)
+        direct = session.run([graph.get_tensor_by_name(full_tensor_name(o)) for o in outputs], feed_dict)
     output_layers = []
     for tensor in outputs:
-        layer = mapper.layer_input(_node_name(tensor))
+        layer = mapper.layer_input(node_of_tensor(tensor))
         if layer not in output_layers:
             output_layers.append(layer)
     for tensor, value in zip(outputs, direct):
-        recorded = values[mapper.tensor_of[mapper.layer_input(_node_name(tensor))]]
-        if recorded.shape != value.shape or _relative_error(recorded, value) > 1e-6:
+        recorded = values[mapper.tensor_of[mapper.layer_input(node_of_tensor(tensor))]]
+        if relative_error(recorded, value) > 1e-6:
             raise ConversionError("%s: output '%s' recorded during the per-layer run differs from a "
                                   "direct run of the graph" % (source_path, tensor))
     model = intermediate.Model(
@@ -58,7 +59,7 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
         attrs={"source_framework": source_framework, "source_version": _source_version(source_framework),
                "tensorflow_version": tf.__version__, "source_path": str(source_path),
                "created_by": "tf2caffe %s" % __version__},
-        reference_inputs={mapper.layer_input(_node_name(i)): feeds[i] for i in inputs})
+        reference_inputs={mapper.layer_input(node_of_tensor(i)): feeds[i] for i in inputs})
     recorded = [layer.name for layer in layers] if per_layer else model.compared_layers()
     model.reference_activations = {layer: values[mapper.tensor_of[layer]] for layer in recorded}
     return model
@@ -86,7 +87,7 @@ def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input
                            per_layer=False, seed=0, user_input=None) -> intermediate.Model:
     """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`."""
     given = outputs is not None
-    source = _load(Path(src), signature)
+    source = load_source(Path(src), signature)
     graph_def, inputs, outputs = freeze(source, Path(src), inputs, outputs, input_shape)
     try:
         return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), source.framework, src,

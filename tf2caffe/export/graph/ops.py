@@ -1,5 +1,5 @@
 """The op-pattern -> vocabulary table (`MAPPERS`): one function per TensorFlow op, given the
-`_Mapper` walking the graph, adds the layer(s) the op (and the ops it absorbs) becomes."""
+`Mapper` walking the graph, adds the layer(s) the op (and the ops it absorbs) becomes."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from .nodes import _data_inputs, _split
+from ...errors import Unmappable
+from .nodes import data_inputs, split_input
 
 if TYPE_CHECKING:
-    from .mapper import _Mapper
+    from .mapper import Mapper
 
 
 # Ops whose output is their (first) input at inference.
@@ -23,23 +24,19 @@ ELEMENTWISE = {"Add": "add", "AddV2": "add", "AddN": "add", "Sub": "subtract", "
                "Maximum": "maximum", "Minimum": "minimum"}
 
 
-class _Unmappable(Exception):
-    pass
-
-
 def _attr_list(node, key) -> List[int]:
     return list(node.attr[key].list.i)
 
 
 def _nhwc(node):
     if "data_format" in node.attr and node.attr["data_format"].s not in (b"NHWC", b""):
-        raise _Unmappable("data_format %s; only NHWC is supported" % node.attr["data_format"].s.decode())
+        raise Unmappable("data_format %s; only NHWC is supported" % node.attr["data_format"].s.decode())
 
 
 def _spatial(node, key) -> List[int]:
     values = _attr_list(node, key) or [1, 1, 1, 1]
     if values[0] != 1 or values[3] != 1:
-        raise _Unmappable("%s %s moves along batch or channels" % (key, values))
+        raise Unmappable("%s %s moves along batch or channels" % (key, values))
     return values[1:3]
 
 
@@ -48,7 +45,7 @@ def _padding(node):
     if padding == "EXPLICIT":
         pads = _attr_list(node, "explicit_paddings")
         if pads[0:2] != [0, 0] or pads[6:8] != [0, 0]:
-            raise _Unmappable("explicit padding %s pads batch or channels" % pads)
+            raise Unmappable("explicit padding %s pads batch or channels" % pads)
         return [pads[2:4], pads[4:6]]
     return padding.lower()
 
@@ -60,20 +57,20 @@ def _per_channel(value, channels, what) -> np.ndarray:
         return np.full(channels, float(value.reshape(-1)[0]), np.float32)
     if value.shape[-1] == channels and value.size == channels:
         return value.reshape(channels)
-    raise _Unmappable("%s of shape %s is not per-channel" % (what, list(value.shape)))
+    raise Unmappable("%s of shape %s is not per-channel" % (what, list(value.shape)))
 
 
-def _with_bias(m: _Mapper, node, kind, config, data, kernel, kernel_input):
+def _with_bias(m: Mapper, node, kind, config, data, kernel, kernel_input):
     """Emit a convolution/dense layer, absorbing a constant per-channel bias added right after."""
     arrays = {"kernel": (kernel, m.tf_name(kernel_input))}
     output, claims = node, ()
     user = m.only_user(node, ("BiasAdd", "BiasAddV1", "Add", "AddV2"))
     if user is not None and user.attr["data_format"].s in (b"NHWC", b""):
-        others = [i for i in _data_inputs(user) if _split(i)[0] != node.name]
+        others = [i for i in data_inputs(user) if split_input(i)[0] != node.name]
         if len(others) == 1 and m.constant(others[0]):
             try:
                 bias = _per_channel(m.value(others[0]), m.values[node.name].shape[-1], "bias")
-            except _Unmappable:
+            except Unmappable:
                 bias = None  # not a bias: the add becomes a layer of its own
             if bias is not None:
                 arrays["bias"] = (bias, m.tf_name(others[0]))
@@ -81,15 +78,15 @@ def _with_bias(m: _Mapper, node, kind, config, data, kernel, kernel_input):
     m.add(node, kind, [data], config, arrays, output, claims)
 
 
-def _weighted_operands(m: _Mapper, node, data_index, kernel_index) -> Tuple[str, str]:
-    inputs = _data_inputs(node)
+def _weighted_operands(m: Mapper, node, data_index, kernel_index) -> Tuple[str, str]:
+    inputs = data_inputs(node)
     data, kernel = inputs[data_index], inputs[kernel_index]
     if m.constant(data) or not m.constant(kernel):
-        raise _Unmappable("not an input tensor times constant weights")
+        raise Unmappable("not an input tensor times constant weights")
     return data, kernel
 
 
-def _convolution(m: _Mapper, node):
+def _convolution(m: Mapper, node):
     _nhwc(node)
     data, kernel_input = _weighted_operands(m, node, 0, 1)
     kernel = m.value(kernel_input)
@@ -104,60 +101,60 @@ def _convolution(m: _Mapper, node):
     _with_bias(m, node, kind, config, data, kernel, kernel_input)
 
 
-def _conv2d_transpose(m: _Mapper, node):
+def _conv2d_transpose(m: Mapper, node):
     _nhwc(node)
     data, kernel_input = _weighted_operands(m, node, 2, 1)
     if _spatial(node, "dilations") != [1, 1]:
-        raise _Unmappable("dilated transposed convolution")
+        raise Unmappable("dilated transposed convolution")
     kernel = m.value(kernel_input)
     strides, padding = _spatial(node, "strides"), _padding(node)
     if not isinstance(padding, str):
-        raise _Unmappable("explicit padding in a transposed convolution")
+        raise Unmappable("explicit padding in a transposed convolution")
     (h, w), (kh, kw) = m.shape(data)[1:3], kernel.shape[:2]
     # TF lets the caller pick any output size that rounds to the input; Caffe has one.
     expected = [h * strides[0], w * strides[1]] if padding == "same" else [
         (h - 1) * strides[0] + max(kh, strides[0]), (w - 1) * strides[1] + max(kw, strides[1])]
     size = list(m.values[node.name].shape[1:3])
     if size != expected:
-        raise _Unmappable("output size %s is not the '%s' size %s" % (size, padding, expected))
+        raise Unmappable("output size %s is not the '%s' size %s" % (size, padding, expected))
     config = {"filters": int(kernel.shape[2]), "kernel_size": [int(kh), int(kw)],
               "strides": strides, "padding": padding}
     _with_bias(m, node, "conv2d_transpose", config, data, kernel, kernel_input)
 
 
-def _matmul(m: _Mapper, node):
+def _matmul(m: Mapper, node):
     if node.attr["transpose_a"].b:
-        raise _Unmappable("transposed input")
+        raise Unmappable("transposed input")
     data, kernel_input = _weighted_operands(m, node, 0, 1)
     if len(m.shape(data)) != 2:
-        raise _Unmappable("input of rank %d" % len(m.shape(data)))
+        raise Unmappable("input of rank %d" % len(m.shape(data)))
     kernel = m.value(kernel_input)
     if node.attr["transpose_b"].b:
         kernel = kernel.T
     _with_bias(m, node, "dense", {"units": int(kernel.shape[1])}, data, kernel, kernel_input)
 
 
-def _fused_batch_norm(m: _Mapper, node):
+def _fused_batch_norm(m: Mapper, node):
     _nhwc(node)
-    x, scale, offset, mean, variance = _data_inputs(node)[:5]
+    x, scale, offset, mean, variance = data_inputs(node)[:5]
     if node.attr["is_training"].b:
-        raise _Unmappable("batch normalization in training mode (uses batch statistics)")
+        raise Unmappable("batch normalization in training mode (uses batch statistics)")
     if not all(m.constant(i) for i in (scale, offset, mean, variance)):
-        raise _Unmappable("statistics computed from the input")
+        raise Unmappable("statistics computed from the input")
     arrays = {"gamma": (m.value(scale), m.tf_name(scale)), "beta": (m.value(offset), m.tf_name(offset)),
               "moving_mean": (m.value(mean), m.tf_name(mean)),
               "moving_variance": (m.value(variance), m.tf_name(variance))}
     m.add(node, "batch_norm", [x], {"epsilon": float(node.attr["epsilon"].f)}, arrays)
 
 
-def _match_unfused_batch_norm(m: _Mapper, mul, add) -> Optional[dict]:
+def _match_unfused_batch_norm(m: Mapper, mul, add) -> Optional[dict]:
     """tf.nn.batch_normalization: x * inv + (beta - mean * inv), inv = rsqrt(var + eps) [* gamma].
     Returns the batch_norm arrays and epsilon when `mul`/`add` are that pattern."""
     (x,), (inv,) = m.data_operands(mul)
     _, inv_node = m.source(inv)
     gamma = None
     if inv_node.op == "Mul":
-        operands = _data_inputs(inv_node)
+        operands = data_inputs(inv_node)
         first = 0 if m.source(operands[0])[1].op == "Rsqrt" else 1
         rsqrt, gamma = m.source(operands[first])[1], operands[1 - first]
     else:
@@ -167,7 +164,7 @@ def _match_unfused_batch_norm(m: _Mapper, mul, add) -> Optional[dict]:
     _, sum_node = m.source(rsqrt.input[0])
     if sum_node.op not in ("Add", "AddV2"):
         return None
-    variance, eps = _data_inputs(sum_node)
+    variance, eps = data_inputs(sum_node)
     if np.asarray(m.value(eps)).size != 1:
         variance, eps = eps, variance
     if np.asarray(m.value(eps)).size != 1:
@@ -175,15 +172,15 @@ def _match_unfused_batch_norm(m: _Mapper, mul, add) -> Optional[dict]:
     _, (shift,) = m.data_operands(add)
     _, shift_node = m.source(shift)
     if shift_node.op == "Sub":
-        beta, product = _data_inputs(shift_node)
+        beta, product = data_inputs(shift_node)
     elif shift_node.op == "Neg":
         beta, product = None, shift_node.input[0]
     else:
         return None
     _, product_node = m.source(product)
-    if product_node.op != "Mul" or inv_node.name not in [m.source(i)[0] for i in _data_inputs(product_node)]:
+    if product_node.op != "Mul" or inv_node.name not in [m.source(i)[0] for i in data_inputs(product_node)]:
         return None
-    mean = [i for i in _data_inputs(product_node) if m.source(i)[0] != inv_node.name][0]
+    mean = [i for i in data_inputs(product_node) if m.source(i)[0] != inv_node.name][0]
     arrays = {"moving_mean": (m.value(mean), m.tf_name(mean)),
               "moving_variance": (m.value(variance), m.tf_name(variance))}
     if gamma is not None:
@@ -196,16 +193,16 @@ def _match_unfused_batch_norm(m: _Mapper, mul, add) -> Optional[dict]:
     return {"arrays": arrays, "epsilon": float(np.asarray(m.value(eps)).reshape(-1)[0]), "x": x}
 
 
-def _elementwise(m: _Mapper, node):
+def _elementwise(m: Mapper, node):
     data, constants = m.data_operands(node)
-    inputs = _data_inputs(node)
+    inputs = data_inputs(node)
     if not constants:
         if node.op not in ELEMENTWISE or len(data) < 2:
-            raise _Unmappable("no layer type for this op on %d input tensors" % len(data))
+            raise Unmappable("no layer type for this op on %d input tensors" % len(data))
         m.add(node, ELEMENTWISE[node.op], data)
         return
     if len(data) != 1 or len(constants) != 1:
-        raise _Unmappable("unexpected operands")
+        raise Unmappable("unexpected operands")
     if node.op == "Mul":
         adder = m.only_user(node, ("Add", "AddV2"))
         if adder is not None and len(m.data_operands(adder)[1]) == 1:
@@ -220,7 +217,7 @@ def _elementwise(m: _Mapper, node):
         m.add(node, "activation", data, {"function": "relu"})
         return
     if node.op in ("Maximum", "Minimum"):
-        raise _Unmappable("%s with a constant other than 0" % node.op.lower())
+        raise Unmappable("%s with a constant other than 0" % node.op.lower())
     if node.op in ("BiasAdd", "BiasAddV1"):
         _nhwc(node)
     per_channel = _per_channel(value, channels, "constant operand")
@@ -229,7 +226,7 @@ def _elementwise(m: _Mapper, node):
         scale = per_channel
     elif node.op == "RealDiv":
         if inputs[0] != data[0]:
-            raise _Unmappable("constant divided by a tensor")
+            raise Unmappable("constant divided by a tensor")
         scale = 1.0 / per_channel
     elif node.op == "Sub" and inputs[0] != data[0]:
         scale, offset = -1.0, per_channel
@@ -245,7 +242,7 @@ def _number_or_list(value):
     return [float(v) for v in value]
 
 
-def _activation(m: _Mapper, node):
+def _activation(m: Mapper, node):
     data, _ = m.data_operands(node)
     config = {"function": ACTIVATIONS[node.op]}
     if node.op == "LeakyRelu":
@@ -257,14 +254,14 @@ def _activation(m: _Mapper, node):
     m.add(node, "activation", data, config)
 
 
-def _pow(m: _Mapper, node):
-    x, exponent = _data_inputs(node)
+def _pow(m: Mapper, node):
+    x, exponent = data_inputs(node)
     if not m.constant(exponent) or _scalar(m, exponent) is None:
-        raise _Unmappable("not a tensor to a constant scalar power")
+        raise Unmappable("not a tensor to a constant scalar power")
     m.add(node, "activation", [x], {"function": "power", "exponent": _scalar(m, exponent)})
 
 
-def _pool(m: _Mapper, node):
+def _pool(m: Mapper, node):
     _nhwc(node)
     data, _ = m.data_operands(node)
     kind = "max_pool2d" if node.op.startswith("MaxPool") else "avg_pool2d"
@@ -272,97 +269,97 @@ def _pool(m: _Mapper, node):
                                  "padding": _padding(node)})
 
 
-def _reduce(m: _Mapper, node):
-    x, axes = _data_inputs(node)
+def _reduce(m: Mapper, node):
+    x, axes = data_inputs(node)
     rank = len(m.shape(x))
     if not m.constant(axes):
-        raise _Unmappable("axes computed from the input")
+        raise Unmappable("axes computed from the input")
     axes = sorted(int(a) % rank for a in np.asarray(m.value(axes)).reshape(-1))
     if rank != 4 or axes != [1, 2]:
-        raise _Unmappable("reduces axes %s of a rank-%d tensor; only spatial axes [1, 2] of NHWC" % (
+        raise Unmappable("reduces axes %s of a rank-%d tensor; only spatial axes [1, 2] of NHWC" % (
             axes, rank))
     kind = "global_avg_pool2d" if node.op == "Mean" else "global_max_pool2d"
     m.add(node, kind, [x], {"keepdims": bool(node.attr["keep_dims"].b)})
 
 
-def _pad(m: _Mapper, node):
-    inputs = _data_inputs(node)
+def _pad(m: Mapper, node):
+    inputs = data_inputs(node)
     x, paddings = inputs[0], inputs[1]
     if node.op == "MirrorPad":
-        raise _Unmappable("%s padding has no exact Caffe form" % node.attr["mode"].s.decode().lower())
+        raise Unmappable("%s padding has no exact Caffe form" % node.attr["mode"].s.decode().lower())
     pads = np.asarray(m.value(paddings)).tolist()
     if len(pads) != 4 or pads[0] != [0, 0] or pads[3] != [0, 0]:
-        raise _Unmappable("paddings %s pad batch or channels" % pads)
+        raise Unmappable("paddings %s pad batch or channels" % pads)
     value = float(np.asarray(m.value(inputs[2])).reshape(-1)[0]) if len(inputs) > 2 else 0.0
     m.add(node, "pad2d", [x], {"padding": [pads[1], pads[2]], "mode": "constant", "value": value})
 
 
-def _reshape(m: _Mapper, node):
-    x = _data_inputs(node)[0]
+def _reshape(m: Mapper, node):
+    x = data_inputs(node)[0]
     before, after = m.shape(x), list(m.values[node.name].shape)
     if before == after:
         m.layer_of[node.name] = m.layer_input(x)
         return
     squeeze_dims = [d % len(before) for d in _attr_list(node, "squeeze_dims")]
     if node.op == "Squeeze" and (not squeeze_dims or 0 in squeeze_dims) and before[0] == 1:
-        raise _Unmappable("squeezes the batch axis too (pass squeeze axes)")
+        raise Unmappable("squeezes the batch axis too (pass squeeze axes)")
     if not after or after[0] != before[0]:
-        raise _Unmappable("changes the batch axis (%s -> %s)" % (before, after))
+        raise Unmappable("changes the batch axis (%s -> %s)" % (before, after))
     if len(after) == 2:
         m.add(node, "flatten", [x])
     else:
         m.add(node, "reshape", [x], {"target_shape": after[1:]})
 
 
-def _concat(m: _Mapper, node):
-    inputs = _data_inputs(node)
+def _concat(m: Mapper, node):
+    inputs = data_inputs(node)
     data, axis = inputs[:-1], inputs[-1]
     if any(m.constant(i) for i in data):
-        raise _Unmappable("concatenates a constant")
+        raise Unmappable("concatenates a constant")
     rank = len(m.shape(data[0]))
     m.add(node, "concat", data, {"axis": int(np.asarray(m.value(axis))) % rank})
 
 
-def _lrn(m: _Mapper, node):
+def _lrn(m: Mapper, node):
     data, _ = m.data_operands(node)
     config = {key: (int(node.attr[key].i) if key == "depth_radius" else float(node.attr[key].f))
               for key in ("depth_radius", "bias", "alpha", "beta")}
     m.add(node, "lrn", data, config)
 
 
-def _resize(m: _Mapper, node):
-    x, _ = _data_inputs(node)
+def _resize(m: Mapper, node):
+    x, _ = data_inputs(node)
     before, after = m.shape(x), list(m.values[node.name].shape)
     factors = [a // b for a, b in zip(after[1:3], before[1:3])]
     if [b * f for b, f in zip(before[1:3], factors)] != after[1:3] or node.attr["align_corners"].b:
-        raise _Unmappable("resize %s -> %s is not an integer upsampling" % (before[1:3], after[1:3]))
+        raise Unmappable("resize %s -> %s is not an integer upsampling" % (before[1:3], after[1:3]))
     interpolation = "nearest" if node.op == "ResizeNearestNeighbor" else "bilinear"
     if interpolation == "bilinear" and not node.attr["half_pixel_centers"].b:
-        raise _Unmappable("bilinear resize without half-pixel centers (TF1's legacy sampling)")
+        raise Unmappable("bilinear resize without half-pixel centers (TF1's legacy sampling)")
     m.add(node, "upsample2d", [x], {"size": factors, "interpolation": interpolation})
 
 
-def _repeat(m: _Mapper, node):
+def _repeat(m: Mapper, node):
     """tf.repeat of a 4-D tensor along H or W (Keras 3's UpSampling2D): ExpandDims after the
     axis, Tile along the new axis, Reshape merging the two: nearest upsampling on one axis."""
-    x, axis = _data_inputs(node)
+    x, axis = data_inputs(node)
     before = m.shape(x)
     axis = int(np.asarray(m.value(axis))) % (len(before) + 1)
     tile = m.only_user(node, ("Tile",))
     merge = tile and m.only_user(tile, ("Reshape",))
     if len(before) != 4 or axis not in (2, 3) or merge is None:
-        raise _Unmappable("expands a tensor other than for repeating rows or columns")
-    multiples = list(np.asarray(m.value(_data_inputs(tile)[1])).reshape(-1))
+        raise Unmappable("expands a tensor other than for repeating rows or columns")
+    multiples = list(np.asarray(m.value(data_inputs(tile)[1])).reshape(-1))
     factor = int(multiples[axis])
     size = [factor if a == axis - 1 else 1 for a in (1, 2)]
     expected = [before[0], before[1] * size[0], before[2] * size[1], before[3]]
     if multiples[:axis] + multiples[axis + 1:] != [1] * 4 or list(m.values[merge.name].shape) != expected:
-        raise _Unmappable("tiles %s, not a repeat along one axis" % multiples)
+        raise Unmappable("tiles %s, not a repeat along one axis" % multiples)
     m.add(node, "upsample2d", [x], {"size": size, "interpolation": "nearest"}, output_node=merge,
           claims=(tile, merge), name=_scope_name(m, node))
 
 
-def _scope_name(m: _Mapper, node) -> Optional[str]:
+def _scope_name(m: Mapper, node) -> Optional[str]:
     """For a layer made of several ops: their name scope ('Conv2D/PReLU'), unless a node or an
     earlier layer has that name (then None: the mapper names it)."""
     scope = node.name.rsplit("/", 1)[0] if "/" in node.name else None
@@ -384,44 +381,44 @@ class _Fused(NamedTuple):
     arrays: Dict = {}
 
 
-def _producer(m: _Mapper, name, op):
+def _producer(m: Mapper, name, op):
     """The node computing tensor `name` if it is a `op`, else None."""
     node = m.source(name)[1]
     return node if node.op == op else None
 
 
-def _scalar(m: _Mapper, name) -> Optional[float]:
+def _scalar(m: Mapper, name) -> Optional[float]:
     value = np.asarray(m.value(name))
     return float(value.reshape(-1)[0]) if value.size == 1 else None
 
 
-def _data_and_constant(m: _Mapper, node) -> Tuple[Optional[str], Optional[str]]:
+def _data_and_constant(m: Mapper, node) -> Tuple[Optional[str], Optional[str]]:
     """(tensor, constant) operands of a binary op with exactly one of each, else (None, None)."""
     data, constants = m.data_operands(node)
     return (data[0], constants[0]) if len(data) == 1 and len(constants) == 1 else (None, None)
 
 
-def _match_leaky_relu(m: _Mapper, sub) -> Optional[_Fused]:
+def _match_leaky_relu(m: Mapper, sub) -> Optional[_Fused]:
     """tflearn's leaky_relu: relu(x) - alpha·relu(-x) with a scalar alpha. For x < 0 that is
     -(alpha·(-x)) = alpha·x exactly, Caffe's ReLU with negative_slope alpha."""
-    inputs = _data_inputs(sub)
+    inputs = data_inputs(sub)
     positive, scaled = _producer(m, inputs[0], "Relu"), _producer(m, inputs[1], "Mul")
     if positive is None or scaled is None:
         return None
     relu_input, alpha = _data_and_constant(m, scaled)
     negative = relu_input and _producer(m, relu_input, "Relu")
     negation = negative and _producer(m, negative.input[0], "Neg")
-    x = _data_inputs(positive)[0]
+    x = data_inputs(positive)[0]
     if negation is None or _scalar(m, alpha) is None or m.source(negation.input[0])[0] != m.source(x)[0]:
         return None
     return _Fused(sub, (positive, scaled, negative, negation), "activation", x,
                   {"function": "leaky_relu", "alpha": _scalar(m, alpha)})
 
 
-def _match_prelu(m: _Mapper, add) -> Optional[_Fused]:
+def _match_prelu(m: Mapper, add) -> Optional[_Fused]:
     """tflearn's prelu: relu(x) + alphas·(x - |x|)·0.5 with constant alphas, one or one per
     channel. For x < 0 that is alphas·(2x)·0.5 = alphas·x exactly, Caffe's PReLU."""
-    operands = [m.source(i)[1] for i in _data_inputs(add)]
+    operands = [m.source(i)[1] for i in data_inputs(add)]
     positive = next((n for n in operands if n.op == "Relu"), None)
     halved = next((n for n in operands if n.op == "Mul"), None)
     if positive is None or halved is None:
@@ -432,20 +429,20 @@ def _match_prelu(m: _Mapper, add) -> Optional[_Fused]:
     difference = difference_input and _producer(m, difference_input, "Sub")
     if difference is None or _scalar(m, half) != 0.5:
         return None
-    x, magnitude = _data_inputs(difference)
+    x, magnitude = data_inputs(difference)
     absolute = _producer(m, magnitude, "Abs")
-    same_x = {m.source(i)[0] for i in (x, _data_inputs(positive)[0])}
+    same_x = {m.source(i)[0] for i in (x, data_inputs(positive)[0])}
     if absolute is None or same_x != {m.source(absolute.input[0])[0]}:
         return None
     try:
         slopes = _per_channel(m.value(alphas), m.values[add.name].shape[-1], "alphas")
-    except _Unmappable:
+    except Unmappable:
         return None  # slopes varying over H or W: op by op
     return _Fused(add, (positive, halved, scaled, difference, absolute), "prelu", x, {},
                   {"alpha": (slopes, m.tf_name(alphas))})
 
 
-def _match_clip(m: _Mapper, maximum) -> Optional[_Fused]:
+def _match_clip(m: Mapper, maximum) -> Optional[_Fused]:
     """tf.clip_by_value(x, 0, c) with c > 0: maximum(minimum(x, c), 0) = min(max(x, 0), c),
     a ReLU with max_value c."""
     clipped, low = _data_and_constant(m, maximum)
@@ -462,7 +459,7 @@ PATTERNS = {"Sub": (_match_leaky_relu,), "Add": (_match_prelu,), "AddV2": (_matc
 PATTERN_DEPTH = 4  # the most ops between a pattern's first op and its root
 
 
-def _pattern_of(m: _Mapper, node) -> Optional[_Fused]:
+def _pattern_of(m: Mapper, node) -> Optional[_Fused]:
     """The pattern `node` belongs to: its single consumers are followed down to a root that a
     pattern matches with `node` among its ops, every op but the root feeding only the pattern."""
     candidate = node
@@ -484,7 +481,7 @@ def _pattern_of(m: _Mapper, node) -> Optional[_Fused]:
 def _pattern_or(mapper):
     """`mapper`, unless the node begins a pattern of ops that maps as one layer (the first of
     its ops the walk meets maps the whole pattern; the others are absorbed)."""
-    def map_node(m: _Mapper, node):
+    def map_node(m: Mapper, node):
         fused = _pattern_of(m, node)
         if fused is None:
             mapper(m, node)
@@ -494,16 +491,16 @@ def _pattern_or(mapper):
     return map_node
 
 
-def _pass_through(m: _Mapper, node):
-    x = _data_inputs(node)[0]
+def _pass_through(m: Mapper, node):
+    x = data_inputs(node)[0]
     if node.op == "Cast" and node.attr["SrcT"].type != node.attr["DstT"].type:
-        raise _Unmappable("casts %s to %s" % (tf.as_dtype(node.attr["SrcT"].type).name,
-                                              tf.as_dtype(node.attr["DstT"].type).name))
+        raise Unmappable("casts %s to %s" % (tf.as_dtype(node.attr["SrcT"].type).name,
+                                             tf.as_dtype(node.attr["DstT"].type).name))
     m.layer_of[node.name] = m.layer_input(x)
 
 
-def _negate(m: _Mapper, node):
-    m.add(node, "rescale", [_data_inputs(node)[0]], {"scale": -1.0, "offset": 0.0})
+def _negate(m: Mapper, node):
+    m.add(node, "rescale", [data_inputs(node)[0]], {"scale": -1.0, "offset": 0.0})
 
 
 MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 
 from ...errors import ConversionError
-from .nodes import _by_name, _node_name, _placeholder_rank
+from .nodes import node_of_tensor, nodes_by_name, placeholder_rank
 
 v1 = tf.compat.v1
 
@@ -20,17 +19,17 @@ SESSION_CONFIG = config_pb2.ConfigProto(graph_options=config_pb2.GraphOptions(
     optimizer_options=config_pb2.OptimizerOptions(opt_level=config_pb2.OptimizerOptions.L0)))
 
 
-def _run(session, feeds, fetches):
+def run_fetches(session, feeds, fetches):
     graph = session.graph
-    feed_dict = {graph.get_tensor_by_name(_full(name)): value for name, value in feeds.items()}
-    return session.run([graph.get_tensor_by_name(_full(name)) for name in fetches], feed_dict)
+    feed_dict = {graph.get_tensor_by_name(full_tensor_name(name)): value for name, value in feeds.items()}
+    return session.run([graph.get_tensor_by_name(full_tensor_name(name)) for name in fetches], feed_dict)
 
 
-def _full(tensor: str) -> str:
+def full_tensor_name(tensor: str) -> str:
     return tensor if ":" in tensor else tensor + ":0"
 
 
-def _import(graph_def) -> tf.Graph:
+def import_graph(graph_def) -> tf.Graph:
     graph = tf.Graph()
     with graph.as_default():
         try:
@@ -40,28 +39,22 @@ def _import(graph_def) -> tf.Graph:
     return graph
 
 
-def _run_graph_def(graph_def, feeds, fetches):
-    with v1.Session(graph=_import(graph_def), config=SESSION_CONFIG) as session:
-        return _run(session, feeds, fetches)
+def run_graph_def(graph_def, feeds, fetches):
+    with v1.Session(graph=import_graph(graph_def), config=SESSION_CONFIG) as session:
+        return run_fetches(session, feeds, fetches)
 
 
-def _relative_error(got, expected) -> float:
-    expected = np.asarray(expected, dtype=np.float64)
-    scale = max(float(np.max(np.abs(expected))), 1e-30)
-    return float(np.max(np.abs(np.asarray(got, dtype=np.float64) - expected))) / scale
-
-
-def _input_shapes(graph_def, inputs, input_shape, where) -> Dict[str, List[int]]:
+def input_shapes(graph_def, inputs, input_shape, where) -> Dict[str, List[int]]:
     """Concrete shape per input: batch from `input_shape` or 1, other unknown dims from
     `input_shape`."""
-    nodes = _by_name(graph_def)
+    nodes = nodes_by_name(graph_def)
     if input_shape is not None and len(inputs) != 1:
         raise ConversionError("%s: --input-shape applies to a single input, the graph has %d (%s)" % (
             where, len(inputs), ", ".join(inputs)))
     shapes = {}
     for name in inputs:
-        node = nodes[_node_name(name)]
-        rank = _placeholder_rank(node)
+        node = nodes[node_of_tensor(name)]
+        rank = placeholder_rank(node)
         dims = [d.size for d in node.attr["shape"].shape.dim] if rank is not None else None
         if input_shape is not None:
             wanted = [int(d) for d in input_shape]

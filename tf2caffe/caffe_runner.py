@@ -1,0 +1,192 @@
+"""The Caffe-environment runner: `python3 -m tf2caffe.import_stage` in the Caffe chroot.
+
+Binds the files and folders the import stage needs into the chroot, relays its stderr (progress
+bars included) without glog's lines, and turns Caffe's process-killing CHECK failures and crashes
+into one ConversionError naming the file Caffe was working on. A Ctrl-C stops the stage and says
+which files were written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import List, Optional
+
+from .errors import ConversionError, signal_name
+from .import_options import ImportOptions
+
+# glog: "F1126 12:34:56.789012 12345 net.cpp:123] Check failed: ..." plus its stack dump.
+GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]*\] ?(.*)$")
+GLOG_NOISE = re.compile(r"^(\*\*\* |\s+@\s+0x|WARNING: Logging before InitGoogleLogging)")
+
+
+def _seen_inside(path: Optional[str]) -> Optional[str]:
+    """The path as given, unless it goes through a symbolic link: the chroot sees real
+    directories only (bind-mounted at their real paths)."""
+    if path is None:
+        return None
+    absolute = os.path.abspath(path)
+    real = os.path.realpath(absolute)
+    return path if real == absolute else real
+
+
+def run_import_stage(files: List[str], output: str, options: ImportOptions, stdout=None) -> int:
+    """Run the import stage in the Caffe chroot; returns its exit status. A Caffe abort becomes
+    a ConversionError naming the file Caffe was working on. Output folders it had to create are
+    removed again if nothing was written in them. `stdout`: where the stage's own report lines
+    go (default: ours)."""
+    new_folders = _missing_folders(os.path.abspath(output))
+    try:
+        return _run_import_stage(files, output, options, stdout)
+    finally:
+        for folder in new_folders:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty: a result (or a folder already there)
+
+
+def _missing_folders(path: str) -> List[str]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _run_import_stage(files: List[str], output: str, options: ImportOptions, stdout) -> int:
+    from . import environments
+
+    files = [_seen_inside(path) for path in files]
+    output = _seen_inside(output)
+    options = dataclasses.replace(options, prototxt=_seen_inside(options.prototxt),
+                                  report=_seen_inside(options.report))
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        raise ConversionError("%s: cannot create the output folder: %s" % (output, error.strerror))
+    binds = [output] + [path for path in list(files) + [options.prototxt, options.report]
+                        if path and os.path.exists(path)]
+    if options.report:
+        binds.append(_report_folder(options.report))
+    try:
+        scratch = tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=output)
+    except OSError as error:
+        raise ConversionError("%s: cannot write in the output folder: %s" % (output, error.strerror))
+    status_read, status_write = os.pipe()
+    reader = child = None
+    started: List[str] = []
+    written: List[str] = []
+    try:
+        argv = ["python3", "-m", "tf2caffe.import_stage"] + options.argv(files, output)
+        argv += ["--scratch", scratch, "--status-fd", str(status_write)]
+        command = environments.caffe_command(argv, environments.PROJECT_ROOT, binds, os.getcwd())
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                                 pass_fds=(status_write,))
+        os.close(status_write)
+        status_write = -1
+        reader = threading.Thread(target=_read_status, args=(status_read, started, written), daemon=True)
+        reader.start()
+        fatal = _relay_stderr(child.stderr, keep_glog=options.debug)
+        returncode = child.wait()
+        reader.join()
+    except KeyboardInterrupt:
+        if child is not None:
+            _stop(child)
+        if reader is not None:
+            reader.join()
+        raise KeyboardInterrupt(_interrupted(started, written))
+    finally:
+        if status_write >= 0:
+            os.close(status_write)
+        if reader is None:
+            os.close(status_read)
+        shutil.rmtree(scratch, ignore_errors=True)
+    if returncode < 0 or (returncode != 0 and fatal):
+        where = started[-1] if started else files[0]
+        if fatal:
+            raise ConversionError("%s: Caffe refused the net: %s" % (where, fatal))
+        raise ConversionError("%s: Caffe crashed (killed by %s)" % (where, signal_name(-returncode)))
+    return returncode
+
+
+def _report_folder(report: str) -> str:
+    """The report's folder, created if needed; refused now if the report could not be written
+    there, rather than after the conversion."""
+    folder = os.path.dirname(os.path.abspath(report))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ConversionError("%s: cannot create the report's folder: %s" % (report, error.strerror))
+    if os.path.isdir(report) or not os.access(folder, os.W_OK):
+        raise ConversionError("%s: cannot write the report: %s" % (
+            report, "is a directory" if os.path.isdir(report) else "permission denied"))
+    return folder
+
+
+def _read_status(fd: int, started: List[str], written: List[str]) -> None:
+    """The import stage's "start<TAB>FILE" and "wrote<TAB>FILE" lines."""
+    with os.fdopen(fd, "rb") as pipe:
+        for line in pipe:
+            event, _, path = line.decode("utf-8", "replace").rstrip("\n").partition("\t")
+            (written if event == "wrote" else started).append(path)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """Interrupt the import stage (Ctrl-C reached it too; `kill -INT` only this process) and wait
+    until it has ended, so that nothing is written after this process has said what was. A
+    second Ctrl-C kills it."""
+    try:
+        child.send_signal(signal.SIGINT)
+        child.communicate()  # its stderr (its own "interrupted" line) is not the user's news
+    except KeyboardInterrupt:
+        child.kill()
+        child.wait()
+
+
+def _interrupted(started: List[str], written: List[str]) -> str:
+    unfinished = [path for path in started if path not in written]
+    if not written:
+        return "interrupted; no output was written"
+    return "interrupted; wrote the output of %s only%s" % (
+        ", ".join(written), "; none for %s" % unfinished[-1] if unfinished else "")
+
+
+def _relay_stderr(stream, keep_glog: bool) -> Optional[str]:
+    """Copy the child's stderr to ours as it comes (progress bars included), without glog's lines;
+    returns the first fatal glog message (e.g. 'Check failed: ...')."""
+    fatal = None
+    pending = b""
+    while True:
+        chunk = os.read(stream.fileno(), 65536)
+        if not chunk:
+            break
+        pending += chunk
+        segments = re.split(rb"(?<=[\r\n])", pending)
+        pending = segments.pop()  # incomplete (or empty) tail
+        for segment in segments:
+            fatal = _relay_segment(segment, keep_glog, fatal)
+    if pending:
+        fatal = _relay_segment(pending, keep_glog, fatal)
+    stream.close()
+    return fatal
+
+
+def _relay_segment(segment: bytes, keep_glog: bool, fatal: Optional[str]) -> Optional[str]:
+    text = segment.decode("utf-8", "replace")
+    match = GLOG_LINE.match(text.rstrip("\r\n"))
+    if match and match.group(1) == "F" and fatal is None:
+        fatal = match.group(2).strip()
+    if keep_glog or not (match or GLOG_NOISE.match(text)):
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    return fatal
+
+

@@ -1,0 +1,70 @@
+"""The import stage's options: one definition for `tf2caffe import` (TensorFlow side), for
+`python3 -m tf2caffe.import_stage` (run in the Caffe chroot, Python 3.9) and for the command line
+that the one passes to the other. Imports nothing heavier than numpy: `tf2caffe import --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import List, Optional
+
+from .measure import DEFAULT_TOLERANCE
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `tf2caffe import`, shared with `python3 -m tf2caffe.import_stage`."""
+    p.add_argument("files", nargs="+", metavar="FILE.h5", help="intermediate file(s) from `tf2caffe export`")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="output folder: DIR/<stem>.prototxt and DIR/<stem>.caffemodel")
+    p.add_argument("--prototxt", metavar="P",
+                   help="use this hand-written prototxt (its input shape is set from the HDF5 file) "
+                        "instead of the generated one")
+    add_target_arguments(p)
+    p.add_argument("--report", metavar="R.json", help="also write the verification report as JSON")
+    p.add_argument("--per-layer", action="store_true",
+                   help="report the error of every mapped layer (needs `export --per-layer`)")
+    add_backend_arguments(p)
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("native", "pycaffe"),
+                   help="pycaffe: write and verify with Caffe itself (in its environment); native: write "
+                        "the files without Caffe and verify with OpenCV (default: pycaffe if the Caffe "
+                        "environment exists, else native)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="write the files without running the reference input through them")
+
+
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="bvlc",
+                   help="target profile: the Caffe layer types the net may use (default: bvlc)")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
+                   help="maximum relative error of the compared layers (default: %g)" % DEFAULT_TOLERANCE)
+
+
+@dataclass
+class ImportOptions:
+    """What the import stage is asked to do, besides which files and where to."""
+    backend: str  # "native" or "pycaffe"
+    prototxt: Optional[str] = None
+    profile: str = "bvlc"
+    tolerance: float = DEFAULT_TOLERANCE
+    report: Optional[str] = None
+    per_layer: bool = False
+    verify: bool = True
+    debug: bool = False
+    progress: bool = False  # progress bars on stderr even when it is not a terminal
+
+    def argv(self, files: List[str], output: str) -> List[str]:
+        """The import stage's command line for `files` -> `output`."""
+        argv = list(files) + ["-o", output, "--profile", self.profile, "--tolerance", repr(self.tolerance),
+                              "--backend", self.backend]
+        if self.prototxt:
+            argv += ["--prototxt", self.prototxt]
+        if self.report:
+            argv += ["--report", self.report]
+        for flag, wanted in (("--per-layer", self.per_layer), ("--no-verify", not self.verify),
+                             ("--debug", self.debug), ("--progress", self.progress)):
+            if wanted:
+                argv.append(flag)
+        return argv

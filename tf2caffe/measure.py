@@ -1,0 +1,33 @@
+"""The project's error measure and its tolerances, shared by both stages.
+
+Imported on the TensorFlow side (numpy 2) and in the Caffe environment (Python 3.9, numpy 1.19):
+numpy only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# A compared output (logits) must be within this relative error (`--tolerance`'s default).
+DEFAULT_TOLERANCE = 1e-4
+# A mapped layer is exact when its relative error is at most this (the project's bar).
+LAYER_TOLERANCE = 1e-5
+
+
+def max_abs_error(value, reference) -> float:
+    """max|value - reference| (0 for empty arrays)."""
+    difference = np.abs(np.asarray(value, dtype=np.float64) - np.asarray(reference, dtype=np.float64))
+    return float(np.max(difference)) if difference.size else 0.0
+
+
+def relative_error(value, reference) -> float:
+    """max|value - reference| / max|reference|, the project's error measure. Edge cases: arrays
+    of different shapes are infinitely apart; empty arrays agree (0); a reference that is all
+    zeros gives 0 when `value` is all zeros too, else infinity (no scale to hide a difference)."""
+    value, reference = np.asarray(value), np.asarray(reference)
+    if value.shape != reference.shape:
+        return float("inf")
+    worst = max_abs_error(value, reference)
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    if scale == 0.0:
+        return 0.0 if worst == 0.0 else float("inf")
+    return worst / scale

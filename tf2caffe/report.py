@@ -1,0 +1,163 @@
+"""The import report: the numbers of one `tf2caffe import` run, per intermediate file.
+
+Specified in docs/report-format.md (versioned). This is the one module that knows its JSON keys:
+the import stage builds `FileResult`s and `write`s them (`--report R.json`), `tf2caffe convert`
+and the OpenCV check `read` them back. Runs on both sides (Python 3.9 in the Caffe chroot).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, TextIO, Tuple
+
+from .atomic import atomic_file
+from .errors import ConversionError
+from .measure import LAYER_TOLERANCE
+
+FORMAT_NAME = "tf2caffe-import-report"
+FORMAT_VERSION = 1
+
+
+def layer_error(max_abs: float, max_rel: float) -> Dict[str, float]:
+    """One compared layer's errors, as the report holds them."""
+    return {"max_abs": max_abs, "max_rel": max_rel}
+
+
+def max_rel(errors: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """layer -> its relative error, from `layer_error`s."""
+    return {name: value["max_rel"] for name, value in errors.items()}
+
+
+def worst(errors: Dict[str, Dict[str, float]]) -> Tuple[Optional[str], float]:
+    """(layer, max relative error) over compared layers' `layer_error`s."""
+    relative = max_rel(errors)
+    if not relative:
+        return None, 0.0
+    name = max(relative, key=relative.get)
+    return name, relative[name]
+
+
+def accuracy(count: int, caffe: float, tensorflow: float, agreement: float) -> Dict[str, float]:
+    """Top-1 accuracy of both runtimes on the labelled reference inputs, and how often they agree."""
+    return {"count": count, "caffe": caffe, "tensorflow": tensorflow, "agreement": agreement}
+
+
+@dataclass
+class FileResult:
+    """One intermediate file's outcome. A file that did not convert has only `file` and `error`."""
+    file: str
+    error: Optional[str] = None
+    model: str = ""
+    backend: str = ""
+    verified_with: Optional[str] = None  # "pycaffe", "OpenCV"; None: not verified (--no-verify)
+    tensorflow_layers: int = 0
+    caffe_layers: int = 0
+    caffe_types: List[str] = field(default_factory=list)  # one per Caffe layer
+    inputs: Dict[str, str] = field(default_factory=dict)  # TF input layer -> Caffe input blob
+    prototxt: str = ""
+    caffemodel: str = ""
+    compared: Dict[str, Dict[str, float]] = field(default_factory=dict)  # layer -> layer_error
+    per_layer: Dict[str, float] = field(default_factory=dict)  # mapped layer -> relative error
+    first_over_layer_tolerance: Optional[str] = None
+    accuracy: Optional[Dict[str, float]] = None
+    targets: Dict[str, Dict] = field(default_factory=dict)  # verify.Target.to_json per layer
+    verified: Optional[bool] = None
+    worst_layer: Optional[str] = None
+    worst_max_rel: Optional[float] = None
+    seconds: Optional[float] = None
+    stage_seconds: Dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> Dict:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {
+            "file": self.file, "model": self.model, "error": None, "backend": self.backend,
+            "verified_with": self.verified_with,
+            "layers": {"tensorflow": self.tensorflow_layers, "caffe": self.caffe_layers,
+                       "caffe_types": self.caffe_types},
+            "inputs": self.inputs, "files": {"prototxt": self.prototxt, "caffemodel": self.caffemodel},
+            "compared": self.compared, "per_layer": self.per_layer,
+            "first_over_layer_tolerance": self.first_over_layer_tolerance, "accuracy": self.accuracy,
+            "targets": self.targets, "verified": self.verified,
+            "worst": None if self.worst_max_rel is None else {"layer": self.worst_layer,
+                                                               "max_rel": self.worst_max_rel},
+            "seconds": self.seconds, "stage_seconds": self.stage_seconds}
+
+    @classmethod
+    def from_json(cls, data: Dict) -> "FileResult":
+        if data.get("error") is not None:
+            return cls(data["file"], data["error"])
+        layers, files, worst_entry = data["layers"], data["files"], data.get("worst") or {}
+        return cls(
+            file=data["file"], model=data["model"], backend=data["backend"],
+            verified_with=data["verified_with"], tensorflow_layers=layers["tensorflow"],
+            caffe_layers=layers["caffe"], caffe_types=list(layers["caffe_types"]), inputs=dict(data["inputs"]),
+            prototxt=files["prototxt"], caffemodel=files["caffemodel"], compared=dict(data["compared"]),
+            per_layer=dict(data["per_layer"]), first_over_layer_tolerance=data["first_over_layer_tolerance"],
+            accuracy=data["accuracy"], targets=dict(data["targets"]), verified=data["verified"],
+            worst_layer=worst_entry.get("layer"), worst_max_rel=worst_entry.get("max_rel"),
+            seconds=data.get("seconds"), stage_seconds=dict(data.get("stage_seconds") or {}))
+
+
+@dataclass
+class Report:
+    """A whole report: the compared layers' tolerance, and a result per file (in input order)."""
+    tolerance: float
+    results: Dict[str, FileResult]
+
+    def to_json(self) -> Dict:
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tolerance": self.tolerance,
+                "results": {path: result.to_json() for path, result in self.results.items()}}
+
+    @classmethod
+    def from_json(cls, data: Dict, where: str) -> "Report":
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise ConversionError("%s: not a tf2caffe import report" % where)
+        version = data.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise ConversionError("%s: report format version %s is newer than this tf2caffe reads (%d)" % (
+                where, version, FORMAT_VERSION))
+        return cls(data["tolerance"], {path: FileResult.from_json(entry)
+                                       for path, entry in data["results"].items()})
+
+
+def write(path: str, report: Report) -> None:
+    with atomic_file(path, failure="cannot write the report", mode="w") as f:
+        json.dump(report.to_json(), f, indent=1, sort_keys=True)
+
+
+def read(path: str) -> Report:
+    with open(path) as f:
+        return Report.from_json(json.load(f), path)
+
+
+def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO] = None) -> None:
+    """The import stage's lines for one converted file."""
+    out = out or sys.stdout
+    types = Counter(result.caffe_types)
+    out.write("%s -> %s, %s\n" % (result.file, result.prototxt, result.caffemodel))
+    out.write("  layers: %d TensorFlow -> %d Caffe (%s)\n" % (
+        result.tensorflow_layers, result.caffe_layers,
+        ", ".join("%s %d" % item for item in sorted(types.items()))))
+    if result.verified is None:
+        out.write("  not verified (--no-verify)\n")
+        out.flush()
+        return
+    out.write("  %-32s %12s %12s (%s)\n" % ("compared layer", "max abs", "max rel", result.verified_with))
+    for name, errors in result.compared.items():
+        out.write("  %-32s %12.3g %12.3g\n" % (name, errors["max_abs"], errors["max_rel"]))
+    if result.per_layer:
+        out.write("  %-32s %12s\n" % ("mapped layer (%s)" % result.verified_with, "max rel"))
+        for name, error in result.per_layer.items():
+            out.write("  %-32s %12.3g\n" % (name, error))
+        out.write("  first layer over %g: %s\n" % (LAYER_TOLERANCE, result.first_over_layer_tolerance or "none"))
+    if result.accuracy:
+        out.write("  top-1 accuracy on %d labelled inputs: Caffe %.4f, TensorFlow %.4f, agreement %.4f\n" % (
+            result.accuracy["count"], result.accuracy["caffe"], result.accuracy["tensorflow"],
+            result.accuracy["agreement"]))
+    out.write("  %s: max relative error %.3g (%s), tolerance %g\n" % (
+        "verified" if result.verified else "VERIFICATION FAILED", result.worst_max_rel, result.worst_layer,
+        tolerance))
+    out.flush()
