@@ -37,6 +37,7 @@ VOCABULARY = {
     "global_max_pool2d": (("keepdims",), (), ()),
     "global_avg_pool2d": (("keepdims",), (), ()),
     "pad2d": (("padding", "mode", "value"), (), ()),
+    "pad_channels": (("padding", "value"), (), ()),
     "crop2d": (("cropping",), (), ()),
     "activation": (("function",), (), ()),
     "prelu": ((), ("alpha",), ()),
@@ -54,6 +55,8 @@ VOCABULARY = {
     "rescale": (("scale", "offset"), (), ()),
     "normalize": (("epsilon",), ("mean", "variance"), ()),
     "lrn": (("depth_radius", "bias", "alpha", "beta"), (), ()),
+    "reduce": (("operation", "axes", "keepdims"), (), ()),
+    "l2_normalize": (("axes", "epsilon"), (), ()),
 }
 # Activations recorded for verification: every model output, and the input of an output that is
 # a squashing function (a softmax of random weights is ~1/classes and hides ordering bugs).

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from ...caffe.handlers.spatial import same_pads
 from .nodes import _data_inputs, _split
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ PASS_THROUGH = {"Identity", "StopGradient", "Snapshot", "PreventGradient", "Chec
                 "EnsureShape"}
 ACTIVATIONS = {"Relu": "relu", "Relu6": "relu6", "Elu": "elu", "Sigmoid": "sigmoid",
                "Tanh": "tanh", "Softmax": "softmax", "LeakyRelu": "leaky_relu"}
+REDUCTIONS = {"Sum": "sum", "Mean": "mean", "Max": "max", "Min": "min", "Prod": "prod"}
 ELEMENTWISE = {"Add": "add", "AddV2": "add", "AddN": "add", "Sub": "subtract", "Mul": "multiply",
                "Maximum": "maximum", "Minimum": "minimum"}
 
@@ -62,21 +64,22 @@ def _per_channel(value, channels, what) -> np.ndarray:
     raise _Unmappable("%s of shape %s is not per-channel" % (what, list(value.shape)))
 
 
-def _with_bias(m: _Mapper, node, kind, config, data, kernel, kernel_input):
-    """Emit a convolution/dense layer, absorbing a constant per-channel bias added right after."""
+def _with_bias(m: _Mapper, node, kind, config, data, kernel, kernel_input, last=None, claims=()):
+    """Emit a convolution/dense layer, absorbing a constant per-channel bias added right after.
+    `last` is the node computing the layer's result when it spans several ops (`claims`)."""
     arrays = {"kernel": (kernel, m.tf_name(kernel_input))}
-    output, claims = node, ()
-    user = m.only_user(node, ("BiasAdd", "BiasAddV1", "Add", "AddV2"))
+    output = last or node
+    user = m.only_user(output, ("BiasAdd", "BiasAddV1", "Add", "AddV2"))
     if user is not None and user.attr["data_format"].s in (b"NHWC", b""):
-        others = [i for i in _data_inputs(user) if _split(i)[0] != node.name]
+        others = [i for i in _data_inputs(user) if _split(i)[0] != output.name]
         if len(others) == 1 and m.constant(others[0]):
             try:
-                bias = _per_channel(m.value(others[0]), m.values[node.name].shape[-1], "bias")
+                bias = _per_channel(m.value(others[0]), m.values[output.name].shape[-1], "bias")
             except _Unmappable:
                 bias = None  # not a bias: the add becomes a layer of its own
             if bias is not None:
                 arrays["bias"] = (bias, m.tf_name(others[0]))
-                output, claims = user, (user,)
+                output, claims = user, tuple(claims) + (user,)
     m.add(node, kind, [data], config, arrays, output, claims)
 
 
@@ -88,19 +91,48 @@ def _weighted_operands(m: _Mapper, node, data_index, kernel_index) -> Tuple[str,
     return data, kernel
 
 
-def _convolution(m: _Mapper, node):
+def _convolution(m: _Mapper, node, first=None, data=None, dilation=None, padding=None, claims=()):
+    """Conv2D or DepthwiseConv2dNative `node`; the atrous form passes its SpaceToBatchND as
+    `first`, the original input as `data`, and the dilation and padding it stands for."""
     _nhwc(node)
-    data, kernel_input = _weighted_operands(m, node, 0, 1)
+    operand, kernel_input = _weighted_operands(m, node, 0, 1)
+    data = data or operand
     kernel = m.value(kernel_input)
     config = {"kernel_size": list(kernel.shape[:2]), "strides": _spatial(node, "strides"),
-              "dilation": _spatial(node, "dilations"), "padding": _padding(node)}
+              "dilation": dilation or _spatial(node, "dilations"), "padding": padding or _padding(node)}
     if node.op == "DepthwiseConv2dNative":
         kind = "depthwise_conv2d"
         config["depth_multiplier"] = int(kernel.shape[3])
     else:
         kind = "conv2d"
         config.update(filters=int(kernel.shape[3]), groups=int(m.shape(data)[-1] // kernel.shape[2]))
-    _with_bias(m, node, kind, config, data, kernel, kernel_input)
+    last = claims[-1] if claims else None
+    _with_bias(m, first or node, kind, config, data, kernel, kernel_input, last, claims)
+
+
+def _atrous_convolution(m: _Mapper, node):
+    """tf.nn.atrous_conv2d / dilated tf.nn.convolution: SpaceToBatchND (pads, then folds the
+    `rate` phases into the batch) -> a 'valid' Conv2D -> BatchToSpaceND (unfolds, crops): one
+    convolution with dilation `rate` over the input padded by paddings - crops."""
+    x, block, paddings = _data_inputs(node)[:3]
+    conv = m.only_user(node, ("Conv2D", "DepthwiseConv2dNative"))
+    unfold = conv and m.only_user(conv, ("BatchToSpaceND",))
+    if unfold is None:
+        raise _Unmappable("space-to-batch that does not feed one convolution and back")
+    rate = [int(r) for r in np.asarray(m.value(block)).reshape(-1)]
+    _, unfold_block, crops = _data_inputs(unfold)[:3]
+    if len(rate) != 2 or [int(r) for r in np.asarray(m.value(unfold_block)).reshape(-1)] != rate:
+        raise _Unmappable("block shapes differ between space-to-batch and batch-to-space")
+    if _padding(conv) != "valid" or _spatial(conv, "strides") != [1, 1] or _spatial(conv, "dilations") != [1, 1]:
+        raise _Unmappable("the convolution between space-to-batch and batch-to-space is not "
+                          "'valid' with stride 1")
+    pads = (np.asarray(m.value(paddings)) - np.asarray(m.value(crops))).reshape(2, 2).tolist()
+    if min(min(pair) for pair in pads) < 0:
+        raise _Unmappable("batch-to-space crops more than space-to-batch padded")
+    kernel = m.value(_data_inputs(conv)[1])
+    same = [list(same_pads(size, k, 1, r)) for size, k, r in zip(m.shape(x)[1:3], kernel.shape[:2], rate)]
+    padding = "same" if pads == same else "valid" if pads == [[0, 0], [0, 0]] else pads
+    _convolution(m, conv, node, x, rate, padding, (conv, unfold))
 
 
 def _conv2d_transpose(m: _Mapper, node):
@@ -112,13 +144,9 @@ def _conv2d_transpose(m: _Mapper, node):
     strides, padding = _spatial(node, "strides"), _padding(node)
     if not isinstance(padding, str):
         raise _Unmappable("explicit padding in a transposed convolution")
-    (h, w), (kh, kw) = m.shape(data)[1:3], kernel.shape[:2]
-    # TF lets the caller pick any output size that rounds to the input; Caffe has one.
-    expected = [h * strides[0], w * strides[1]] if padding == "same" else [
-        (h - 1) * strides[0] + max(kh, strides[0]), (w - 1) * strides[1] + max(kw, strides[1])]
-    size = list(m.values[node.name].shape[1:3])
-    if size != expected:
-        raise _Unmappable("output size %s is not the '%s' size %s" % (size, padding, expected))
+    kh, kw = kernel.shape[:2]
+    # TF lets the caller pick any output size that rounds to the input (tflearn's upscore_layer
+    # takes (in - 1)·s + 1): the layer's output shape says which, the handler crops to it.
     config = {"filters": int(kernel.shape[2]), "kernel_size": [int(kh), int(kw)],
               "strides": strides, "padding": padding}
     _with_bias(m, node, "conv2d_transpose", config, data, kernel, kernel_input)
@@ -264,17 +292,44 @@ def _pool(m: _Mapper, node):
                                  "padding": _padding(node)})
 
 
-def _reduce(m: _Mapper, node):
-    x, axes = _data_inputs(node)
-    rank = len(m.shape(x))
+def _reduced_axes(m: _Mapper, x, axes) -> List[int]:
     if not m.constant(axes):
         raise _Unmappable("axes computed from the input")
-    axes = sorted(int(a) % rank for a in np.asarray(m.value(axes)).reshape(-1))
-    if rank != 4 or axes != [1, 2]:
-        raise _Unmappable("reduces axes %s of a rank-%d tensor; only spatial axes [1, 2] of NHWC" % (
-            axes, rank))
-    kind = "global_avg_pool2d" if node.op == "Mean" else "global_max_pool2d"
-    m.add(node, kind, [x], {"keepdims": bool(node.attr["keep_dims"].b)})
+    rank = len(m.shape(x))
+    return sorted({int(a) % rank for a in np.asarray(m.value(axes)).reshape(-1)})
+
+
+def _reduce(m: _Mapper, node):
+    x, axes = _data_inputs(node)
+    axes = _reduced_axes(m, x, axes)
+    keepdims = bool(node.attr["keep_dims"].b)
+    if len(m.shape(x)) == 4 and axes == [1, 2] and node.op in ("Mean", "Max"):
+        kind = "global_avg_pool2d" if node.op == "Mean" else "global_max_pool2d"
+        m.add(node, kind, [x], {"keepdims": keepdims})
+        return
+    m.add(node, "reduce", [x], {"operation": REDUCTIONS[node.op], "axes": axes, "keepdims": keepdims})
+
+
+def _l2_normalize(m: _Mapper, node):
+    """tf.math.l2_normalize (and tflearn's): x · rsqrt(max(sum(square(x), axes), epsilon)),
+    matched from its Square."""
+    (x,) = _data_inputs(node)
+    total = m.only_user(node, ("Sum",))
+    floor = total and m.only_user(total, ("Maximum",))
+    rsqrt = floor and m.only_user(floor, ("Rsqrt",))
+    product = rsqrt and m.only_user(rsqrt, ("Mul",))
+    if product is None or not total.attr["keep_dims"].b or m.source(x)[0] not in [
+            m.source(i)[0] for i in _data_inputs(product)]:
+        raise _Unmappable("a square that is not part of an L2 normalization")
+    _, epsilon = m.data_operands(floor)
+    if len(epsilon) != 1 or np.asarray(m.value(epsilon[0])).size != 1:
+        raise _Unmappable("an L2 normalization whose floor is not a constant")
+    config = {"axes": _reduced_axes(m, x, _data_inputs(total)[1]),
+              "epsilon": float(np.asarray(m.value(epsilon[0])).reshape(-1)[0])}
+    scope = node.name.rsplit("/", 1)[0] if "/" in node.name else None
+    m.add(node, "l2_normalize", [x], config, output_node=product, claims=(total, floor, rsqrt, product),
+          name=scope if scope not in m.reserved else None)
+    m.reserved.add(m.layers[-1].name)
 
 
 def _pad(m: _Mapper, node):
@@ -283,10 +338,16 @@ def _pad(m: _Mapper, node):
     if node.op == "MirrorPad":
         raise _Unmappable("%s padding has no exact Caffe form" % node.attr["mode"].s.decode().lower())
     pads = np.asarray(m.value(paddings)).tolist()
-    if len(pads) != 4 or pads[0] != [0, 0] or pads[3] != [0, 0]:
-        raise _Unmappable("paddings %s pad batch or channels" % pads)
     value = float(np.asarray(m.value(inputs[2])).reshape(-1)[0]) if len(inputs) > 2 else 0.0
-    m.add(node, "pad2d", [x], {"padding": [pads[1], pads[2]], "mode": "constant", "value": value})
+    if len(pads) != 4 or pads[0] != [0, 0]:
+        raise _Unmappable("paddings %s pad the batch axis (or a tensor that is not NHWC)" % pads)
+    if pads[3] == [0, 0]:
+        m.add(node, "pad2d", [x], {"padding": [pads[1], pads[2]], "mode": "constant", "value": value})
+    elif pads[1:3] == [[0, 0], [0, 0]]:
+        # tflearn's residual blocks widen the shortcut this way.
+        m.add(node, "pad_channels", [x], {"padding": pads[3], "value": value})
+    else:
+        raise _Unmappable("paddings %s pad channels and spatial axes at once" % pads)
 
 
 def _reshape(m: _Mapper, node):
@@ -372,11 +433,13 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Conv2DBackpropInput": _conv2d_transpose, "MatMul": _matmul,
            "FusedBatchNorm": _fused_batch_norm, "FusedBatchNormV2": _fused_batch_norm,
            "FusedBatchNormV3": _fused_batch_norm, "MaxPool": _pool, "AvgPool": _pool,
-           "Mean": _reduce, "Max": _reduce, "Pad": _pad, "PadV2": _pad, "MirrorPad": _pad,
+           "Pad": _pad, "PadV2": _pad, "MirrorPad": _pad, "SpaceToBatchND": _atrous_convolution,
+           "Square": _l2_normalize,
            "Reshape": _reshape, "Squeeze": _reshape, "ConcatV2": _concat, "LRN": _lrn,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
            "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
+MAPPERS.update({op: _reduce for op in REDUCTIONS})
 MAPPERS.update({op: _pass_through for op in PASS_THROUGH})

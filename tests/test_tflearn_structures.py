@@ -1,0 +1,176 @@
+"""tflearn 0.5.0 constructs from graph sources: each construct is built by tflearn in a small,
+seeded network, saved with `model.save` (a tflearn checkpoint, read from its meta graph alone),
+exported through the generic graph mapper and converted in one Caffe subprocess, then checked
+exact in pycaffe and OpenCV.
+
+The checkpoints are built in this process under TF2 behaviour (as `tests/test_graph_export.py`
+builds its `tflearn_v2` source): tflearn works in an explicit `tf.Graph()`. The machinery is the
+three functions under 'checkpoints'; `tests/tflearn_cases.py` may take them over.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf2caffe.errors import UnsupportedError
+from tf2caffe.export import export
+
+v1 = tf.compat.v1
+SHAPE = [8, 8, 3]  # input height, width, channels
+BATCH = 4  # a reduction over all features leaves one number per sample: several make it a test
+INIT = "uniform_scaling"  # the blocks default to variance_scaling, which needs tf.contrib
+
+
+# --------------------------------------------------------------------------- constructs
+def conv(tflearn, x, filters, size=3, **options):
+    return tflearn.layers.conv.conv_2d(x, filters, size, activation="relu", **options)
+
+
+def branches(tflearn, x, count=2, filters=4):
+    """`count` conv branches of `x`, each with its own kernel size."""
+    return [conv(tflearn, x, filters, size) for size in (3, 1, 5)[:count]]
+
+
+def head(tflearn, x, classes=5):
+    return tflearn.layers.core.fully_connected(x, classes, activation="softmax")
+
+
+def merged(mode, axis=1, count=2, vectors=False):
+    """tflearn's merge of conv branches (or of dense vectors), then a dense head (when the
+    result still has features)."""
+    def build(tflearn, x):
+        from tflearn.layers.core import fully_connected
+        from tflearn.layers.merge_ops import merge
+        if vectors:
+            parts = [fully_connected(x, 6, activation="tanh") for _ in range(count)]
+            return merge(parts, mode, axis=axis)
+        return head(tflearn, merge(branches(tflearn, x, count), mode, axis=axis))
+    return build
+
+
+def sequence(*steps):
+    """Apply `steps` (each tflearn, x -> y) in order, then the dense head."""
+    def build(tflearn, x):
+        for step in steps:
+            x = step(tflearn, x)
+        return head(tflearn, x)
+    return build
+
+
+def layers(name, *args, **options):
+    """A step calling tflearn.layers.<name>(x, *args, **options)."""
+    def step(tflearn, x):
+        module, function = name.split(".")
+        return getattr(getattr(tflearn.layers, module), function)(x, *args, **options)
+    return step
+
+
+CONV = lambda filters=6, **options: lambda tflearn, x: conv(tflearn, x, filters, **options)
+
+CONSTRUCTS = {
+    "merge_concat_channels": merged("concat", axis=3, count=3),
+    "merge_concat_rows": merged("concat", axis=1),
+    "merge_concat_columns": merged("concat", axis=2),
+    "merge_concat_vectors": merged("concat", axis=1, vectors=True),
+    "merge_elemwise_sum": merged("elemwise_sum", count=3),
+    "merge_elemwise_mul": merged("elemwise_mul"),
+    "merge_sum_channels": merged("sum", axis=3),
+    "merge_mean_channels": merged("mean", axis=3),
+    "merge_prod_channels": merged("prod", axis=3),
+    "merge_max_channels": merged("max", axis=3),
+    "merge_sum_vectors": merged("sum", axis=1, vectors=True),
+    "merge_mean_vectors": merged("mean", axis=1, vectors=True),
+    "merge_prod_vectors": merged("prod", axis=1, vectors=True),
+    "merge_max_vectors": merged("max", axis=1, vectors=True),
+    "global_avg_pool": sequence(CONV(), layers("conv.global_avg_pool")),
+    "global_max_pool": sequence(CONV(), layers("conv.global_max_pool")),
+    "conv_2d_transpose_same": sequence(CONV(), layers("conv.conv_2d_transpose", 4, 3, [16, 16],
+                                                      strides=2, activation="relu")),
+    "conv_2d_transpose_valid": sequence(CONV(), layers("conv.conv_2d_transpose", 4, 3, [17, 17],
+                                                       strides=2, padding="valid")),
+    "upscore_layer": sequence(CONV(), layers("conv.upscore_layer", 4, kernel_size=4, strides=2)),
+    "upsample_2d": sequence(CONV(), layers("conv.upsample_2d", 2)),
+    "atrous_conv_2d_same": sequence(layers("conv.atrous_conv_2d", 6, 3, rate=2, activation="relu")),
+    "atrous_conv_2d_valid": sequence(layers("conv.atrous_conv_2d", 6, 3, rate=2, padding="valid")),
+    "grouped_conv_2d": sequence(CONV(), layers("conv.grouped_conv_2d", 2, 3, activation="relu")),
+    "highway_conv_2d": sequence(CONV(), layers("conv.highway_conv_2d", 6, 3, activation="relu")),
+    "highway": sequence(layers("core.fully_connected", 12, activation="tanh"),
+                        layers("core.highway", 12, activation="relu")),
+    "l2_normalize_channels": sequence(CONV(), layers("normalization.l2_normalize", 3)),
+    "l2_normalize_vectors": sequence(layers("core.fully_connected", 12),
+                                     layers("normalization.l2_normalize", 1)),
+    "reshape_flatten_dropout": sequence(layers("core.fully_connected", 64, activation="relu"),
+                                        layers("core.reshape", [-1, 8, 8, 1]), CONV(4),
+                                        layers("core.flatten"), layers("core.dropout", 0.5)),
+    "residual_block": sequence(CONV(8), layers("conv.residual_block", 2, 8, weights_init=INIT)),
+    "residual_block_downsample": sequence(CONV(4), layers("conv.residual_block", 1, 8, downsample=True,
+                                                          weights_init=INIT)),
+    "residual_bottleneck": sequence(CONV(8), layers("conv.residual_bottleneck", 1, 4, 16,
+                                                    weights_init=INIT)),
+    "residual_bottleneck_downsample": sequence(CONV(8), layers(
+        "conv.residual_bottleneck", 1, 4, 16, downsample=True, weights_init=INIT)),
+    "resnext_block": sequence(CONV(8), layers("conv.resnext_block", 1, 16, 2, downsample=True,
+                                              weights_init=INIT)),
+    "densenet_block": sequence(CONV(8), layers("conv.densenet_block", 2, 4, downsample=True,
+                                               weights_init=INIT, dropout=True)),
+}
+
+
+# --------------------------------------------------------------------------- checkpoints
+def randomise_variables(session, rng):
+    """Moving statistics far from (0, 1), biases and gates off zero, so that a layer mapped
+    as the identity (or missing a bias) fails."""
+    for variable in v1.global_variables():
+        role = variable.op.name.rsplit("/", 1)[-1]
+        shape = variable.shape.as_list()
+        if role in ("moving_mean", "beta", "b", "b_T"):
+            variable.load(rng.normal(0, 0.5, shape).astype(np.float32), session)
+        elif role in ("moving_variance", "gamma"):
+            variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
+
+
+def save_tflearn_checkpoint(tflearn, build, path: Path, seed=0):
+    """`build(tflearn, input)` in a fresh graph, random statistics, `model.save(path)`."""
+    with tf.Graph().as_default():
+        v1.set_random_seed(seed)
+        net = tflearn.input_data(shape=[None] + SHAPE, name="input")
+        model = tflearn.DNN(build(tflearn, net), tensorboard_dir=str(path.parent / "logs"))
+        randomise_variables(model.session, np.random.default_rng(seed))
+        model.save(str(path))
+
+
+def export_tflearn_constructs(constructs, folder: Path):
+    """Save and export each construct; returns name -> .h5 path, or the export's error."""
+    from tf2caffe.export.tflearn import import_tflearn
+    tflearn = import_tflearn()
+    exported = {}
+    for name, build in constructs.items():
+        save_tflearn_checkpoint(tflearn, build, folder / (name + ".tfl"))
+        try:
+            exported[name] = export(folder / (name + ".tfl"), folder / "out", per_layer=True,
+                                    input_shape=[BATCH] + SHAPE)
+        except UnsupportedError as error:
+            exported[name] = error
+    return exported
+
+
+# --------------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    import harness
+    folder = tmp_path_factory.mktemp("tflearn_structures")
+    exported = export_tflearn_constructs(CONSTRUCTS, folder)
+    files = {name: path for name, path in exported.items() if isinstance(path, Path)}
+    results = harness.convert_h5_batch(files, folder / "caffe")
+    for name, error in exported.items():
+        if name not in files:
+            results[name] = harness.Result(name, folder / (name + ".tfl"))
+            results[name].error = "export: %s" % error
+    return results
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRUCTS))
+def test_construct_is_exact_in_pycaffe_and_opencv(converted, name):
+    import harness
+    harness.assert_exact(converted[name])
