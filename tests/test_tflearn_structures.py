@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf2caffe.errors import UnsupportedError
+from tf2caffe import intermediate
 from tf2caffe.export import export
 
 v1 = tf.compat.v1
@@ -79,6 +79,7 @@ CONSTRUCTS = {
     "merge_mean_channels": merged("mean", axis=3),
     "merge_prod_channels": merged("prod", axis=3),
     "merge_max_channels": merged("max", axis=3),
+    "merge_min_channels": merged("min", axis=3),
     "merge_sum_vectors": merged("sum", axis=1, vectors=True),
     "merge_mean_vectors": merged("mean", axis=1, vectors=True),
     "merge_prod_vectors": merged("prod", axis=1, vectors=True),
@@ -115,6 +116,24 @@ CONSTRUCTS = {
     "densenet_block": sequence(CONV(8), layers("conv.densenet_block", 2, 4, downsample=True,
                                                weights_init=INIT, dropout=True)),
 }
+# construct -> (layer, reason): what cannot be exact is refused, naming the layer.
+REFUSED = {
+    # (N, H, W, C) summed over H leaves (N, W, C): Caffe holds it C,W and has no Permute.
+    "merge_sum_rows": (merged("sum", axis=1), "Merge/Sum", "Caffe holds in C,H,W order"),
+}
+# construct -> (layer type, config items) of the layer it must map to.
+MAPPED = {
+    "merge_prod_channels": ("reduce", {"operation": "prod", "axes": [3], "keepdims": False}),
+    "merge_min_channels": ("reduce", {"operation": "min", "axes": [3], "keepdims": False}),
+    "merge_mean_vectors": ("reduce", {"operation": "mean", "axes": [1], "keepdims": False}),
+    "global_max_pool": ("global_max_pool2d", {"keepdims": False}),
+    "atrous_conv_2d_same": ("conv2d", {"dilation": [2, 2], "padding": "same", "strides": [1, 1]}),
+    "atrous_conv_2d_valid": ("conv2d", {"dilation": [2, 2], "padding": "valid"}),
+    "upscore_layer": ("conv2d_transpose", {"padding": "same", "strides": [2, 2], "kernel_size": [4, 4]}),
+    "l2_normalize_channels": ("l2_normalize", {"axes": [3], "epsilon": float(np.float32(1e-12))}),
+    "residual_block_downsample": ("pad_channels", {"padding": [2, 2], "value": 0.0}),
+    "grouped_conv_2d": ("depthwise_conv2d", {"depth_multiplier": 2}),
+}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -141,36 +160,56 @@ def save_tflearn_checkpoint(tflearn, build, path: Path, seed=0):
 
 
 def export_tflearn_constructs(constructs, folder: Path):
-    """Save and export each construct; returns name -> .h5 path, or the export's error."""
+    """Save and export each construct (with per-layer activations); name -> .h5 path."""
     from tf2caffe.export.tflearn import import_tflearn
     tflearn = import_tflearn()
     exported = {}
     for name, build in constructs.items():
         save_tflearn_checkpoint(tflearn, build, folder / (name + ".tfl"))
-        try:
-            exported[name] = export(folder / (name + ".tfl"), folder / "out", per_layer=True,
-                                    input_shape=[BATCH] + SHAPE)
-        except UnsupportedError as error:
-            exported[name] = error
+        exported[name] = export(folder / (name + ".tfl"), folder / "out", per_layer=True,
+                                input_shape=[BATCH] + SHAPE)
     return exported
 
 
 # --------------------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    import harness
+def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tflearn_structures")
-    exported = export_tflearn_constructs(CONSTRUCTS, folder)
-    files = {name: path for name, path in exported.items() if isinstance(path, Path)}
-    results = harness.convert_h5_batch(files, folder / "caffe")
-    for name, error in exported.items():
-        if name not in files:
-            results[name] = harness.Result(name, folder / (name + ".tfl"))
-            results[name].error = "export: %s" % error
-    return results
+    constructs = dict(CONSTRUCTS, **{name: build for name, (build, _, _) in REFUSED.items()})
+    return folder, export_tflearn_constructs(constructs, folder)
+
+
+@pytest.fixture(scope="module")
+def converted(exported):
+    import harness
+    folder, paths = exported
+    return harness.convert_h5_batch(paths, folder / "caffe")
+
+
+@pytest.mark.parametrize("name", sorted(MAPPED))
+def test_construct_maps_to_its_layer(exported, name):
+    kind, config = MAPPED[name]
+    model = intermediate.read(str(exported[1][name]))
+    layers = [layer for layer in model.layers if layer.type == kind]
+    assert len(layers) == 1, [layer.type for layer in model.layers]
+    assert {key: layers[0].config[key] for key in config} == config
+
+
+def test_atrous_convolution_keeps_its_variables_and_bias(exported):
+    model = intermediate.read(str(exported[1]["atrous_conv_2d_same"]))
+    conv = next(layer for layer in model.layers if layer.type == "conv2d")
+    assert conv.tf_names == {"kernel": "AtrousConv2D/W:0", "bias": "AtrousConv2D/b:0"}
+    assert [layer.type for layer in model.layers][:3] == ["input", "conv2d", "activation"]
 
 
 @pytest.mark.parametrize("name", sorted(CONSTRUCTS))
 def test_construct_is_exact_in_pycaffe_and_opencv(converted, name):
     import harness
     harness.assert_exact(converted[name])
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_construct_is_refused_with_its_reason(converted, name):
+    _, layer, reason = REFUSED[name]
+    error = converted[name].error
+    assert error is not None and "'%s'" % layer in error and reason in error, error
