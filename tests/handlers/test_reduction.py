@@ -65,7 +65,7 @@ L2_CASES = {
     "l2_channels": lambda: chain((5, 6, 4), L.Conv2D(4, 3, padding="same"), L.UnitNormalization()),
     "l2_spatial": lambda: chain((5, 6, 4), L.Conv2D(4, 3), L.UnitNormalization(axis=[1, 2])),
     "l2_rows": lambda: chain((5, 6, 4), L.Conv2D(4, 3), L.UnitNormalization(axis=1)),
-    "l2_all": lambda: chain((5, 6, 4), L.Conv2D(4, 3), L.UnitNormalization(axis=[1, 2, 3])),
+    "l2_all": lambda: chain((5, 5, 4), L.Conv2D(4, 3), L.UnitNormalization(axis=[1, 2, 3])),  # 3x3
     "l2_vectors": lambda: chain((8,), L.Dense(6), L.UnitNormalization(), L.Dense(3)),
     "l2_flattened": lambda: chain((3, 4, 5), L.Conv2D(4, 1), L.Flatten(), L.UnitNormalization(),
                                   L.Dense(3)),

@@ -48,8 +48,12 @@ class _Layers:
         self.top, self.shape = bottom, [int(d) for d in shape]
         self.layers: List[CaffeLayer] = []
 
+    def next_name(self, suffix) -> str:
+        """The name `add` gives the next layer (numbered: suffixes repeat)."""
+        return self.ctx.name(self.layer, "%s%d" % (suffix, len(self.layers)))
+
     def add(self, suffix, caffe_type, params, shape, blobs=(), bottoms=None, tops=None) -> List[str]:
-        name = self.ctx.name(self.layer, "%s%d" % (suffix, len(self.layers)))
+        name = self.next_name(suffix)
         tops = tops or [name]
         self.layers.append(CaffeLayer(name, caffe_type, bottoms or [self.top], tops, params, blobs))
         self.top, self.shape = tops[0], [int(d) for d in shape]
@@ -94,8 +98,7 @@ def _pool_run(steps: _Layers, run: List[int], operation: str) -> None:
             if size > 1:
                 shape = list(steps.shape)
                 shape[axis] = 1
-                name = steps.ctx.name(steps.layer, "rows%d" % len(steps.layers))
-                rows = ["%s/%d" % (name, i) for i in range(size)]
+                rows = ["%s/%d" % (steps.next_name("rows"), i) for i in range(size)]
                 steps.add("rows", "Slice", {"slice_param": {"axis": axis, "slice_point": list(range(1, size))}},
                           shape, tops=rows)
                 steps.add("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, shape, bottoms=rows)

@@ -326,10 +326,9 @@ def _l2_normalize(m: _Mapper, node):
         raise _Unmappable("an L2 normalization whose floor is not a constant")
     config = {"axes": _reduced_axes(m, x, _data_inputs(total)[1]),
               "epsilon": float(np.asarray(m.value(epsilon[0])).reshape(-1)[0])}
-    scope = node.name.rsplit("/", 1)[0] if "/" in node.name else None
+    # Named after its output op (tflearn and tf.math.l2_normalize name it after the layer).
     m.add(node, "l2_normalize", [x], config, output_node=product, claims=(total, floor, rsqrt, product),
-          name=scope if scope not in m.reserved else None)
-    m.reserved.add(m.layers[-1].name)
+          name=product.name)
 
 
 def _pad(m: _Mapper, node):
