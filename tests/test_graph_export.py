@@ -478,6 +478,23 @@ def test_unsupported_ops_are_all_listed_at_once(tmp_path):
     assert not (tmp_path / "out" / "odd_ops.h5").exists()
 
 
+def test_l2_normalize_and_reductions(tmp_path):
+    """tf.math.l2_normalize's Square/Sum/Maximum/Rsqrt/Mul chain is one layer; reductions over
+    any axes are `reduce` layers, except a mean or max over H and W (global pooling)."""
+    def build(x):
+        y = tf.math.l2_normalize(conv(x, 4, "c"), axis=-1, name="unit")
+        pooled = tf.reduce_max(y, [1, 2], name="pooled")
+        return [tf.concat([tf.reduce_prod(y, [1, 3], name="prod"), pooled], 1, name="out")]
+    model = graph.source_to_intermediate(frozen_pb(tmp_path, "reductions", build))
+    layer = {l.name: l for l in model.layers}
+    assert (layer["unit"].type, layer["unit"].config) == (
+        "l2_normalize", {"axes": [3], "epsilon": pytest.approx(1e-12)})
+    assert layer["unit"].inputs == ["c"]
+    assert (layer["prod"].type, layer["prod"].config) == (
+        "reduce", {"operation": "prod", "axes": [1, 3], "keepdims": False})
+    assert layer["pooled"].type == "global_max_pool2d"
+
+
 def test_conditionals_on_the_input_are_refused(tmp_path):
     def build(x):
         y = conv(x, 4, "c")

@@ -338,8 +338,10 @@ def _pad(m: _Mapper, node):
         raise _Unmappable("%s padding has no exact Caffe form" % node.attr["mode"].s.decode().lower())
     pads = np.asarray(m.value(paddings)).tolist()
     value = float(np.asarray(m.value(inputs[2])).reshape(-1)[0]) if len(inputs) > 2 else 0.0
-    if len(pads) != 4 or pads[0] != [0, 0]:
-        raise _Unmappable("paddings %s pad the batch axis (or a tensor that is not NHWC)" % pads)
+    if len(pads) != 4:
+        raise _Unmappable("pads a %d-D tensor (only 4-D NHWC ones)" % len(pads))
+    if pads[0] != [0, 0]:
+        raise _Unmappable("paddings %s pad the batch axis" % pads)
     if pads[3] == [0, 0]:
         m.add(node, "pad2d", [x], {"padding": [pads[1], pads[2]], "mode": "constant", "value": value})
     elif pads[1:3] == [[0, 0], [0, 0]]:
