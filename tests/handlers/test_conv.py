@@ -212,3 +212,12 @@ def by_hand_results(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(TRANSPOSED) + sorted(PAD_CHANNELS))
 def test_by_hand_exact(by_hand_results, name):
     assert_exact(by_hand_results[name])
+
+
+def test_transposed_output_size_tensorflow_would_refuse_is_refused(tmp_path):
+    model = transposed_model("transpose_wrong_size", (5, 6), (3, 3), (2, 2), "same", (10, 12))
+    model.layers[1].output_shape = [2, 12, 12, 5]
+    model.reference_activations["deconv"] = np.random.default_rng(0).random((2, 12, 12, 5), np.float32)
+    result = convert_intermediate_batch({"wrong": model}, tmp_path)["wrong"]
+    assert result.error is not None and "'deconv'" in result.error
+    assert "output size [12, 12] does not belong to a [5, 6] input" in result.error
