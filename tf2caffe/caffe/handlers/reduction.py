@@ -5,7 +5,7 @@ reduction is built from Pooling. Caffe holds a tensor in one order (NCHW for 4-D
 own for other ranks) and a Reshape only changes the view, so any run of axes that are adjacent
 in that order can be viewed as the H axis of (N, outer, reduced, inner) and pooled with a
 (reduced, 1) window: MAX for max, AVE for mean and sum (then times the count), MAX of the
-negation for min. A product has no pooling: Slice the run into single rows, Eltwise PROD.
+negation for min. A product has no pooling: Slice the run into single slices, Eltwise PROD.
 Reducing H and/or W of a 4-D blob needs no Reshape: the window covers them directly.
 """
 from __future__ import annotations
@@ -98,10 +98,10 @@ def _pool_run(steps: _Layers, run: List[int], operation: str) -> None:
             if size > 1:
                 shape = list(steps.shape)
                 shape[axis] = 1
-                rows = ["%s/%d" % (steps.next_name("rows"), i) for i in range(size)]
-                steps.add("rows", "Slice", {"slice_param": {"axis": axis, "slice_point": list(range(1, size))}},
-                          shape, tops=rows)
-                steps.add("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, shape, bottoms=rows)
+                parts = ["%s/%d" % (steps.next_name("slices"), i) for i in range(size)]
+                steps.add("slices", "Slice", {"slice_param": {"axis": axis, "slice_point": list(range(1, size))}},
+                          shape, tops=parts)
+                steps.add("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, shape, bottoms=parts)
     else:
         params = {"pool": "MAX" if operation in ("max", "min") else "AVE",
                   "kernel_h": window[0], "kernel_w": window[1]}
