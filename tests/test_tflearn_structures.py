@@ -119,6 +119,10 @@ CONSTRUCTS = {
     "densenet_block": sequence(CONV(8), layers("conv.densenet_block", 2, 4, downsample=True,
                                                weights_init=INIT, dropout=True)),
 }
+# Also converted from the tflearn graph frozen into a .pb (TF 2's freezing leaves batch norm's
+# conditional reads and updates half-converted: the loader repairs them).
+FROZEN = ["residual_block_downsample", "densenet_block", "l2_normalize_channels", "highway",
+          "atrous_conv_2d_odd_size", "upscore_layer", "merge_prod_channels"]
 # construct -> (layer, reason): what cannot be exact is refused, naming the layer.
 REFUSED = {
     # (N, H, W, C) summed over H leaves (N, W, C): Caffe holds it C,W and has no Permute.
@@ -153,26 +157,35 @@ def randomise_variables(session, rng):
             variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
 
 
-def save_tflearn_checkpoint(tflearn, build, path: Path, seed=0):
-    """`build(tflearn, input)` in a fresh graph, random statistics, `model.save(path)`."""
-    with tf.Graph().as_default():
+def save_tflearn_checkpoint(tflearn, build, path: Path, seed=0, frozen: Path = None):
+    """`build(tflearn, input)` in a fresh graph, random statistics, `model.save(path)`; also
+    the graph frozen into `frozen` (a .pb) when given."""
+    with tf.Graph().as_default() as graph:
         v1.set_random_seed(seed)
         net = tflearn.input_data(shape=[None] + SHAPE, name="input")
-        model = tflearn.DNN(build(tflearn, net), tensorboard_dir=str(path.parent / "logs"))
+        output = build(tflearn, net)
+        model = tflearn.DNN(output, tensorboard_dir=str(path.parent / "logs"))
         randomise_variables(model.session, np.random.default_rng(seed))
         model.save(str(path))
+        if frozen is not None:
+            frozen.write_bytes(v1.graph_util.convert_variables_to_constants(
+                model.session, graph.as_graph_def(), [output.op.name]).SerializeToString())
 
 
-def export_tflearn_constructs(constructs, folder: Path):
-    """Save and export each construct (with per-layer activations); name -> .h5 path."""
+def export_tflearn_constructs(constructs, folder: Path, frozen=()):
+    """Save and export each construct (with per-layer activations); name -> .h5 path. The
+    constructs named in `frozen` are also frozen into a .pb and exported from it as
+    '<name>_frozen'."""
     from tf2caffe.export.tflearn import import_tflearn
     tflearn = import_tflearn()
-    exported = {}
+    sources = {}
     for name, build in constructs.items():
-        save_tflearn_checkpoint(tflearn, build, folder / (name + ".tfl"))
-        exported[name] = export(folder / (name + ".tfl"), folder / "out", per_layer=True,
-                                input_shape=[BATCH] + SHAPE)
-    return exported
+        sources[name] = folder / (name + ".tfl")
+        if name in frozen:
+            sources[name + "_frozen"] = folder / (name + "_frozen.pb")
+        save_tflearn_checkpoint(tflearn, build, sources[name], frozen=sources.get(name + "_frozen"))
+    return {name: export(source, folder / "out", per_layer=True, input_shape=[BATCH] + SHAPE)
+            for name, source in sources.items()}
 
 
 # --------------------------------------------------------------------------- tests
@@ -180,7 +193,7 @@ def export_tflearn_constructs(constructs, folder: Path):
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tflearn_structures")
     constructs = dict(CONSTRUCTS, **{name: build for name, (build, _, _) in REFUSED.items()})
-    return folder, export_tflearn_constructs(constructs, folder)
+    return folder, export_tflearn_constructs(constructs, folder, FROZEN)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +212,12 @@ def test_construct_maps_to_its_layer(exported, name):
     assert len(matching) == 1, [(layer.type, layer.config) for layer in model.layers]
 
 
+@pytest.mark.parametrize("name", FROZEN)
+def test_frozen_graph_maps_like_the_checkpoint(exported, name):
+    checkpoint, frozen = (intermediate.read(str(exported[1][key])) for key in (name, name + "_frozen"))
+    assert [(l.name, l.type) for l in frozen.layers] == [(l.name, l.type) for l in checkpoint.layers]
+
+
 def test_atrous_convolution_keeps_its_variables_and_bias(exported):
     model = intermediate.read(str(exported[1]["atrous_conv_2d_same"]))
     conv = next(layer for layer in model.layers if layer.type == "conv2d")
@@ -206,7 +225,7 @@ def test_atrous_convolution_keeps_its_variables_and_bias(exported):
     assert [layer.type for layer in model.layers][:3] == ["input", "conv2d", "activation"]
 
 
-@pytest.mark.parametrize("name", sorted(CONSTRUCTS))
+@pytest.mark.parametrize("name", sorted(CONSTRUCTS) + sorted(name + "_frozen" for name in FROZEN))
 def test_construct_is_exact_in_pycaffe_and_opencv(converted, name):
     import harness
     harness.assert_exact(converted[name])
