@@ -126,7 +126,7 @@ def _repair_frozen_updates(graph_def) -> None:
                 del node.input[:]
                 node.input.extend(controls)
                 node.attr.clear()
-        for key, value in function.ret.items():
+        for key, value in list(function.ret.items()):  # not while writing to it
             node, _, index = value.rpartition(":")
             node, _, _ = node.partition(":")
             if node in identities:
