@@ -40,10 +40,9 @@ def merged(mode, axis=1, count=2, vectors=False):
     """tflearn's merge of conv branches (or of dense vectors), then a dense head (when the
     result still has features)."""
     def build(tflearn, x):
-        from tflearn.layers.core import fully_connected
-        from tflearn.layers.merge_ops import merge
+        merge = tflearn.layers.merge_ops.merge
         if vectors:
-            parts = [fully_connected(x, 6, activation="tanh") for _ in range(count)]
+            parts = [tflearn.layers.core.fully_connected(x, 6, activation="tanh") for _ in range(count)]
             return merge(parts, mode, axis=axis)
         return head(tflearn, merge(branches(tflearn, x, count), mode, axis=axis))
     return build
@@ -66,7 +65,10 @@ def layers(name, *args, **options):
     return step
 
 
-CONV = lambda filters=6, **options: lambda tflearn, x: conv(tflearn, x, filters, **options)
+def CONV(filters=6, **options):
+    """A step: a relu conv_2d."""
+    return lambda tflearn, x: conv(tflearn, x, filters, **options)
+
 
 CONSTRUCTS = {
     "merge_concat_channels": merged("concat", axis=3, count=3),
