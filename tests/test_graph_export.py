@@ -495,6 +495,21 @@ def test_l2_normalize_and_reductions(tmp_path):
     assert layer["pooled"].type == "global_max_pool2d"
 
 
+def test_atrous_convolutions_become_dilated_convolutions(tmp_path):
+    """SpaceToBatchND -> Conv2D/DepthwiseConv2dNative -> BatchToSpaceND (padded to a multiple
+    of the rate, cropped again on a 9x11 input) is one dilated convolution."""
+    def build(x):
+        y = tf.nn.depthwise_conv2d(x, v1.get_variable("dw", [3, 3, 3, 2]), [1, 1, 1, 1], "SAME",
+                                   dilations=[2, 2])
+        y = tf.nn.atrous_conv2d(y, v1.get_variable("kernel", [3, 3, 6, 4]), 2, "SAME")
+        return [tf.nn.relu(tf.nn.atrous_conv2d(y, v1.get_variable("k", [3, 3, 4, 4]), 3, "VALID"), name="out")]
+    model = graph.source_to_intermediate(frozen_pb(tmp_path, "atrous", build, shape=(None, 9, 11, 3)))
+    assert [(l.type, l.config.get("dilation"), l.config.get("padding")) for l in model.layers[1:]] == [
+        ("depthwise_conv2d", [2, 2], "same"), ("conv2d", [2, 2], "same"), ("conv2d", [3, 3], "valid"),
+        ("activation", None, None)]
+    assert model.activation("out").shape == (1, 3, 5, 4)
+
+
 def test_conditionals_on_the_input_are_refused(tmp_path):
     def build(x):
         y = conv(x, 4, "c")
