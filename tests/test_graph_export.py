@@ -428,16 +428,48 @@ def test_outputs_depending_on_a_scalar_placeholder_are_refused(tmp_path):
 def test_unsupported_ops_are_all_listed_at_once(tmp_path):
     def build(x):
         y = tf.nn.relu(conv(x, 4, "c"))
-        y = tf.math.l2_normalize(y, axis=-1)
+        y = tf.cos(tf.math.cumsum(y, axis=-1))
         return [tf.sin(tf.nn.max_pool2d(y, 2, 2, "VALID"), name="out")]
     path = frozen_pb(tmp_path, "odd_ops", build)
     with pytest.raises(UnsupportedError) as error:
         export(path, tmp_path / "out")
     ops = {problem.split("(")[1].split(")")[0] for problem in error.value.problems}
-    assert {"Square", "Sum", "Rsqrt", "Sin"} <= ops
+    assert {"Cumsum", "Cos", "Sin"} <= ops
     assert all(problem.startswith("'") for problem in error.value.problems)
     assert "output found: out:0; pass --outputs" in str(error.value)
     assert not (tmp_path / "out" / "odd_ops.h5").exists()
+
+
+def test_l2_normalize_and_reductions(tmp_path):
+    """tf.math.l2_normalize's Square/Sum/Maximum/Rsqrt/Mul chain is one layer; reductions over
+    any axes are `reduce` layers, except a mean or max over H and W (global pooling)."""
+    def build(x):
+        y = tf.math.l2_normalize(conv(x, 4, "c"), axis=-1, name="unit")
+        pooled = tf.reduce_max(y, [1, 2], name="pooled")
+        return [tf.concat([tf.reduce_prod(y, [1, 3], name="prod"), pooled], 1, name="out")]
+    model = graph.source_to_intermediate(frozen_pb(tmp_path, "reductions", build))
+    layer = {l.name: l for l in model.layers}
+    assert (layer["unit"].type, layer["unit"].config) == (
+        "l2_normalize", {"axes": [3], "epsilon": pytest.approx(1e-12)})
+    assert layer["unit"].inputs == ["c"]
+    assert (layer["prod"].type, layer["prod"].config) == (
+        "reduce", {"operation": "prod", "axes": [1, 3], "keepdims": False})
+    assert layer["pooled"].type == "global_max_pool2d"
+
+
+def test_atrous_convolutions_become_dilated_convolutions(tmp_path):
+    """SpaceToBatchND -> Conv2D/DepthwiseConv2dNative -> BatchToSpaceND (padded to a multiple
+    of the rate, cropped again on a 9x11 input) is one dilated convolution."""
+    def build(x):
+        y = tf.nn.depthwise_conv2d(x, v1.get_variable("dw", [3, 3, 3, 2]), [1, 1, 1, 1], "SAME",
+                                   dilations=[2, 2])
+        y = tf.nn.atrous_conv2d(y, v1.get_variable("kernel", [3, 3, 6, 4]), 2, "SAME")
+        return [tf.nn.relu(tf.nn.atrous_conv2d(y, v1.get_variable("k", [3, 3, 4, 4]), 3, "VALID"), name="out")]
+    model = graph.source_to_intermediate(frozen_pb(tmp_path, "atrous", build, shape=(None, 9, 11, 3)))
+    assert [(l.type, l.config.get("dilation"), l.config.get("padding")) for l in model.layers[1:]] == [
+        ("depthwise_conv2d", [2, 2], "same"), ("conv2d", [2, 2], "same"), ("conv2d", [3, 3], "valid"),
+        ("activation", None, None)]
+    assert model.activation("out").shape == (1, 3, 5, 4)
 
 
 def test_conditionals_on_the_input_are_refused(tmp_path):

@@ -51,8 +51,13 @@ def run(net, inputs: Dict[str, np.ndarray], targets: Dict[str, verify.Target], w
         outputs = dict(zip(layers, net.forwardAndRetrieve(layers)))
     except cv2.error as error:
         raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _last_line(error)))
-    return {tf_layer: np.asarray(outputs[names[tf_layer]][target.top_index])
-            for tf_layer, target in targets.items()}
+    fetched = {tf_layer: np.asarray(outputs[names[tf_layer]][target.top_index])
+               for tf_layer, target in targets.items()}
+    for tf_layer, target in targets.items():
+        value = fetched[tf_layer]
+        if len(target.blob.shape) == 1 and value.ndim == 2 and value.shape[1] == 1:
+            fetched[tf_layer] = value.reshape(-1)  # an OpenCV Mat has at least two dimensions
+    return fetched
 
 
 def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],

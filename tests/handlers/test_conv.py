@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 
 import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from harness import assert_exact, convert_intermediate_batch
 from handler_batch import chain, convert, family_tests
@@ -156,3 +158,66 @@ def single_pixel_results(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(SINGLE_PIXEL))
 def test_depthwise_on_a_single_pixel_axis_exact_in_opencv(single_pixel_results, name):
     assert_exact(single_pixel_results[name])
+
+
+# Layers no Keras layer exports, written by hand with TensorFlow's own reference:
+# tf.nn.conv2d_transpose of every output size TensorFlow accepts for an input (tflearn's
+# upscore_layer asks for (in - 1)·s + 1), and zero padding of the channel axis (tflearn's
+# residual blocks widen their shortcut with tf.pad).
+TRANSPOSED = {  # name -> (input size, kernel, stride, padding, output size)
+    "transpose_same_k4_s2_short": ((5, 6), (4, 4), (2, 2), "same", (9, 11)),
+    "transpose_same_k3_s3_shortest": ((4, 5), (3, 3), (3, 3), "same", (10, 13)),
+    "transpose_same_k1_s2_short": ((4, 5), (1, 1), (2, 2), "same", (7, 9)),
+    "transpose_valid_k3_s2_long": ((5, 6), (3, 3), (2, 2), "valid", (12, 14)),
+    "transpose_valid_k2_s3_long": ((4, 5), (2, 2), (3, 3), "valid", (12, 14)),
+}
+PAD_CHANNELS = {"pad_channels_2_2": (2, 2), "pad_channels_0_3": (0, 3), "pad_channels_1_0": (1, 0)}
+
+
+def _by_hand(name, x, layer: intermediate.Layer, y) -> intermediate.Model:
+    shape = list(x.shape)
+    layers = [intermediate.Layer("input", "input", [], {"shape": [None] + shape[1:]}, shape), layer]
+    return intermediate.Model(name, layers, [layer.name], {
+        "source_framework": "tensorflow", "source_version": "test", "tensorflow_version": "test",
+        "source_path": "tests", "created_by": "tests"}, {"input": x},
+        {"input": x, layer.name: np.asarray(y, np.float32)})
+
+
+def transposed_model(name, size, kernel, stride, padding, out) -> intermediate.Model:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2,) + size + (3,)).astype(np.float32)
+    weights = rng.standard_normal(kernel + (5, 3)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    y = tf.nn.conv2d_transpose(x, weights, (2,) + out + (5,), stride, padding.upper()) + bias
+    layer = intermediate.Layer("deconv", "conv2d_transpose", ["input"], {
+        "filters": 5, "kernel_size": list(kernel), "strides": list(stride), "padding": padding},
+        list(y.shape), {"kernel": weights, "bias": bias})
+    return _by_hand(name, x, layer, y)
+
+
+def pad_channels_model(name, before, after) -> intermediate.Model:
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32)
+    y = np.pad(x, [(0, 0), (0, 0), (0, 0), (before, after)])
+    return _by_hand(name, x, intermediate.Layer("pad", "pad_channels", ["input"], {
+        "padding": [before, after], "value": 0.0}, list(y.shape)), y)
+
+
+@pytest.fixture(scope="module")
+def by_hand_results(tmp_path_factory):
+    models = {name: transposed_model(name, *case) for name, case in TRANSPOSED.items()}
+    models.update({name: pad_channels_model(name, *case) for name, case in PAD_CHANNELS.items()})
+    return convert_intermediate_batch(models, tmp_path_factory.mktemp("conv_by_hand"))
+
+
+@pytest.mark.parametrize("name", sorted(TRANSPOSED) + sorted(PAD_CHANNELS))
+def test_by_hand_exact(by_hand_results, name):
+    assert_exact(by_hand_results[name])
+
+
+def test_transposed_output_size_tensorflow_would_refuse_is_refused(tmp_path):
+    model = transposed_model("transpose_wrong_size", (5, 6), (3, 3), (2, 2), "same", (10, 12))
+    model.layers[1].output_shape = [2, 12, 12, 5]
+    model.reference_activations["deconv"] = np.random.default_rng(0).random((2, 12, 12, 5), np.float32)
+    result = convert_intermediate_batch({"wrong": model}, tmp_path)["wrong"]
+    assert result.error is not None and "'deconv'" in result.error
+    assert "output size [12, 12] does not belong to a [5, 6] input" in result.error

@@ -433,6 +433,14 @@ def _normalize(layer, call):
     return [Piece("", "normalize", config, call.output, arrays)]
 
 
+def _unit_normalization(layer, call):
+    # Keras: x · min(rsqrt(sum(x²)), 1/eps) = x · rsqrt(max(sum(x²), eps²)), eps = 1e-12.
+    rank = call.rank()
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    config = {"axes": sorted(int(a) % rank for a in axis), "epsilon": 1e-24}
+    return [Piece("", "l2_normalize", config, call.output)]
+
+
 MAPPERS: Dict[str, Callable] = {
     "Conv2D": _conv2d,
     "DepthwiseConv2D": _depthwise_conv2d,
@@ -471,6 +479,7 @@ MAPPERS: Dict[str, Callable] = {
     "UpSampling2D": _upsample2d,
     "Rescaling": _rescale,
     "Normalization": _normalize,
+    "UnitNormalization": _unit_normalization,
 }
 
 

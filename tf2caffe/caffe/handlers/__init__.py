@@ -12,7 +12,8 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 from ...errors import ConversionError
 
 HANDLERS: Dict[str, "Handler"] = {}
-FAMILIES = ("io", "conv", "pooling", "dense", "activation", "elementwise", "normalization", "shape")
+FAMILIES = ("io", "conv", "pooling", "dense", "activation", "elementwise", "normalization", "shape",
+            "reduction")
 
 
 class BroadcastsTo(tuple):

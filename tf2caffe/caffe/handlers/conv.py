@@ -162,9 +162,12 @@ class DepthwiseConv2D(Handler):
 class Conv2DTranspose(Handler):
     config_keys = ("filters", "kernel_size", "strides", "padding")
     array_layouts = {"kernel": "(kh, kw, out, in)", "bias?": "(out)"}
-    notes = 'padding "same" or "valid"'
+    notes = ('padding "same" or "valid"; the output size is the layer\'s output shape, any that '
+             "TensorFlow accepts (`ceil(out / s)` = in for \"same\", `ceil((out − k + 1) / s)` = in "
+             'for "valid")')
     caffe_layers = ("Deconvolution", "Slice", "Silence", "Split")
-    summary = "Deconvolution; 'same': pad = floor((k-s)/2), Slice off a trailing row when k-s is odd"
+    summary = ("Deconvolution; TensorFlow's output size (any it accepts) cut from Caffe's full one: "
+               "pad = the smaller of the two overhangs, Slice off the rest")
 
     def array_shapes(self, layer, model):
         filters = int(layer.config["filters"])
@@ -176,6 +179,13 @@ class Conv2DTranspose(Handler):
             return "padding %r: only 'same' and 'valid' are supported" % (layer.config["padding"],)
         if _pair(layer, "dilation") != [1, 1]:
             return "dilated transposed convolution is not supported"
+        sizes = model.layer(layer.inputs[0]).output_shape[1:3]
+        outs = layer.output_shape[1:3]
+        for size, kernel, stride, out in zip(sizes, _pair(layer, "kernel_size"), _pair(layer, "strides"), outs):
+            windows = out if layer.config["padding"] == "same" else out - kernel + 1
+            if -(-windows // stride) != size:
+                return "output size %s does not belong to a %s input with strides %s ('%s')" % (
+                    outs, sizes, _pair(layer, "strides"), layer.config["padding"])
         return None
 
     def emit(self, layer, ctx):
@@ -183,17 +193,21 @@ class Conv2DTranspose(Handler):
         kernels, strides = _pair(layer, "kernel_size"), _pair(layer, "strides")
         filters = int(layer.config["filters"])
         same = layer.config["padding"] == "same"
-        # Caffe's full output is (in-1)*s + k; TensorFlow's is in*s ('same') or (in-1)*s + max(k, s)
-        # ('valid'), starting `lead` rows into the full one. A kernel shorter than the stride is
-        # zero-extended to the stride so that Caffe also writes TensorFlow's trailing bias-only rows.
-        extended = [max(kernel, stride) for kernel, stride in zip(kernels, strides)]
-        leads, trails, caffe = [], [], []
-        for size, kernel, stride, extent in zip((h, w), kernels, strides, extended):
+        # TensorFlow's output row o is row o + lead of the full transposed convolution, whose
+        # size is (in-1)*s + k; 'same' leads by half of what the kernel overhangs the requested
+        # output size. A kernel too short to reach TensorFlow's last (bias-only) rows is
+        # zero-extended to `extent`. Caffe pads (crops) both sides alike: it crops the smaller
+        # overhang, Slices cut the rest.
+        extended, pads, cuts, caffe = [], [], [], []
+        for size, kernel, stride, out in zip((h, w), kernels, strides, layer.output_shape[1:3]):
+            lead = max((size - 1) * stride + kernel - out, 0) // 2 if same else 0
+            extent = max(kernel, lead + out - (size - 1) * stride)
             full = (size - 1) * stride + extent
-            lead = max(kernel - stride, 0) // 2 if same else 0
-            leads.append(lead)
-            trails.append(full - 2 * lead - (size * stride if same else full))
-            caffe.append(full - 2 * lead)
+            pad = min(lead, full - lead - out)
+            extended.append(extent)
+            pads.append(pad)
+            cuts.append((lead - pad, full - pad - lead - out))
+            caffe.append(full - 2 * pad)
 
         def weight():
             kernel = layer.array("kernel").transpose(3, 2, 0, 1)  # (kh, kw, out, in) -> (in, out, kh, kw)
@@ -201,11 +215,11 @@ class Conv2DTranspose(Handler):
             return np.pad(kernel, zeros, mode="constant")
 
         params = {"num_output": filters, "bias_term": layer.has("bias")}
-        params.update(window_params(extended, strides, leads))
+        params.update(window_params(extended, strides, pads))
         chain = Chain(ctx, layer)
         chain.then("deconv", "Deconvolution", {"convolution_param": params},
                    [batch, filters] + caffe, _with_bias(layer, weight, filters))
-        chain.crop([(0, trails[0]), (0, trails[1])])
+        chain.crop(cuts)
         chain.produce()
 
 
@@ -234,6 +248,38 @@ class Pad2D(Handler):
         chain = Chain(ctx, layer)
         chain.then("pad", "Convolution", params, [n, channels, h + 2 * pads[0], w + 2 * pads[1]], ones)
         chain.crop([(pads[0] - top, pads[0] - bottom), (pads[1] - left, pads[1] - right)])
+        chain.produce()
+
+
+@register("pad_channels")
+class PadChannels(Handler):
+    config_keys = ("padding", "value")
+    notes = "padding [before, after] along the channel axis of an NHWC tensor"
+    caffe_layers = ("Convolution",)
+    summary = ("zero channels before and after: a 1x1 Convolution whose weights copy channel c to "
+               "output channel before + c (BVLC has no Pad layer)")
+
+    def check(self, layer, model, profile) -> Optional[str]:
+        if len(layer.output_shape) != 4:
+            return "channel padding of a %d-D tensor (only 4-D)" % len(layer.output_shape)
+        if float(layer.config["value"]) != 0.0:
+            return "constant padding with value %g: only zero padding is supported" % (
+                float(layer.config["value"]),)
+        return None
+
+    def emit(self, layer, ctx):
+        n, channels, h, w = ctx.bottom(layer).shape
+        before, after = [int(v) for v in layer.config["padding"]]
+
+        def placement():
+            weights = np.zeros((before + channels + after, channels, 1, 1), np.float32)
+            weights[before + np.arange(channels), np.arange(channels)] = 1.0
+            return weights
+
+        chain = Chain(ctx, layer)
+        chain.then("pad", "Convolution", {"convolution_param": {
+            "num_output": before + channels + after, "kernel_size": 1, "bias_term": False}},
+            [n, before + channels + after, h, w], [placement])
         chain.produce()
 
 

@@ -87,7 +87,8 @@ def emit_flatten(layer, ctx) -> None:
     name = ctx.name(layer)
     ctx.add(CaffeLayer(name, "Flatten", [bottom.name], [name]))
     hwc = ctx.input_tf_shape(layer)[1:]
-    ctx.produce(layer, name, flattened_from=None if orders_agree(hwc) else hwc)
+    # Caffe holds a 3-D tensor in TensorFlow's order: only a 4-D one flattens permuted.
+    ctx.produce(layer, name, flattened_from=None if len(hwc) != 3 or orders_agree(hwc) else hwc)
 
 
 @register("flatten")
@@ -96,8 +97,8 @@ class Flatten(Handler):
     caffe_layers = ("Flatten",)
 
     def check(self, layer, model, profile):
-        if len(model.layer(layer.inputs[0]).output_shape) not in (2, 4):
-            return "only 2-D and 4-D inputs are supported"
+        if len(model.layer(layer.inputs[0]).output_shape) not in (2, 3, 4):
+            return "only 2-D to 4-D inputs are supported"
         return order_problem(layer, model)
 
     def emit(self, layer, ctx):

@@ -118,6 +118,9 @@ def _load_frozen(path: Path) -> GraphSource:
     return GraphSource(graph_def, "tf1-graph")
 
 
+RESOURCE_WRITES = ("AssignVariableOp", "AssignSubVariableOp", "AssignAddVariableOp")
+
+
 def _repair_frozen_updates(graph_def) -> None:
     """Freezing a training graph leaves variable updates reading constants, which TensorFlow
     refuses to import ("expected float_ref"). Turn them into the plain ops they compute (the
@@ -136,6 +139,26 @@ def _repair_frozen_updates(graph_def) -> None:
         for attr in ("use_locking", "validate_shape"):
             if attr in node.attr:
                 del node.attr[attr]
+    # v2 conditionals (tflearn's batch norm on TF 2) keep their variable reads and updates in
+    # function bodies. Freezing turns a read into an Identity but leaves the function returning
+    # its old output name (ReadVariableOp's 'value', an Identity's is 'output'), and leaves the
+    # updates writing to plain floats: rename the returns, keep the writes as NoOps (order only).
+    for function in graph_def.library.function:
+        identities = set()
+        for node in function.node_def:
+            if node.op == "Identity":
+                identities.add(node.name)
+            elif node.op in RESOURCE_WRITES:
+                controls = [i for i in node.input if i.startswith("^")]
+                node.op = "NoOp"
+                del node.input[:]
+                node.input.extend(controls)
+                node.attr.clear()
+        for key, value in list(function.ret.items()):  # not while writing to it
+            node, _, index = value.rpartition(":")
+            node, _, _ = node.partition(":")
+            if node in identities:
+                function.ret[key] = "%s:output:%s" % (node, index)
 
 
 def _load_saved_model(path: Path, signature: Optional[str]) -> GraphSource:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from ...caffe.handlers.spatial import same_pads
 from ...errors import Unmappable
 from .nodes import data_inputs, split_input
 
@@ -20,6 +21,7 @@ PASS_THROUGH = {"Identity", "StopGradient", "Snapshot", "PreventGradient", "Chec
 ACTIVATIONS = {"Relu": "relu", "Relu6": "relu6", "Elu": "elu", "Selu": "selu", "Sigmoid": "sigmoid",
                "Tanh": "tanh", "Softmax": "softmax", "LeakyRelu": "leaky_relu", "Softplus": "softplus",
                "Softsign": "softsign", "Abs": "abs"}
+REDUCTIONS = {"Sum": "sum", "Mean": "mean", "Max": "max", "Min": "min", "Prod": "prod"}
 ELEMENTWISE = {"Add": "add", "AddV2": "add", "AddN": "add", "Sub": "subtract", "Mul": "multiply",
                "Maximum": "maximum", "Minimum": "minimum"}
 
@@ -60,21 +62,22 @@ def _per_channel(value, channels, what) -> np.ndarray:
     raise Unmappable("%s of shape %s is not per-channel" % (what, list(value.shape)))
 
 
-def _with_bias(m: Mapper, node, kind, config, data, kernel, kernel_input):
-    """Emit a convolution/dense layer, absorbing a constant per-channel bias added right after."""
+def _with_bias(m: Mapper, node, kind, config, data, kernel, kernel_input, last=None, claims=()):
+    """Emit a convolution/dense layer, absorbing a constant per-channel bias added right after.
+    `last` is the node computing the layer's result when it spans several ops (`claims`)."""
     arrays = {"kernel": (kernel, m.tf_name(kernel_input))}
-    output, claims = node, ()
-    user = m.only_user(node, ("BiasAdd", "BiasAddV1", "Add", "AddV2"))
+    output = last or node
+    user = m.only_user(output, ("BiasAdd", "BiasAddV1", "Add", "AddV2"))
     if user is not None and user.attr["data_format"].s in (b"NHWC", b""):
-        others = [i for i in data_inputs(user) if split_input(i)[0] != node.name]
+        others = [i for i in data_inputs(user) if split_input(i)[0] != output.name]
         if len(others) == 1 and m.constant(others[0]):
             try:
-                bias = _per_channel(m.value(others[0]), m.values[node.name].shape[-1], "bias")
+                bias = _per_channel(m.value(others[0]), m.values[output.name].shape[-1], "bias")
             except Unmappable:
                 bias = None  # not a bias: the add becomes a layer of its own
             if bias is not None:
                 arrays["bias"] = (bias, m.tf_name(others[0]))
-                output, claims = user, (user,)
+                output, claims = user, tuple(claims) + (user,)
     m.add(node, kind, [data], config, arrays, output, claims)
 
 
@@ -86,19 +89,48 @@ def _weighted_operands(m: Mapper, node, data_index, kernel_index) -> Tuple[str, 
     return data, kernel
 
 
-def _convolution(m: Mapper, node):
+def _convolution(m: Mapper, node, first=None, data=None, dilation=None, padding=None, claims=()):
+    """Conv2D or DepthwiseConv2dNative `node`; the atrous form passes its SpaceToBatchND as
+    `first`, the original input as `data`, and the dilation and padding it stands for."""
     _nhwc(node)
-    data, kernel_input = _weighted_operands(m, node, 0, 1)
+    operand, kernel_input = _weighted_operands(m, node, 0, 1)
+    data = data or operand
     kernel = m.value(kernel_input)
     config = {"kernel_size": list(kernel.shape[:2]), "strides": _spatial(node, "strides"),
-              "dilation": _spatial(node, "dilations"), "padding": _padding(node)}
+              "dilation": dilation or _spatial(node, "dilations"), "padding": padding or _padding(node)}
     if node.op == "DepthwiseConv2dNative":
         kind = "depthwise_conv2d"
         config["depth_multiplier"] = int(kernel.shape[3])
     else:
         kind = "conv2d"
         config.update(filters=int(kernel.shape[3]), groups=int(m.shape(data)[-1] // kernel.shape[2]))
-    _with_bias(m, node, kind, config, data, kernel, kernel_input)
+    last = claims[-1] if claims else None
+    _with_bias(m, first or node, kind, config, data, kernel, kernel_input, last, claims)
+
+
+def _atrous_convolution(m: Mapper, node):
+    """tf.nn.atrous_conv2d / dilated tf.nn.convolution: SpaceToBatchND (pads, then folds the
+    `rate` phases into the batch) -> a 'valid' Conv2D -> BatchToSpaceND (unfolds, crops): one
+    convolution with dilation `rate` over the input padded by paddings - crops."""
+    x, block, paddings = data_inputs(node)[:3]
+    conv = m.only_user(node, ("Conv2D", "DepthwiseConv2dNative"))
+    unfold = conv and m.only_user(conv, ("BatchToSpaceND",))
+    if unfold is None:
+        raise Unmappable("space-to-batch that does not feed one convolution and back")
+    rate = [int(r) for r in np.asarray(m.value(block)).reshape(-1)]
+    _, unfold_block, crops = data_inputs(unfold)[:3]
+    if len(rate) != 2 or [int(r) for r in np.asarray(m.value(unfold_block)).reshape(-1)] != rate:
+        raise Unmappable("block shapes differ between space-to-batch and batch-to-space")
+    if _padding(conv) != "valid" or _spatial(conv, "strides") != [1, 1] or _spatial(conv, "dilations") != [1, 1]:
+        raise Unmappable("the convolution between space-to-batch and batch-to-space is not "
+                          "'valid' with stride 1")
+    pads = (np.asarray(m.value(paddings)) - np.asarray(m.value(crops))).reshape(2, 2).tolist()
+    if min(min(pair) for pair in pads) < 0:
+        raise Unmappable("batch-to-space crops more than space-to-batch padded")
+    kernel = m.value(data_inputs(conv)[1])
+    same = [list(same_pads(size, k, 1, r)) for size, k, r in zip(m.shape(x)[1:3], kernel.shape[:2], rate)]
+    padding = "same" if pads == same else "valid" if pads == [[0, 0], [0, 0]] else pads
+    _convolution(m, conv, node, x, rate, padding, (conv, unfold))
 
 
 def _conv2d_transpose(m: Mapper, node):
@@ -110,13 +142,9 @@ def _conv2d_transpose(m: Mapper, node):
     strides, padding = _spatial(node, "strides"), _padding(node)
     if not isinstance(padding, str):
         raise Unmappable("explicit padding in a transposed convolution")
-    (h, w), (kh, kw) = m.shape(data)[1:3], kernel.shape[:2]
-    # TF lets the caller pick any output size that rounds to the input; Caffe has one.
-    expected = [h * strides[0], w * strides[1]] if padding == "same" else [
-        (h - 1) * strides[0] + max(kh, strides[0]), (w - 1) * strides[1] + max(kw, strides[1])]
-    size = list(m.values[node.name].shape[1:3])
-    if size != expected:
-        raise Unmappable("output size %s is not the '%s' size %s" % (size, padding, expected))
+    kh, kw = kernel.shape[:2]
+    # TF lets the caller pick any output size that rounds to the input (tflearn's upscore_layer
+    # takes (in - 1)·s + 1): the layer's output shape says which, the handler crops to it.
     config = {"filters": int(kernel.shape[2]), "kernel_size": [int(kh), int(kw)],
               "strides": strides, "padding": padding}
     _with_bias(m, node, "conv2d_transpose", config, data, kernel, kernel_input)
@@ -269,17 +297,43 @@ def _pool(m: Mapper, node):
                                  "padding": _padding(node)})
 
 
-def _reduce(m: Mapper, node):
-    x, axes = data_inputs(node)
-    rank = len(m.shape(x))
+def _reduced_axes(m: Mapper, x, axes) -> List[int]:
     if not m.constant(axes):
         raise Unmappable("axes computed from the input")
-    axes = sorted(int(a) % rank for a in np.asarray(m.value(axes)).reshape(-1))
-    if rank != 4 or axes != [1, 2]:
-        raise Unmappable("reduces axes %s of a rank-%d tensor; only spatial axes [1, 2] of NHWC" % (
-            axes, rank))
-    kind = "global_avg_pool2d" if node.op == "Mean" else "global_max_pool2d"
-    m.add(node, kind, [x], {"keepdims": bool(node.attr["keep_dims"].b)})
+    rank = len(m.shape(x))
+    return sorted({int(a) % rank for a in np.asarray(m.value(axes)).reshape(-1)})
+
+
+def _reduce(m: Mapper, node):
+    x, axes = data_inputs(node)
+    axes = _reduced_axes(m, x, axes)
+    keepdims = bool(node.attr["keep_dims"].b)
+    if len(m.shape(x)) == 4 and axes == [1, 2] and node.op in ("Mean", "Max"):
+        kind = "global_avg_pool2d" if node.op == "Mean" else "global_max_pool2d"
+        m.add(node, kind, [x], {"keepdims": keepdims})
+        return
+    m.add(node, "reduce", [x], {"operation": REDUCTIONS[node.op], "axes": axes, "keepdims": keepdims})
+
+
+def _l2_normalize(m: Mapper, node):
+    """tf.math.l2_normalize (and tflearn's): x · rsqrt(max(sum(square(x), axes), epsilon)),
+    matched from its Square."""
+    (x,) = data_inputs(node)
+    total = m.only_user(node, ("Sum",))
+    floor = total and m.only_user(total, ("Maximum",))
+    rsqrt = floor and m.only_user(floor, ("Rsqrt",))
+    product = rsqrt and m.only_user(rsqrt, ("Mul",))
+    if product is None or not total.attr["keep_dims"].b or m.source(x)[0] not in [
+            m.source(i)[0] for i in data_inputs(product)]:
+        raise Unmappable("a square that is not part of an L2 normalization")
+    _, epsilon = m.data_operands(floor)
+    if len(epsilon) != 1 or np.asarray(m.value(epsilon[0])).size != 1:
+        raise Unmappable("an L2 normalization whose floor is not a constant")
+    config = {"axes": _reduced_axes(m, x, data_inputs(total)[1]),
+              "epsilon": float(np.asarray(m.value(epsilon[0])).reshape(-1)[0])}
+    # Named after its output op (tflearn and tf.math.l2_normalize name it after the layer).
+    m.add(node, "l2_normalize", [x], config, output_node=product, claims=(total, floor, rsqrt, product),
+          name=product.name)
 
 
 def _pad(m: Mapper, node):
@@ -288,10 +342,18 @@ def _pad(m: Mapper, node):
     if node.op == "MirrorPad":
         raise Unmappable("%s padding has no exact Caffe form" % node.attr["mode"].s.decode().lower())
     pads = np.asarray(m.value(paddings)).tolist()
-    if len(pads) != 4 or pads[0] != [0, 0] or pads[3] != [0, 0]:
-        raise Unmappable("paddings %s pad batch or channels" % pads)
     value = float(np.asarray(m.value(inputs[2])).reshape(-1)[0]) if len(inputs) > 2 else 0.0
-    m.add(node, "pad2d", [x], {"padding": [pads[1], pads[2]], "mode": "constant", "value": value})
+    if len(pads) != 4:
+        raise Unmappable("pads a %d-D tensor (only 4-D NHWC ones)" % len(pads))
+    if pads[0] != [0, 0]:
+        raise Unmappable("paddings %s pad the batch axis" % pads)
+    if pads[3] == [0, 0]:
+        m.add(node, "pad2d", [x], {"padding": [pads[1], pads[2]], "mode": "constant", "value": value})
+    elif pads[1:3] == [[0, 0], [0, 0]]:
+        # tflearn's residual blocks widen the shortcut this way.
+        m.add(node, "pad_channels", [x], {"padding": pads[3], "value": value})
+    else:
+        raise Unmappable("paddings %s pad channels and spatial axes at once" % pads)
 
 
 def _reshape(m: Mapper, node):
@@ -507,12 +569,14 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Conv2DBackpropInput": _conv2d_transpose, "MatMul": _matmul,
            "FusedBatchNorm": _fused_batch_norm, "FusedBatchNormV2": _fused_batch_norm,
            "FusedBatchNormV3": _fused_batch_norm, "MaxPool": _pool, "AvgPool": _pool,
-           "Mean": _reduce, "Max": _reduce, "Pad": _pad, "PadV2": _pad, "MirrorPad": _pad,
+           "Pad": _pad, "PadV2": _pad, "MirrorPad": _pad, "SpaceToBatchND": _atrous_convolution,
+           "Square": _l2_normalize,
            "Reshape": _reshape, "Squeeze": _reshape, "ConcatV2": _concat, "LRN": _lrn,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
            "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
+MAPPERS.update({op: _reduce for op in REDUCTIONS})
 MAPPERS.update({op: _pass_through for op in PASS_THROUGH})
 MAPPERS = {op: _pattern_or(mapper) for op, mapper in MAPPERS.items()}

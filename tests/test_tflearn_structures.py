@@ -1,0 +1,240 @@
+"""tflearn 0.5.0 constructs from graph sources: each construct is built by tflearn in a small,
+seeded network, saved with `model.save` (a tflearn checkpoint, read from its meta graph alone),
+exported through the generic graph mapper and converted in one Caffe subprocess, then checked
+exact in pycaffe and OpenCV.
+
+The checkpoints are built in this process under TF2 behaviour (as `tests/test_graph_export.py`
+builds its `tflearn_v2` source): tflearn works in an explicit `tf.Graph()`. The machinery is the
+three functions under 'checkpoints'; `tests/tflearn_cases.py` may take them over.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf2caffe import intermediate
+from tf2caffe.export import export
+
+v1 = tf.compat.v1
+SHAPE = [8, 8, 3]  # input height, width, channels
+BATCH = 4  # a reduction over all features leaves one number per sample: several make it a test
+INIT = "uniform_scaling"  # the blocks default to variance_scaling, which needs tf.contrib
+
+
+# --------------------------------------------------------------------------- constructs
+def conv(tflearn, x, filters, size=3, **options):
+    return tflearn.layers.conv.conv_2d(x, filters, size, activation="relu", **options)
+
+
+def branches(tflearn, x, count=2, filters=4):
+    """`count` conv branches of `x`, each with its own kernel size."""
+    return [conv(tflearn, x, filters, size) for size in (3, 1, 5)[:count]]
+
+
+def head(tflearn, x, classes=5):
+    return tflearn.layers.core.fully_connected(x, classes, activation="softmax")
+
+
+def merged(mode, axis=1, count=2, vectors=False):
+    """tflearn's merge of conv branches (or of dense vectors), then a dense head (when the
+    result still has features)."""
+    def build(tflearn, x):
+        merge = tflearn.layers.merge_ops.merge
+        if vectors:
+            parts = [tflearn.layers.core.fully_connected(x, 6, activation="tanh") for _ in range(count)]
+            return merge(parts, mode, axis=axis)
+        return head(tflearn, merge(branches(tflearn, x, count), mode, axis=axis))
+    return build
+
+
+def sequence(*steps):
+    """Apply `steps` (each tflearn, x -> y) in order, then the dense head."""
+    def build(tflearn, x):
+        for step in steps:
+            x = step(tflearn, x)
+        return head(tflearn, x)
+    return build
+
+
+def layers(name, *args, **options):
+    """A step calling tflearn.layers.<name>(x, *args, **options)."""
+    def step(tflearn, x):
+        module, function = name.split(".")
+        return getattr(getattr(tflearn.layers, module), function)(x, *args, **options)
+    return step
+
+
+def CONV(filters=6, **options):
+    """A step: a relu conv_2d."""
+    return lambda tflearn, x: conv(tflearn, x, filters, **options)
+
+
+CONSTRUCTS = {
+    "merge_concat_channels": merged("concat", axis=3, count=3),
+    "merge_concat_rows": merged("concat", axis=1),
+    "merge_concat_columns": merged("concat", axis=2),
+    "merge_concat_vectors": merged("concat", axis=1, vectors=True),
+    "merge_elemwise_sum": merged("elemwise_sum", count=3),
+    "merge_elemwise_mul": merged("elemwise_mul"),
+    "merge_sum_channels": merged("sum", axis=3),
+    "merge_mean_channels": merged("mean", axis=3),
+    "merge_prod_channels": merged("prod", axis=3),
+    "merge_max_channels": merged("max", axis=3),
+    "merge_min_channels": merged("min", axis=3),
+    "merge_sum_vectors": merged("sum", axis=1, vectors=True),
+    "merge_mean_vectors": merged("mean", axis=1, vectors=True),
+    "merge_prod_vectors": merged("prod", axis=1, vectors=True),
+    "merge_max_vectors": merged("max", axis=1, vectors=True),
+    "global_avg_pool": sequence(CONV(), layers("conv.global_avg_pool")),
+    "global_max_pool": sequence(CONV(), layers("conv.global_max_pool")),
+    "conv_2d_transpose_same": sequence(CONV(), layers("conv.conv_2d_transpose", 4, 3, [16, 16],
+                                                      strides=2, activation="relu")),
+    "conv_2d_transpose_valid": sequence(CONV(), layers("conv.conv_2d_transpose", 4, 3, [17, 17],
+                                                       strides=2, padding="valid")),
+    "upscore_layer": sequence(CONV(), layers("conv.upscore_layer", 4, kernel_size=4, strides=2)),
+    "upsample_2d": sequence(CONV(), layers("conv.upsample_2d", 2)),
+    "atrous_conv_2d_same": sequence(layers("conv.atrous_conv_2d", 6, 3, rate=2, activation="relu")),
+    "atrous_conv_2d_valid": sequence(layers("conv.atrous_conv_2d", 6, 3, rate=2, padding="valid")),
+    # 7x7: space-to-batch pads to a multiple of the rate, batch-to-space crops it off again
+    "atrous_conv_2d_odd_size": sequence(CONV(4, size=2, padding="valid"),
+                                        layers("conv.atrous_conv_2d", 6, 3, rate=3)),
+    "grouped_conv_2d": sequence(CONV(), layers("conv.grouped_conv_2d", 2, 3, activation="relu")),
+    "highway_conv_2d": sequence(CONV(), layers("conv.highway_conv_2d", 6, 3, activation="relu")),
+    "highway": sequence(layers("core.fully_connected", 12, activation="tanh"),
+                        layers("core.highway", 12, activation="relu")),
+    "l2_normalize_channels": sequence(CONV(), layers("normalization.l2_normalize", 3)),
+    "l2_normalize_vectors": sequence(layers("core.fully_connected", 12),
+                                     layers("normalization.l2_normalize", 1)),
+    "reshape_flatten_dropout": sequence(layers("core.fully_connected", 64, activation="relu"),
+                                        layers("core.reshape", [-1, 8, 8, 1]), CONV(4),
+                                        layers("core.flatten"), layers("core.dropout", 0.5)),
+    "residual_block": sequence(CONV(8), layers("conv.residual_block", 2, 8, weights_init=INIT)),
+    "residual_block_downsample": sequence(CONV(4), layers("conv.residual_block", 1, 8, downsample=True,
+                                                          weights_init=INIT)),
+    "residual_bottleneck": sequence(CONV(8), layers("conv.residual_bottleneck", 1, 4, 16,
+                                                    weights_init=INIT)),
+    "residual_bottleneck_downsample": sequence(CONV(8), layers(
+        "conv.residual_bottleneck", 1, 4, 16, downsample=True, weights_init=INIT)),
+    "resnext_block": sequence(CONV(8), layers("conv.resnext_block", 1, 16, 2, downsample=True,
+                                              weights_init=INIT)),
+    "densenet_block": sequence(CONV(8), layers("conv.densenet_block", 2, 4, downsample=True,
+                                               weights_init=INIT, dropout=True)),
+}
+# Also converted from the tflearn graph frozen into a .pb (TF 2's freezing leaves batch norm's
+# conditional reads and updates half-converted: the loader repairs them).
+FROZEN = ["residual_block_downsample", "densenet_block", "l2_normalize_channels", "highway",
+          "atrous_conv_2d_odd_size", "upscore_layer", "merge_prod_channels"]
+# construct -> (layer, reason): what cannot be exact is refused, naming the layer.
+REFUSED = {
+    # (N, H, W, C) summed over H leaves (N, W, C): Caffe holds it C,W and has no Permute.
+    "merge_sum_rows": (merged("sum", axis=1), "Merge/Sum", "Caffe holds in C,H,W order"),
+}
+# construct -> (layer type, config items) of the layer it must map to.
+MAPPED = {
+    "merge_prod_channels": ("reduce", {"operation": "prod", "axes": [3], "keepdims": False}),
+    "merge_min_channels": ("reduce", {"operation": "min", "axes": [3], "keepdims": False}),
+    "merge_mean_vectors": ("reduce", {"operation": "mean", "axes": [1], "keepdims": False}),
+    "global_max_pool": ("global_max_pool2d", {"keepdims": False}),
+    "atrous_conv_2d_same": ("conv2d", {"dilation": [2, 2], "padding": "same", "strides": [1, 1]}),
+    "atrous_conv_2d_valid": ("conv2d", {"dilation": [2, 2], "padding": "valid"}),
+    "atrous_conv_2d_odd_size": ("conv2d", {"dilation": [3, 3], "padding": "same"}),
+    "upscore_layer": ("conv2d_transpose", {"padding": "same", "strides": [2, 2], "kernel_size": [4, 4]}),
+    "l2_normalize_channels": ("l2_normalize", {"axes": [3], "epsilon": float(np.float32(1e-12))}),
+    "residual_block_downsample": ("pad_channels", {"padding": [2, 2], "value": 0.0}),
+    "grouped_conv_2d": ("depthwise_conv2d", {"depth_multiplier": 2}),
+}
+
+
+# --------------------------------------------------------------------------- checkpoints
+def randomise_variables(session, rng):
+    """Moving statistics far from (0, 1), biases and gates off zero, so that a layer mapped
+    as the identity (or missing a bias) fails."""
+    for variable in v1.global_variables():
+        role = variable.op.name.rsplit("/", 1)[-1]
+        shape = variable.shape.as_list()
+        if role in ("moving_mean", "beta", "b", "b_T"):
+            variable.load(rng.normal(0, 0.5, shape).astype(np.float32), session)
+        elif role in ("moving_variance", "gamma"):
+            variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
+
+
+def save_tflearn_checkpoint(tflearn, build, path: Path, seed=0, frozen: Path = None):
+    """`build(tflearn, input)` in a fresh graph, random statistics, `model.save(path)`; also
+    the graph frozen into `frozen` (a .pb) when given."""
+    with tf.Graph().as_default() as graph:
+        v1.set_random_seed(seed)
+        net = tflearn.input_data(shape=[None] + SHAPE, name="input")
+        output = build(tflearn, net)
+        model = tflearn.DNN(output, tensorboard_dir=str(path.parent / "logs"))
+        randomise_variables(model.session, np.random.default_rng(seed))
+        model.save(str(path))
+        if frozen is not None:
+            frozen.write_bytes(v1.graph_util.convert_variables_to_constants(
+                model.session, graph.as_graph_def(), [output.op.name]).SerializeToString())
+
+
+def export_tflearn_constructs(constructs, folder: Path, frozen=()):
+    """Save and export each construct (with per-layer activations); name -> .h5 path. The
+    constructs named in `frozen` are also frozen into a .pb and exported from it as
+    '<name>_frozen'."""
+    from tf2caffe.export.tflearn import import_tflearn
+    tflearn = import_tflearn()
+    sources = {}
+    for name, build in constructs.items():
+        sources[name] = folder / (name + ".tfl")
+        if name in frozen:
+            sources[name + "_frozen"] = folder / (name + "_frozen.pb")
+        save_tflearn_checkpoint(tflearn, build, sources[name], frozen=sources.get(name + "_frozen"))
+    return {name: export(source, folder / "out", per_layer=True, input_shape=[BATCH] + SHAPE)
+            for name, source in sources.items()}
+
+
+# --------------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tflearn_structures")
+    constructs = dict(CONSTRUCTS, **{name: build for name, (build, _, _) in REFUSED.items()})
+    return folder, export_tflearn_constructs(constructs, folder, FROZEN)
+
+
+@pytest.fixture(scope="module")
+def converted(exported):
+    import harness
+    folder, paths = exported
+    return harness.convert_h5_batch(paths, folder / "caffe")
+
+
+@pytest.mark.parametrize("name", sorted(MAPPED))
+def test_construct_maps_to_its_layer(exported, name):
+    kind, config = MAPPED[name]
+    model = intermediate.read(str(exported[1][name]))
+    matching = [layer for layer in model.layers
+                if layer.type == kind and {key: layer.config.get(key) for key in config} == config]
+    assert len(matching) == 1, [(layer.type, layer.config) for layer in model.layers]
+
+
+@pytest.mark.parametrize("name", FROZEN)
+def test_frozen_graph_maps_like_the_checkpoint(exported, name):
+    checkpoint, frozen = (intermediate.read(str(exported[1][key])) for key in (name, name + "_frozen"))
+    assert [(l.name, l.type) for l in frozen.layers] == [(l.name, l.type) for l in checkpoint.layers]
+
+
+def test_atrous_convolution_keeps_its_variables_and_bias(exported):
+    model = intermediate.read(str(exported[1]["atrous_conv_2d_same"]))
+    conv = next(layer for layer in model.layers if layer.type == "conv2d")
+    assert conv.tf_names == {"kernel": "AtrousConv2D/W:0", "bias": "AtrousConv2D/b:0"}
+    assert [layer.type for layer in model.layers][:3] == ["input", "conv2d", "activation"]
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRUCTS) + sorted(name + "_frozen" for name in FROZEN))
+def test_construct_is_exact_in_pycaffe_and_opencv(converted, name):
+    import harness
+    harness.assert_exact(converted[name])
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_construct_is_refused_with_its_reason(converted, name):
+    _, layer, reason = REFUSED[name]
+    error = converted[name].error
+    assert error is not None and "'%s'" % layer in error and reason in error, error
