@@ -20,7 +20,7 @@ import tempfile
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import ConversionError, UnsupportedError, reported_errors
 
 PROG = "tf2caffe"
@@ -298,8 +298,11 @@ def _import_in_chroot(files: List[str], output: str, args, report: Optional[str]
         argv = ["python3", "-m", "tf2caffe.import_stage"] + _child_arguments(files, output, args, report)
         argv += ["--scratch", scratch, "--status-fd", str(status_write)]
         command = environments.caffe_command(argv, environments.PROJECT_ROOT, binds, os.getcwd())
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                                 pass_fds=(status_write,))
+        # A Ctrl-C while Popen starts the child would leave it running unseen (`child` unset): it
+        # is raised once `child` names the process to stop.
+        with interrupts.held():
+            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout,
+                                     stderr=subprocess.PIPE, pass_fds=(status_write,))
         os.close(status_write)
         status_write = -1
         reader = threading.Thread(target=_read_status, args=(status_read, started, written), daemon=True)

@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import intermediate
+from . import intermediate, interrupts
 from .caffe import emit, verify
 from .caffe.backends import get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
@@ -72,8 +71,11 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend) ->
         caffemodel_tmp = os.path.join(scratch, stem + ".caffemodel")
         written = backend.write(net_spec, prototxt_tmp, caffemodel_tmp, path,
                                 args.prototxt or prototxt_out, caffemodel_out, progress)
-        commit([(prototxt_tmp, prototxt_out), (caffemodel_tmp, caffemodel_out)])
-        _tell_the_cli(args, "wrote", path)
+        # Ctrl-C waits until both files are in place and the CLI knows it: a new prototxt next to
+        # an old .caffemodel would be a half-written result, and untold output a wrong message.
+        with interrupts.held():
+            commit([(prototxt_tmp, prototxt_out), (caffemodel_tmp, caffemodel_out)])
+            _tell_the_cli(args, "wrote", path)
 
         entry = {"file": path, "model": model.name, "error": None,
                  "backend": backend.name, "verified_with": None if args.no_verify else backend.verifier,
@@ -148,14 +150,9 @@ def verify_in(backend, written, files: Dict[str, str], model, inputs: Dict[str, 
 
 
 def commit(renames) -> None:
-    """Rename every (scratch file, output) pair with Ctrl-C held back until all are done: a new
-    prototxt next to an old .caffemodel would be a half-written result."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        for scratch_file, output in renames:
-            os.replace(scratch_file, output)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    """Rename every (scratch file, output) pair (the caller holds Ctrl-C back)."""
+    for scratch_file, output in renames:
+        os.replace(scratch_file, output)
 
 
 def _tell_the_cli(args, event: str, path: str) -> None:
