@@ -31,6 +31,9 @@ from tf2caffe import intermediate
 from tf2caffe.caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from tf2caffe.intermediate import Layer, Model
 
+# `tf2caffe import` with the default backend: pycaffe, in the Caffe chroot.
+pytestmark = pytest.mark.chroot
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EARLIER = b"an earlier conversion\n"
 # The earlier conversion of model.h5 / model.keras that every failed run must leave alone.

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.chroot
 def test_caffe_side_suite_passes_in_the_chroot():
     completed = subprocess.run(
         [sys.executable, "-m", "tf2caffe.environments", "caffe-run", "--",

@@ -23,7 +23,7 @@ from test_bad_input import PROJECT_ROOT, Workspace, assert_untouched
 from tf2caffe import intermediate
 from tf2caffe.intermediate import Layer, Model
 
-pytestmark = pytest.mark.chroot
+pytestmark = [pytest.mark.chroot, pytest.mark.slow]
 
 INTERRUPTED = ["tf2caffe: interrupted; no output was written"]
 # After the signal, how long a stop may take at most (it takes about a second).

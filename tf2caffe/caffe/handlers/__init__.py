@@ -2,23 +2,28 @@
 
 A handler owns both halves of its job: the Caffe layers a layer becomes, and how its weights
 move into Caffe's layout (as blob callables on those layers). Handlers live in one module per
-family beside this file; `register` is also the extension point for user-supplied handlers.
+family beside this file, all of which `load_builtin` imports (a new family file needs no list);
+`register` is also the extension point for user-supplied handlers.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Dict, Optional
 
 from ...errors import ConversionError
+from ..profiles import PROFILES
 
 HANDLERS: Dict[str, "Handler"] = {}
-FAMILIES = ("io", "conv", "pooling", "dense", "activation", "elementwise", "normalization", "shape")
+# A handler may declare a type only some profiles allow (ReLU6): it then chooses by profile.
+PROFILE_TYPES = frozenset().union(*(profile.layers for profile in PROFILES.values()))
 
 
 class Handler:
-    """Base class. Subclasses set `caffe_layers` (the Caffe types they may emit, for the docs
-    and the target profile) and implement `emit`; `check` returns why a layer cannot be
-    converted exactly (None when it can), before anything is written."""
+    """Base class. Subclasses set `caffe_layers` (every Caffe type they may emit: the docs and
+    the target profiles rely on it, and emitting another is an error) and implement `emit`;
+    `check` returns why a layer cannot be converted exactly (None when it can), before anything
+    is written."""
 
     caffe_layers = ()
     summary = ""
@@ -33,6 +38,10 @@ class Handler:
 def register(*types, override=False):
     """Class decorator: `@register("conv2d")` makes the class handle those layer types."""
     def decorate(cls):
+        unknown = sorted(set(cls.caffe_layers) - PROFILE_TYPES)
+        if unknown:
+            raise ValueError("%s declares Caffe layer type(s) %s, which no target profile allows" % (
+                cls.__name__, ", ".join(unknown)))
         for kind in types:
             if kind in HANDLERS and not override:
                 raise ValueError("a handler for '%s' is already registered (pass override=True)" % kind)
@@ -49,5 +58,6 @@ def handler_for(kind) -> Handler:
 
 
 def load_builtin() -> None:
-    for family in FAMILIES:
-        importlib.import_module("%s.%s" % (__name__, family))
+    """Import every module of this package (each family registers its handlers on import)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module("%s.%s" % (__name__, module.name))
