@@ -78,11 +78,12 @@ convert: $(TF2CAFFE) caffe-env
 	$(TF2CAFFE) convert $(SRC) -o $(OUT)
 
 # What runs inside the Caffe chroot (Python 3.9): the import stage and everything it imports
-# (cli.py for its arguments), and the tests run there (tests/test_caffe_side_units.py).
+# (cli.py for its arguments), and the tests run there (tests/test_caffe_side_units.py). Ruff's
+# per-file-target-version in pyproject.toml lists the same (tests/test_lint_config.py).
 CHROOT_PYTHON := tf2caffe/__init__.py tf2caffe/cli.py tf2caffe/errors.py tf2caffe/import_stage.py \
   tf2caffe/intermediate.py tf2caffe/interrupts.py tf2caffe/caffe \
-  tests/conftest.py tests/caffe_side tests/test_intermediate.py tests/intermediate_models.py \
-  tests/read_each_in_a_child.py tests/native_in_caffe.py
+  tests/conftest.py tests/caffe_side tests/test_intermediate.py tests/test_held_interrupts.py \
+  tests/intermediate_models.py tests/read_each_in_a_child.py tests/native_in_caffe.py
 
 # Seconds, so it runs first: a Python 3.9 break fails here rather than in the chroot's tests.
 # ruff and vermin live in the cached venv, whose console scripts .venv does not link.
