@@ -1,7 +1,10 @@
 # tf2caffe: TensorFlow/tflearn -> Caffe.
 #   make                 export then import MODEL (default vgg19)
 #   make env             create both environments (cached in ~/.cache/tf2caffe)
-#   make test            run the test suite
+#   make test            lint, then the whole test suite (what CI runs)
+#   make test-fast       lint, then the tests marked neither chroot, containers nor slow
+#                        (handlers with the native backend): the edit loop, under a minute
+#   make lint            ruff, and vermin's Python 3.9 floor for the code the Caffe chroot runs
 #   make convert SRC=... OUT=...
 #   make bench           VGG-19 224x224 benchmark, by hand (not in CI) -> bench/results.md
 # Environments are created by tf2caffe/environments.py, which is idempotent
@@ -19,7 +22,7 @@ REQS     := requirements.txt export/requirements.txt
 DEBS     := import/debian-packages.txt
 ENVS_PY  := tf2caffe/environments.py
 
-.PHONY: all env caffe-env export import convert test bench clean
+.PHONY: all env caffe-env export import convert test test-fast lint bench clean
 
 all: export import
 
@@ -74,8 +77,31 @@ endif
 convert: $(TF2CAFFE) caffe-env
 	$(TF2CAFFE) convert $(SRC) -o $(OUT)
 
-test: env
+# What runs inside the Caffe chroot (Python 3.9): the import stage and everything it imports,
+# and the tests run there (tests/test_caffe_side_units.py). Ruff's per-file-target-version in
+# pyproject.toml lists the same (tests/test_lint_config.py).
+CHROOT_PYTHON := tf2caffe/__init__.py tf2caffe/atomic.py tf2caffe/errors.py tf2caffe/import_options.py \
+  tf2caffe/import_stage.py tf2caffe/intermediate.py tf2caffe/interrupts.py tf2caffe/measure.py \
+  tf2caffe/report.py tf2caffe/caffe \
+  tests/conftest.py tests/caffe_side tests/test_intermediate.py tests/test_held_interrupts.py \
+  tests/intermediate_models.py tests/read_each_in_a_child.py tests/native_in_caffe.py
+
+# Seconds, so it runs first: a Python 3.9 break fails here rather than in the chroot's tests.
+# ruff and vermin live in the cached venv, whose console scripts .venv does not link.
+lint: $(TF2CAFFE)
+	.venv/bin/python -m ruff check --quiet .
+	.venv/bin/python -c "import sys, vermin; sys.exit(vermin.main())" -q --no-tips --violations \
+	  -t=3.9- $(CHROOT_PYTHON)
+
+test: env lint
 	.venv/bin/python -m pytest -ra -p no:cacheprovider tests
+
+# The conversions of the handler suites run with the native backend (written without Caffe,
+# measured in OpenCV only); `make test` measures them in pycaffe too. Test files are spread over
+# the CPUs, each whole in one process (its module fixture converts all its cases at once).
+test-fast: $(TF2CAFFE) lint
+	TF2CAFFE_TEST_BACKEND=native .venv/bin/python -m pytest -q -p no:cacheprovider \
+	  -m "not chroot and not containers and not slow" -n auto --dist loadfile tests
 
 bench: $(TF2CAFFE) caffe-env
 	$(PYTHON) bench/run.py

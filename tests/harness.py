@@ -12,6 +12,7 @@ intermediates already written (graph-level exports). TensorFlow-side only.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ from tf2caffe.report import FileResult
 from tf2caffe.caffe import verify
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# `make test-fast` sets native: the conversions then run without the Caffe chroot (written
+# natively, measured in OpenCV only); unset, `tf2caffe import` chooses (pycaffe where it exists).
+TEST_BACKEND = os.environ.get("TF2CAFFE_TEST_BACKEND")
 
 
 class Result:
@@ -53,6 +57,8 @@ def import_files(h5_files: List[Path], out_dir: Path, per_layer: bool = True,
     out_dir/report.json."""
     command = [sys.executable, "-m", "tf2caffe", "import", *map(str, h5_files), "-o", str(out_dir),
                "--profile", profile, "--report", str(out_dir / "report.json"), *extra]
+    if TEST_BACKEND:
+        command += ["--backend", TEST_BACKEND]
     if per_layer:
         command.append("--per-layer")
     return subprocess.run(command, cwd=str(PROJECT_ROOT), stdout=subprocess.PIPE,

@@ -18,10 +18,8 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -34,6 +32,9 @@ from intermediate_models import MLP_PROTOTXT
 from tf2caffe import intermediate
 from tf2caffe.caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from tf2caffe.intermediate import Layer, Model
+
+# `tf2caffe import` with the default backend: pycaffe, in the Caffe chroot.
+pytestmark = pytest.mark.chroot
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EARLIER = b"an earlier conversion\n"
@@ -516,74 +517,3 @@ def test_only_the_architecture_modules_own_exceptions_become_one_line(tmp_path):
         {}["layer"]
     with pytest.raises(ConversionError, match="^already one line$"), architecture_errors(module):
         raise ConversionError("already one line")
-
-
-def vgg_like(size=64, seed=0) -> Model:
-    """VGG-16's layers on a 64x64 input (40 M weights, 160 MB): big enough that converting it
-    takes seconds. Random reference outputs: it is interrupted long before verification."""
-    rng = np.random.RandomState(seed)
-    layers = [Layer("input", "input", [], {"shape": [None, size, size, 3]}, [1, size, size, 3])]
-    previous, channels = "input", 3
-    for block, (width, convs) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], 1):
-        for index in range(1, convs + 1):
-            conv = "block%d_conv%d" % (block, index)
-            kernel = rng.randn(3, 3, channels, width).astype(np.float32) * np.sqrt(2.0 / (9 * channels))
-            layers.append(Layer(conv, "conv2d", [previous], {
-                "filters": width, "groups": 1, "kernel_size": [3, 3], "strides": [1, 1],
-                "dilation": [1, 1], "padding": "same"}, [1, size, size, width],
-                {"kernel": kernel, "bias": np.zeros(width, np.float32)}))
-            layers.append(Layer(conv + "/relu", "activation", [conv], {"function": "relu"}, [1, size, size, width]))
-            previous, channels = conv + "/relu", width
-        size //= 2
-        layers.append(Layer("block%d_pool" % block, "max_pool2d", [previous], {
-            "pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}, [1, size, size, channels]))
-        previous = "block%d_pool" % block
-    features = size * size * channels
-    layers.append(Layer("flatten", "flatten", [previous], {}, [1, features]))
-    previous = "flatten"
-    for name, units in (("fc1", 4096), ("fc2", 4096), ("predictions", 10)):
-        kernel = rng.randn(features, units).astype(np.float32) / np.sqrt(features)
-        layers.append(Layer(name, "dense", [previous], {"units": units}, [1, units],
-                            {"kernel": kernel, "bias": np.zeros(units, np.float32)}))
-        previous, features = name, units
-    return Model("model", layers, ["predictions"], {}, {"input": rng.rand(1, 64, 64, 3).astype(np.float32)},
-                 {"predictions": rng.randn(1, 10).astype(np.float32)})
-
-
-def processes_mentioning(text: str) -> List[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        if entry.name.isdigit() and text in command:
-            found.append(command)
-    return found
-
-
-@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl_c", "kill_int_pid"])
-def test_interrupted_import_writes_nothing_and_exits_130(tmp_path, to_group):
-    """SIGINT while Caffe loads the net: Ctrl-C (to the command's process group) or `kill -INT`
-    (to the command alone)."""
-    ws = Workspace(tmp_path)
-    ws.write(vgg_like())
-    command = subprocess.Popen([sys.executable, "-m", "tf2caffe", *ws.import_args()], cwd=str(PROJECT_ROOT),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               universal_newlines=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        # The prototxt reaches the scratch folder just before Caffe loads the net: mid-way.
-        while not list(ws.out.glob(".tf2caffe-import-*/model.prototxt")):
-            assert command.poll() is None, command.communicate()
-            assert time.monotonic() < deadline, "the import never reached Caffe"
-            time.sleep(0.01)
-        (os.killpg if to_group else os.kill)(command.pid, signal.SIGINT)
-        _, stderr = command.communicate(timeout=120)
-    finally:
-        if command.poll() is None:
-            os.killpg(command.pid, signal.SIGKILL)
-    assert command.returncode == 130, stderr
-    assert stderr.splitlines() == ["tf2caffe: interrupted; no output was written"], stderr
-    assert not processes_mentioning(str(ws.h5)), "the import stage outlived the command"
-    assert_untouched(ws.out)

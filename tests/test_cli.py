@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import intermediate_models
 from harness import assert_exact, convert_keras_batch
 
@@ -33,6 +35,7 @@ def test_import_help_loads_no_framework():
     assert "--prototxt" in completed.stdout and "--debug" in completed.stdout
 
 
+@pytest.mark.chroot
 def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
     files = [intermediate_models.write(intermediate_models.mlp(name, seed=seed), tmp_path)
              for seed, name in enumerate(["first", "second"])]
@@ -45,7 +48,7 @@ def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
     assert "verified: max relative error" in completed.stdout
     results = json.loads(report.read_text())["results"]
     assert sorted(results) == ["first.h5", "second.h5"]
-    for name, entry in results.items():
+    for entry in results.values():
         assert entry["verified"]
         entry["file"] = str(tmp_path / entry["file"])
         entry["files"] = {kind: str(tmp_path / path) for kind, path in entry["files"].items()}
@@ -76,6 +79,7 @@ def test_harness_converts_a_batch_exactly(tmp_path):
         assert result.per_layer and result.prototxt.startswith('name: "')
 
 
+@pytest.mark.chroot
 def test_convert_writes_the_model_and_a_short_report(tmp_path):
     small_cnn().save(str(tmp_path / "cnn.keras"))
     completed = tf2caffe("convert", tmp_path / "cnn.keras", "-o", tmp_path / "out")
@@ -84,6 +88,7 @@ def test_convert_writes_the_model_and_a_short_report(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn.caffemodel", "cnn.h5", "cnn.prototxt"]
 
 
+@pytest.mark.chroot
 def test_convert_verifies_a_user_reference_input_too(tmp_path):
     import numpy as np
     small_cnn().save(str(tmp_path / "cnn.keras"))

@@ -24,6 +24,9 @@ import pytest
 
 from tf2caffe import containers, environments
 
+# Builds and runs the stage images with podman (minutes with an empty cache).
+pytestmark = [pytest.mark.containers, pytest.mark.slow]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 USER = (1000, 1000)
 TOLERANCE = 1e-4

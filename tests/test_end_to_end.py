@@ -15,6 +15,9 @@ import pytest
 from tf2caffe import opencv_check
 from tf2caffe.report import FileResult
 
+# VGG-19 and a trained CNN through export and the Caffe chroot.
+pytestmark = [pytest.mark.chroot, pytest.mark.slow]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4
 LAYER_TOLERANCE = 1e-5

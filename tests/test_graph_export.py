@@ -238,6 +238,7 @@ MODELS = list(TF1_SOURCES) + ["tflearn_v2", "slim_resnet", "lowlevel", "keras_ex
 
 
 # --------------------------------------------------------------------------- fixtures
+# The tests that use it are marked slow: it builds, trains and exports every source.
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """Every source model, exported with per-layer activations. The TF1 sources are built and
@@ -276,6 +277,7 @@ TFLEARN_TYPES = ["input", "conv2d", "activation", "batch_norm", "max_pool2d", "l
                  "activation", "avg_pool2d", "flatten", "dense", "activation", "dense", "activation"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, conditional", [("tflearn_classic", "Switch"), ("tflearn_v2", "If")])
 def test_tflearn_checkpoint_from_the_meta_graph_alone(sources, name, conditional):
     ops = meta_graph_ops(sources["folder"] / (name + ".tfl.meta"))
@@ -300,6 +302,7 @@ def test_tflearn_checkpoint_from_the_meta_graph_alone(sources, name, conditional
     assert not np.allclose(moving_variance, 1.0), "training should have moved the statistics"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tflearn_classic", "tflearn_v2"])
 def test_tflearn_inference_graph_reproduces_tflearn_predict(sources, name):
     folder = sources["folder"]
@@ -312,6 +315,7 @@ def test_tflearn_inference_graph_reproduces_tflearn_predict(sources, name):
     np.testing.assert_allclose(got, np.load(folder / (name + ".predictions.npy")), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_slim_checkpoint_with_switch_merge_conditionals(sources):
     assert {"Switch", "Merge", "VariableV2"} <= meta_graph_ops(sources["folder"] / "slim_inception.ckpt.meta")
     model = read(sources, "slim_inception")
@@ -332,6 +336,7 @@ def test_slim_checkpoint_with_switch_merge_conditionals(sources):
     assert types(model).count("batch_norm") == 15 and types(model).count("concat") == 2
 
 
+@pytest.mark.slow
 def test_frozen_pb_keeping_the_training_flag(sources):
     checkpoint, frozen = read(sources, "slim_inception"), read(sources, "slim_inception_frozen")
     assert [(l.name, l.type) for l in frozen.layers] == [(l.name, l.type) for l in checkpoint.layers]
@@ -342,6 +347,7 @@ def test_frozen_pb_keeping_the_training_flag(sources):
     assert frozen.attrs["source_framework"] == "tf1-graph"
 
 
+@pytest.mark.slow
 def test_slim_checkpoint_with_v2_conditionals_and_resource_variables(sources):
     assert {"If", "VarHandleOp"} <= meta_graph_ops(sources["folder"] / "slim_resnet.ckpt.meta")
     model = read(sources, "slim_resnet")
@@ -359,6 +365,7 @@ def test_slim_checkpoint_with_v2_conditionals_and_resource_variables(sources):
     assert model.outputs == ["predictions"] and model.compared_layers() == ["logits", "predictions"]
 
 
+@pytest.mark.slow
 def test_lowlevel_saved_model(sources):
     model = read(sources, "lowlevel")
     layer = {l.name: l for l in model.layers}
@@ -382,6 +389,7 @@ def test_lowlevel_saved_model(sources):
     assert model.outputs == ["Softmax"] and model.compared_layers() == ["lowlevel/fc", "Softmax"]
 
 
+@pytest.mark.slow
 def test_keras_exported_saved_model(sources):
     model = read(sources, "keras_export")
     layer = {l.name: l for l in model.layers}
@@ -490,6 +498,7 @@ def test_unknown_input_dimensions_need_an_input_shape(tmp_path):
     assert model.activation("out").shape == (2, 6, 10, 4)
 
 
+@pytest.mark.slow
 def test_unknown_signature_lists_the_signatures(sources):
     with pytest.raises(ConversionError, match=r"no signature 'predict' \(signatures: serving_default\)"):
         graph.load_graph(sources["folder"] / "lowlevel", signature="predict")
@@ -512,6 +521,8 @@ def converted(sources, tmp_path_factory):
     return harness.convert_h5_batch(sources["paths"], tmp_path_factory.mktemp("graph_caffe"))
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 @pytest.mark.parametrize("name", MODELS)
 def test_end_to_end_in_pycaffe_and_opencv(converted, name):
     import harness

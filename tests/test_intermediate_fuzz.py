@@ -23,6 +23,7 @@ from typing import List
 
 import h5py
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -130,6 +131,7 @@ def read_in_the_chroot(paths: List[Path]) -> dict:
     return json.loads(completed.stdout)
 
 
+@pytest.mark.chroot
 def test_corrupt_intermediate_files_end_in_a_clean_read_or_the_projects_error(tmp_path):
     base_path = intermediate_models.write(intermediate_models.mlp(name="model"), tmp_path)
     base = Path(base_path).read_bytes()

@@ -33,6 +33,8 @@ def tf2caffe(*args, env=None, cwd=PROJECT_ROOT) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
+# The tests that use it (or in_caffe) are marked chroot and slow: it exports VGG-19 and the zoo and
+# imports them with both backends, pycaffe in the Caffe chroot.
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """{backend: {model: report entry}} for every model imported by each backend."""
@@ -72,12 +74,16 @@ def in_caffe(converted):
     return json.loads((folder / "results.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 def test_every_model_converts_with_both_backends(converted):
     _, entries = converted
     for backend in BACKENDS:
         assert sorted(entries[backend]) == sorted(MODELS)
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 @pytest.mark.parametrize("name", MODELS)
 def test_native_is_verified_exactly_in_opencv(converted, name):
     entry = converted[1]["native"][name]
@@ -88,12 +94,16 @@ def test_native_is_verified_exactly_in_opencv(converted, name):
     assert entry["first_over_layer_tolerance"] is None, entry["per_layer"]
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 @pytest.mark.parametrize("name", MODELS)
 def test_both_backends_write_the_same_prototxt(converted, name):
     native, pycaffe = (converted[1][backend][name]["files"]["prototxt"] for backend in BACKENDS)
     assert Path(native).read_text() == Path(pycaffe).read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 @pytest.mark.parametrize("name", MODELS)
 def test_native_weights_equal_pycaffes_blob_by_blob_in_caffe(in_caffe, name):
     result = in_caffe[name]
@@ -105,6 +115,8 @@ def test_native_weights_equal_pycaffes_blob_by_blob_in_caffe(in_caffe, name):
         assert (result["blobs"], result["weights"]) == (38, 20024384 + fully_connected)
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 @pytest.mark.parametrize("name", MODELS)
 def test_native_files_run_exactly_in_caffe(in_caffe, name):
     errors = in_caffe[name]["errors"]
@@ -149,6 +161,8 @@ def test_native_refuses_a_hand_written_prototxt_before_writing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 def test_no_verify_writes_the_same_files_unverified(tmp_path, converted):
     folder, entries = converted
     completed = tf2caffe("import", folder / "vgg19.h5", "-o", tmp_path, "--backend", "native", "--no-verify",

@@ -16,6 +16,9 @@ import pytest
 
 from harness import assert_exact, convert_keras_batch
 
+# Keras' application architectures: the longest conversions of the suite.
+pytestmark = pytest.mark.slow
+
 A = keras.applications
 
 # name -> (builder, input side): the minimum sizes are keras.applications' own checks.

@@ -135,11 +135,10 @@ def convert_constructs(module: str, constructs: Dict[str, Construct], tmp_dir) -
         architecture.write_text(ARCHITECTURE.format(tests=str(Path(__file__).parent), module=module,
                                                     name=name))
         checkpoint = folder / (name + ".tfl")
-        for key, make in ((name, lambda: export(checkpoint, folder / "out", per_layer=True)),
-                          (name + ".architecture", lambda: export(
-                              architecture, folder / "out", checkpoint=checkpoint, per_layer=True))):
+        for key, source, options in ((name, checkpoint, {}),
+                                     (name + ".architecture", architecture, {"checkpoint": checkpoint})):
             try:
-                exported[key] = make()
+                exported[key] = export(source, folder / "out", per_layer=True, **options)
             except ConversionError as error:
                 refused[key] = harness.Result(key, checkpoint)
                 refused[key].error = str(error)

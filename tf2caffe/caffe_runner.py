@@ -18,6 +18,7 @@ import tempfile
 import threading
 from typing import List, Optional
 
+from . import interrupts
 from .errors import ConversionError, signal_name
 from .import_options import ImportOptions
 
@@ -88,8 +89,11 @@ def _run_import_stage(files: List[str], output: str, options: ImportOptions, std
         argv = ["python3", "-m", "tf2caffe.import_stage"] + options.argv(files, output)
         argv += ["--scratch", scratch, "--status-fd", str(status_write)]
         command = environments.caffe_command(argv, environments.PROJECT_ROOT, binds, os.getcwd())
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                                 pass_fds=(status_write,))
+        # A Ctrl-C while Popen starts the child would leave it running unseen (`child` unset): it
+        # is raised once `child` names the process to stop.
+        with interrupts.held():
+            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout,
+                                     stderr=subprocess.PIPE, pass_fds=(status_write,))
         os.close(status_write)
         status_write = -1
         reader = threading.Thread(target=_read_status, args=(status_read, started, written), daemon=True)

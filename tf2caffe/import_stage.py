@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import intermediate, report
+from . import intermediate, interrupts, report
 from .caffe import emit, verify
 from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
@@ -72,8 +71,11 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend: Ba
         written = backend.write(net_spec=net_spec, prototxt_file=prototxt_tmp, caffemodel_file=caffemodel_tmp,
                                 h5_path=path, prototxt_shown=args.prototxt or prototxt_out,
                                 caffemodel_shown=caffemodel_out, progress=progress)
-        commit([(prototxt_tmp, prototxt_out), (caffemodel_tmp, caffemodel_out)])
-        _tell_the_cli(args, "wrote", path)
+        # Ctrl-C waits until both files are in place and the CLI knows it: a new prototxt next to
+        # an old .caffemodel would be a half-written result, and untold output a wrong message.
+        with interrupts.held():
+            commit([(prototxt_tmp, prototxt_out), (caffemodel_tmp, caffemodel_out)])
+            _tell_the_cli(args, "wrote", path)
 
         result = report.FileResult(
             path, model=model.name, backend=backend.name,
@@ -141,14 +143,9 @@ def verify_in(result: report.FileResult, backend: Backend, written, model, targe
 
 
 def commit(renames) -> None:
-    """Rename every (scratch file, output) pair with Ctrl-C held back until all are done: a new
-    prototxt next to an old .caffemodel would be a half-written result."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        for scratch_file, output in renames:
-            os.replace(scratch_file, output)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    """Rename every (scratch file, output) pair (the caller holds Ctrl-C back)."""
+    for scratch_file, output in renames:
+        os.replace(scratch_file, output)
 
 
 def _tell_the_cli(args, event: str, path: str) -> None:

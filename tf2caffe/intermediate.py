@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from typing import Callable, List
 from urllib.parse import quote, unquote
 
@@ -239,8 +240,15 @@ def check_readable(path, check_model: Callable[[Model], None] = lambda model: No
         finally:
             os._exit(status)  # no cleanup handlers: they belong to the parent
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode("utf-8", "replace")
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode("utf-8", "replace")
+    except KeyboardInterrupt:
+        # Ctrl-C to this process alone (`kill -INT`): the child must not outlive it. It is not
+        # reaped yet (only the waitpid below reaps it), so its pid is still its own.
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         raise IntermediateError("%s: corrupt HDF5 file: reading it crashed the HDF5 library (%s)" % (

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConversionError, UnsupportedError
 from ..intermediate import Layer, Model
-from .handlers import BroadcastsTo, handler_for, load_builtin, HANDLERS
+from .handlers import HANDLERS, BroadcastsTo, Handler, handler_for, load_builtin
 from .netspec import CaffeLayer, NetSpec
 from .profiles import Profile, get_profile
 
@@ -50,6 +50,7 @@ class EmitContext:
         self.net = net
         self.profile = profile
         self.blobs: Dict[str, Blob] = {}
+        self.emitting: Optional[Tuple[Layer, Handler]] = None  # set by build_net, for add()
 
     def bottom(self, layer: Layer, index: int = 0) -> Blob:
         return self.blobs[layer.inputs[index]]
@@ -61,6 +62,13 @@ class EmitContext:
         return layer.caffe_name + ("/" + suffix if suffix else "")
 
     def add(self, caffe_layer: CaffeLayer) -> CaffeLayer:
+        layer, handler = self.emitting
+        if caffe_layer.type not in handler.caffe_layers:
+            # A handler bug: the docs and the profile checks trust caffe_layers.
+            raise ConversionError("%s: layer '%s' (%s): handler %s emitted Caffe layer type '%s', which "
+                                  "its caffe_layers (%s) do not declare" % (
+                                      self.model.source, layer.name, layer.type, type(handler).__name__,
+                                      caffe_layer.type, ", ".join(handler.caffe_layers)))
         return self.net.add(caffe_layer)
 
     def produce(self, layer: Layer, top: str, shape: Optional[Sequence[int]] = None,
@@ -122,8 +130,10 @@ def build_net(model: Model, profile_name: str = "bvlc") -> Tuple[NetSpec, Dict[s
     net = NetSpec(model.name)
     ctx = EmitContext(model, net, profile)
     for layer in model.layers:
+        handler = handler_for(layer.type)
+        ctx.emitting = (layer, handler)
         with malformed_config_reported(model, layer):
-            handler_for(layer.type).emit(layer, ctx)
+            handler.emit(layer, ctx)
     profile.enforce(net)
     names = [layer.name for layer in net.layers]
     duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -2,18 +2,21 @@
 
 A handler owns both halves of its job: the Caffe layers a layer becomes, and how its weights
 move into Caffe's layout (as blob callables on those layers). Handlers live in one module per
-family beside this file; `register` is also the extension point for user-supplied handlers.
+family beside this file, all of which `load_builtin` imports (a new family file needs no list);
+`register` is also the extension point for user-supplied handlers.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 from ...errors import ConversionError
+from ..profiles import PROFILES
 
 HANDLERS: Dict[str, "Handler"] = {}
-FAMILIES = ("io", "conv", "pooling", "dense", "activation", "elementwise", "normalization", "shape",
-            "reduction")
+# A handler may declare a type only some profiles allow (ReLU6): it then chooses by profile.
+PROFILE_TYPES = frozenset().union(*(profile.layers for profile in PROFILES.values()))
 
 
 class BroadcastsTo(tuple):
@@ -30,7 +33,8 @@ class Handler:
 
     The class attributes declare the types' entry in the intermediate vocabulary (which the
     reader enforces and docs/intermediate-format.md tabulates) and the Caffe side (`caffe_layers`,
-    the Caffe types it may emit; `summary`, for the README). Subclasses implement `emit`;
+    every Caffe type it may emit: the docs and the target profiles rely on it, and emitting
+    another is an error; `summary`, for the README). Subclasses implement `emit`;
     `array_shapes` gives the shape (in TensorFlow's layout) that a layer's config and input
     imply for each array it holds; `check` returns why a layer cannot be converted exactly
     (None when it can). The check pass runs both before anything is written, so `emit` never
@@ -55,6 +59,10 @@ class Handler:
 def register(*types, override=False):
     """Class decorator: `@register("conv2d")` makes the class handle those layer types."""
     def decorate(cls):
+        unknown = sorted(set(cls.caffe_layers) - PROFILE_TYPES)
+        if unknown:
+            raise ValueError("%s declares Caffe layer type(s) %s, which no target profile allows" % (
+                cls.__name__, ", ".join(unknown)))
         for kind in types:
             if kind in HANDLERS and not override:
                 raise ValueError("a handler for '%s' is already registered (pass override=True)" % kind)
@@ -87,5 +95,6 @@ def handler_for(kind) -> Handler:
 
 
 def load_builtin() -> None:
-    for family in FAMILIES:
-        importlib.import_module("%s.%s" % (__name__, family))
+    """Import every module of this package (each family registers its handlers on import)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module("%s.%s" % (__name__, module.name))
