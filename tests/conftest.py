@@ -6,3 +6,9 @@ starts it from the TensorFlow side), so the TensorFlow-side pytest does not coll
 import importlib.util
 
 collect_ignore = [] if importlib.util.find_spec("caffe") else ["caffe_side"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: builds an environment for minutes the first time on a "
+                                       "machine (tests/test_source_caffe.py compiles Caffe); "
+                                       "-m 'not slow' leaves them out")

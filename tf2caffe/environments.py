@@ -477,6 +477,8 @@ def main(args: Sequence[str] | None = None) -> int:
     sub.add_parser("caffe", help="create the Caffe root filesystem")
     sub.add_parser("all", help="both")
     sub.add_parser("caffe-root", help="print the Caffe root's path (building it if needed)")
+    sub.add_parser("caffe-source", help="print the python of the Caffe built from source "
+                                        "(tf2caffe/source_caffe.py; building it if needed)")
     run = sub.add_parser("caffe-run", help="run a command inside the Caffe root")
     run.add_argument("--bind", action="append", default=[], metavar="PATH",
                      help="also make PATH (or its directory) visible inside")
@@ -492,6 +494,9 @@ def main(args: Sequence[str] | None = None) -> int:
         ensure_caffe_root(say)
     if ns.command == "caffe-root":
         print(ensure_caffe_root(_stderr))
+    if ns.command == "caffe-source":
+        from .source_caffe import source_caffe_python  # it imports this module
+        print(source_caffe_python(_stderr))
     if ns.command == "caffe-run":
         cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
         if not cmd:
