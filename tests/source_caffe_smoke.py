@@ -50,7 +50,7 @@ layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_p
     b = rng.standard_normal(4).astype(np.float32)
     fw = rng.standard_normal((5, 4 * 8 * 8)).astype(np.float32) / 16
     fb = rng.standard_normal(5).astype(np.float32)
-    for blob, value in zip(net.params["conv"] + net.params["fc"], (w, b, fw, fb)):
+    for blob, value in zip(list(net.params["conv"]) + list(net.params["fc"]), (w, b, fw, fb)):
         blob.data[...] = value
     net.blobs["data"].data[...] = x
     got = net.forward()["fc"]
@@ -66,6 +66,21 @@ layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_p
 
 def l2_normalize_channels(x):
     return x / np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True) + 1e-10)
+
+
+def prior_boxes(x, image):
+    """SSD's PriorBox with ONE_LAYER_NETS's parameters: in each cell of x, centred on it in image
+    pixels, boxes of min_size 8, sqrt(min_size * max_size) and aspect ratio 2, as clipped corners
+    (x0, y0, x1, y1) / image size; then the same number of variances."""
+    height, width = image.shape[2:]
+    step = width / x.shape[3]
+    sizes = [(8, 8), (np.sqrt(8 * 16),) * 2, (8 * np.sqrt(2), 8 / np.sqrt(2))]
+    boxes = [[(cx - w / 2) / width, (cy - h / 2) / height, (cx + w / 2) / width, (cy + h / 2) / height]
+             for cy in (np.arange(x.shape[2]) + 0.5) * step
+             for cx in (np.arange(x.shape[3]) + 0.5) * step
+             for w, h in sizes]
+    corners = np.clip(np.array(boxes), 0, 1)
+    return np.stack([corners.ravel(), np.tile([0.1, 0.1, 0.2, 0.2], len(boxes))])[None]
 
 
 # type -> (net text, its inputs' shapes, numpy reference of its single top or None, expected top shape)
@@ -85,7 +100,7 @@ ONE_LAYER_NETS = {
     "PriorBox": ('layer { name: "l" type: "PriorBox" bottom: "x" bottom: "image" top: "y" '
                  'prior_box_param { min_size: 8 max_size: 16 aspect_ratio: 2 flip: false clip: true '
                  'variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }',
-                 {"x": (1, 2, 4, 4), "image": (1, 3, 32, 32)}, None, (1, 2, PRIORS * 4)),
+                 {"x": (1, 2, 4, 4), "image": (1, 3, 32, 32)}, prior_boxes, (1, 2, PRIORS * 4)),
     "DetectionOutput": ('layer { name: "l" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
                         'bottom: "priors" top: "y" detection_output_param { num_classes: 3 '
                         'share_location: true background_label_id: 0 code_type: CENTER_SIZE '
@@ -106,8 +121,12 @@ def one_layer(kind: str, known: set):
     net = net_from(inputs(*shapes.items()) + text)
     # Spread 4: some values beyond ReLU6's 6.
     feeds = {name: 4 * rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-    if kind == "DetectionOutput":  # positive priors (centre-size boxes) and softmaxed scores
-        feeds["priors"] = np.abs(feeds["priors"])
+    if kind == "DetectionOutput":  # PriorBox's layout: corner boxes (x0, y0, x1, y1), then variances
+        centre, half = rng.uniform(0.2, 0.8, (PRIORS, 2)), rng.uniform(0.05, 0.15, (PRIORS, 2))
+        boxes = np.concatenate([centre - half, centre + half], axis=1)
+        variances = np.tile([0.1, 0.1, 0.2, 0.2], (PRIORS, 1))
+        feeds["priors"] = np.stack([boxes.ravel(), variances.ravel()])[None].astype(np.float32)
+        # and class scores as a softmax gives them
         scores = np.exp(feeds["conf"].reshape(-1, 3))
         feeds["conf"] = (scores / scores.sum(axis=1, keepdims=True)).reshape(1, -1)
     for name, value in feeds.items():

@@ -36,7 +36,7 @@ from .environments import (PROJECT_ROOT, Progress, _apt_install_host, _du_mb, _k
                            _read_packages, _remove_interrupted, _run_logged, _step, cache_dir)
 
 # Bump when the recipe changes in a way that neither the input files nor PATCHES/CMAKE_FLAGS show.
-RECIPE = "caffe-source/1"
+RECIPE = "caffe-source/2"
 
 PACKAGES_FILE = PROJECT_ROOT / "import" / "source-caffe-packages.txt"
 SDIST_FILE = PROJECT_ROOT / "import" / "source-caffe-sdist.txt"
@@ -172,7 +172,8 @@ def ensure_source_caffe(progress: Progress = print) -> Path:
 
         python = partial / "bin" / "python"
         with _step(progress, "source caffe: venv + pip install -r source-caffe-requirements.txt"):
-            _run_logged([str(DEBIAN_PYTHON), "-m", "venv", str(partial)], log, "python -m venv")
+            _run_logged([str(DEBIAN_PYTHON), "-m", "venv", "--prompt", final.name, str(partial)],
+                        log, "python -m venv")
             _run_logged([str(python), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
                          "--no-compile", "-r", str(REQUIREMENTS_FILE)], log, "pip install")
 
