@@ -1,6 +1,7 @@
 # tf2caffe: TensorFlow/tflearn -> Caffe.
 #   make                 export then import MODEL (default vgg19)
 #   make env             create both environments (cached in ~/.cache/tf2caffe)
+#   make env CAFFE=source  also build the second Caffe, compiled from source (tf2caffe/source_caffe.py)
 #   make test            lint, then the whole test suite (what CI runs)
 #   make test-fast       lint, then the tests marked neither chroot, containers nor slow
 #                        (handlers with the native backend): the edit loop, under a minute
@@ -22,12 +23,22 @@ REQS     := requirements.txt export/requirements.txt
 DEBS     := import/debian-packages.txt
 ENVS_PY  := tf2caffe/environments.py
 
+# bullseye: Debian's packaged Caffe (the import stage's). source: also BVLC Caffe + SSD layers
+# compiled from the PyPI sdist into a cached venv (minutes the first time).
+CAFFE ?= bullseye
+ifeq ($(filter $(CAFFE),bullseye source),)
+$(error CAFFE must be bullseye or source, not '$(CAFFE)')
+endif
+
 .PHONY: all env caffe-env export import convert test test-fast lint bench clean
 
 all: export import
 
 env: $(REQS) $(DEBS) $(ENVS_PY)
 	$(PYTHON) -m tf2caffe.environments all
+ifeq ($(CAFFE),source)
+	$(PYTHON) -m tf2caffe.environments caffe-source
+endif
 
 # The TF side: .venv (linked to the cached TensorFlow venv) and its console script.
 $(TF2CAFFE): $(REQS) $(ENVS_PY)

@@ -6,3 +6,4 @@ starts it from the TensorFlow side), so the TensorFlow-side pytest does not coll
 import importlib.util
 
 collect_ignore = [] if importlib.util.find_spec("caffe") else ["caffe_side"]
+

@@ -96,7 +96,7 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _remove_interrupted(pattern: str, own: Path, progress: Progress) -> None:
+def remove_interrupted(pattern: str, own: Path, progress: Progress) -> None:
     """Delete interrupted builds in the cache: ``own`` (whose lock the caller
     holds) and those of other cache keys whose lock is free."""
     for path in cache_dir().glob(pattern):
@@ -138,7 +138,7 @@ def timed_step(progress: Progress, what: str) -> Iterator[None]:
     progress(f"{what}: done in {time.monotonic() - start:.0f} s")
 
 
-def _du_mb(path: Path) -> int:
+def du_mb(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
@@ -170,7 +170,7 @@ def _packages_file(project_root: Path = PROJECT_ROOT) -> Path:
     return project_root / "import" / "debian-packages.txt"
 
 
-def _read_packages(path: Path) -> list[str]:
+def read_packages(path: Path) -> list[str]:
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return [line for line in lines if line]
 
@@ -226,14 +226,14 @@ def ensure_caffe_root(progress: Progress = print) -> Path:
     if not _is_root():
         raise RuntimeError(f"the Caffe root {final} does not exist yet and "
                            f"building it (debootstrap, chroot) needs root")
-    packages = _read_packages(_packages_file())
+    packages = read_packages(_packages_file())
     with locked(final.with_name(final.name + ".lock"), progress):
         if final.is_dir():  # another process built it while we waited
             return final
         start = time.monotonic()
         partial = final.with_name(final.name + ".partial")
         log = final.with_name(final.name + ".log")
-        _remove_interrupted("caffe-root-*.partial", partial, progress)
+        remove_interrupted("caffe-root-*.partial", partial, progress)
         log.write_text("")
         progress(f"caffe root: building {final} (log: {log})")
 
@@ -270,7 +270,7 @@ def ensure_caffe_root(progress: Progress = print) -> Path:
 
         os.rename(partial, final)
         progress(f"caffe root: ready in {time.monotonic() - start:.0f} s, "
-                 f"{_du_mb(final)} MB: {final}")
+                 f"{du_mb(final)} MB: {final}")
     return final
 
 
@@ -375,7 +375,7 @@ def _ensure_heavy_venv(project_root: Path, progress: Progress) -> Path:
             return venv
         start = time.monotonic()
         log = venv.with_name(venv.name + ".log")
-        _remove_interrupted("tf-venv-*", venv, progress)
+        remove_interrupted("tf-venv-*", venv, progress)
         log.write_text("")
         progress(f"tf venv: building {venv} (log: {log})")
         python = _base_python()
@@ -394,7 +394,7 @@ def _ensure_heavy_venv(project_root: Path, progress: Progress) -> Path:
                        log, "import check")
         (venv / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         progress(f"tf venv: ready in {time.monotonic() - start:.0f} s, "
-                 f"{_du_mb(venv)} MB: {venv}")
+                 f"{du_mb(venv)} MB: {venv}")
     return venv
 
 
@@ -477,6 +477,8 @@ def main(args: Sequence[str] | None = None) -> int:
     sub.add_parser("caffe", help="create the Caffe root filesystem")
     sub.add_parser("all", help="both")
     sub.add_parser("caffe-root", help="print the Caffe root's path (building it if needed)")
+    sub.add_parser("caffe-source", help="print the python of the Caffe built from source "
+                                        "(tf2caffe/source_caffe.py; building it if needed)")
     run = sub.add_parser("caffe-run", help="run a command inside the Caffe root")
     run.add_argument("--bind", action="append", default=[], metavar="PATH",
                      help="also make PATH (or its directory) visible inside")
@@ -492,6 +494,9 @@ def main(args: Sequence[str] | None = None) -> int:
         ensure_caffe_root(say)
     if ns.command == "caffe-root":
         print(ensure_caffe_root(_stderr))
+    if ns.command == "caffe-source":
+        from .source_caffe import source_caffe_python  # it imports this module
+        print(source_caffe_python(_stderr))
     if ns.command == "caffe-run":
         cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
         if not cmd:
