@@ -10,8 +10,7 @@ tflearn_cases.py.
 import numpy as np
 import pytest
 
-from tf2caffe import intermediate
-from tflearn_cases import SOURCES, Construct, convert_constructs
+from tflearn_cases import SOURCES, Construct, convert_constructs, described_layers, exact_keys, mapped_layers
 
 
 def conv(activation):
@@ -59,40 +58,33 @@ def results(tmp_path_factory):
     return convert_constructs(__name__, CONSTRUCTS, tmp_path_factory.mktemp("tflearn_constructs"))
 
 
-def layers(result):
-    return intermediate.read(str(result.h5)).layers
-
-
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("name", sorted(CONSTRUCTS))
 def test_maps_to_its_layer_types(results, name, source):
     assert results[name + source].error is None, results[name + source].error
-    assert [layer.type for layer in layers(results[name + source])] == CONSTRUCTS[name].types
+    assert [layer.type for layer in mapped_layers(results[name + source])] == CONSTRUCTS[name].types
 
 
-@pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("name", sorted(CONSTRUCTS))
-def test_exact_in_pycaffe_and_opencv(results, name, source):
+@pytest.mark.parametrize("key", exact_keys(CONSTRUCTS))
+def test_exact_in_pycaffe_and_opencv(results, key):
     import harness
-    harness.assert_exact(results[name + source])
+    harness.assert_exact(results[key])
 
 
 @pytest.mark.parametrize("name", sorted(CONSTRUCTS))
 def test_architecture_and_checkpoint_give_the_same_layers(results, name):
-    def described(result):
-        return [(layer.name, layer.type, layer.inputs, layer.config) for layer in layers(result)]
-    assert described(results[name + ".architecture"]) == described(results[name])
+    assert described_layers(results[name + ".architecture"]) == described_layers(results[name])
 
 
 def test_leaky_relu_pattern_is_one_relu_with_tflearns_slope(results):
-    layer = layers(results["leaky_relu"])[2]
+    layer = mapped_layers(results["leaky_relu"])[2]
     assert (layer.name, layer.config) == ("Conv2D/LeakyReLU", {
         "function": "leaky_relu", "alpha": float(np.float32(0.1))})  # tflearn's default alpha
     assert results["leaky_relu"].caffe_types.count("ReLU") == 1
 
 
 def test_prelu_pattern_is_one_prelu_with_the_checkpoints_alphas(results):
-    layer = layers(results["prelu"])[2]
+    layer = mapped_layers(results["prelu"])[2]
     assert layer.name == "Conv2D/PReLU" and layer.tf_names == {"alpha": "Conv2D/PReLU/alphas:0"}
     alphas = layer.array("alpha")
     assert alphas.shape == (8,) and (alphas < 0).any() and (alphas > 0).any()
@@ -100,7 +92,7 @@ def test_prelu_pattern_is_one_prelu_with_the_checkpoints_alphas(results):
 
 
 def test_prelu_ops_one_by_one_read_abs(results):
-    functions = [layer.config.get("function") for layer in layers(results["prelu_op_by_op"])]
+    functions = [layer.config.get("function") for layer in mapped_layers(results["prelu_op_by_op"])]
     assert functions.count("relu") == 1 and functions.count("abs") == 1
     assert "AbsVal" in results["prelu_op_by_op"].caffe_types
 
@@ -113,5 +105,5 @@ def test_activation_functions_become_bvlc_layers(results, name, caffe_types):
 
 
 def test_hard_sigmoid_clip_is_a_relu_with_max_value_1(results):
-    clip = layers(results["hard_sigmoid"])[4]
+    clip = mapped_layers(results["hard_sigmoid"])[4]
     assert clip.config == {"function": "relu", "max_value": 1.0}

@@ -1,25 +1,17 @@
-"""tflearn 0.5.0 constructs from graph sources: each construct is built by tflearn in a small,
-seeded network, saved with `model.save` (a tflearn checkpoint, read from its meta graph alone),
-exported through the generic graph mapper and converted in one Caffe subprocess, then checked
-exact in pycaffe and OpenCV.
-
-The checkpoints are built in this process under TF2 behaviour (as `tests/test_graph_export.py`
-builds its `tflearn_v2` source): tflearn works in an explicit `tf.Graph()`. The machinery is the
-three functions under 'checkpoints'; `tests/tflearn_cases.py` may take them over.
+"""tflearn 0.5.0 structural constructs from every source: each construct is built by tflearn in a
+small, seeded network with its own head, saved with `model.save`, converted from the checkpoint
+alone (read from its meta graph) and from an architecture module restoring it (some also from
+the graph frozen into a .pb), all through the generic graph mapper and one Caffe subprocess,
+then checked exact in pycaffe and OpenCV, or refused naming the layer and the reason. The
+machinery is in tflearn_cases.py.
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tf2caffe import intermediate
-from tf2caffe.export import export
+from tflearn_cases import (FROZEN_SOURCE, SOURCES, Construct, convert_constructs, described_layers,
+                           exact_keys, mapped_layers, refused_keys)
 
-v1 = tf.compat.v1
-SHAPE = [8, 8, 3]  # input height, width, channels
 BATCH = 4  # a reduction over all features leaves one number per sample: several make it a test
-INIT = "uniform_scaling"  # the blocks default to variance_scaling, which needs tf.contrib
 
 
 # --------------------------------------------------------------------------- constructs
@@ -70,7 +62,7 @@ def CONV(filters=6, **options):
     return lambda tflearn, x: conv(tflearn, x, filters, **options)
 
 
-CONSTRUCTS = {
+BUILDERS = {
     "merge_concat_channels": merged("concat", axis=3, count=3),
     "merge_concat_rows": merged("concat", axis=1),
     "merge_concat_columns": merged("concat", axis=2),
@@ -109,27 +101,27 @@ CONSTRUCTS = {
     "reshape_flatten_dropout": sequence(layers("core.fully_connected", 64, activation="relu"),
                                         layers("core.reshape", [-1, 8, 8, 1]), CONV(4),
                                         layers("core.flatten"), layers("core.dropout", 0.5)),
-    "residual_block": sequence(CONV(8), layers("conv.residual_block", 2, 8, weights_init=INIT)),
-    "residual_block_downsample": sequence(CONV(4), layers("conv.residual_block", 1, 8, downsample=True,
-                                                          weights_init=INIT)),
-    "residual_bottleneck": sequence(CONV(8), layers("conv.residual_bottleneck", 1, 4, 16,
-                                                    weights_init=INIT)),
-    "residual_bottleneck_downsample": sequence(CONV(8), layers(
-        "conv.residual_bottleneck", 1, 4, 16, downsample=True, weights_init=INIT)),
-    "resnext_block": sequence(CONV(8), layers("conv.resnext_block", 1, 16, 2, downsample=True,
-                                              weights_init=INIT)),
+    # the blocks' default initializer, variance_scaling, is tflearn_compat's shim
+    "residual_block": sequence(CONV(8), layers("conv.residual_block", 2, 8)),
+    "residual_block_downsample": sequence(CONV(4), layers("conv.residual_block", 1, 8, downsample=True)),
+    "residual_bottleneck": sequence(CONV(8), layers("conv.residual_bottleneck", 1, 4, 16)),
+    "residual_bottleneck_downsample": sequence(CONV(8), layers("conv.residual_bottleneck", 1, 4, 16,
+                                                               downsample=True)),
+    "resnext_block": sequence(CONV(8), layers("conv.resnext_block", 1, 16, 2, downsample=True)),
     "densenet_block": sequence(CONV(8), layers("conv.densenet_block", 2, 4, downsample=True,
-                                               weights_init=INIT, dropout=True)),
+                                               dropout=True)),
+    # (N, H, W, C) summed over H leaves (N, W, C): Caffe holds it C,W and has no Permute.
+    "merge_sum_rows": merged("sum", axis=1),
 }
 # Also converted from the tflearn graph frozen into a .pb (TF 2's freezing leaves batch norm's
 # conditional reads and updates half-converted: the loader repairs them).
 FROZEN = ["residual_block_downsample", "densenet_block", "l2_normalize_channels", "highway",
           "atrous_conv_2d_odd_size", "upscore_layer", "merge_prod_channels"]
 # construct -> (layer, reason): what cannot be exact is refused, naming the layer.
-REFUSED = {
-    # (N, H, W, C) summed over H leaves (N, W, C): Caffe holds it C,W and has no Permute.
-    "merge_sum_rows": (merged("sum", axis=1), "Merge", "Caffe holds in C,H,W order"),
-}
+REFUSED = {"merge_sum_rows": ("Merge", "Caffe holds in C,H,W order")}
+# Each builder ends its net itself (its own head, or none).
+CONSTRUCTS = {name: Construct(build, head=False, frozen=name in FROZEN, refused=REFUSED.get(name))
+              for name, build in BUILDERS.items()}
 # construct -> (layer type, config items) of the layer it must map to.
 MAPPED = {
     "merge_prod_channels": ("reduce", {"operation": "prod", "axes": [3], "keepdims": False}),
@@ -146,96 +138,51 @@ MAPPED = {
 }
 
 
-# --------------------------------------------------------------------------- checkpoints
-def randomise_variables(session, rng):
-    """Moving statistics far from (0, 1), biases and gates off zero, so that a layer mapped
-    as the identity (or missing a bias) fails."""
-    for variable in v1.global_variables():
-        role = variable.op.name.rsplit("/", 1)[-1]
-        shape = variable.shape.as_list()
-        if role in ("moving_mean", "beta", "b", "b_T"):
-            variable.load(rng.normal(0, 0.5, shape).astype(np.float32), session)
-        elif role in ("moving_variance", "gamma"):
-            variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
-
-
-def save_tflearn_checkpoint(tflearn, build, path: Path, seed=0, frozen: Path = None):
-    """`build(tflearn, input)` in a fresh graph, random statistics, `model.save(path)`; also
-    the graph frozen into `frozen` (a .pb) when given."""
-    with tf.Graph().as_default() as graph:
-        v1.set_random_seed(seed)
-        net = tflearn.input_data(shape=[None] + SHAPE, name="input")
-        output = build(tflearn, net)
-        model = tflearn.DNN(output, tensorboard_dir=str(path.parent / "logs"))
-        randomise_variables(model.session, np.random.default_rng(seed))
-        model.save(str(path))
-        if frozen is not None:
-            frozen.write_bytes(v1.graph_util.convert_variables_to_constants(
-                model.session, graph.as_graph_def(), [output.op.name]).SerializeToString())
-
-
-def export_tflearn_constructs(constructs, folder: Path, frozen=()):
-    """Save and export each construct (with per-layer activations); name -> .h5 path. The
-    constructs named in `frozen` are also frozen into a .pb and exported from it as
-    '<name>_frozen'."""
-    from tf2caffe.export.tflearn import import_tflearn
-    tflearn = import_tflearn()
-    sources = {}
-    for name, build in constructs.items():
-        sources[name] = folder / (name + ".tfl")
-        if name in frozen:
-            sources[name + "_frozen"] = folder / (name + "_frozen.pb")
-        save_tflearn_checkpoint(tflearn, build, sources[name], frozen=sources.get(name + "_frozen"))
-    return {name: export(source, folder / "out", per_layer=True, input_shape=[BATCH] + SHAPE)
-            for name, source in sources.items()}
-
-
 # --------------------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tflearn_structures")
-    constructs = dict(CONSTRUCTS, **{name: build for name, (build, _, _) in REFUSED.items()})
-    return folder, export_tflearn_constructs(constructs, folder, FROZEN)
+def results(tmp_path_factory):
+    return convert_constructs(__name__, CONSTRUCTS, tmp_path_factory.mktemp("tflearn_structures"),
+                              batch=BATCH)
 
 
-@pytest.fixture(scope="module")
-def converted(exported):
-    import harness
-    folder, paths = exported
-    return harness.convert_h5_batch(paths, folder / "caffe")
-
-
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("name", sorted(MAPPED))
-def test_construct_maps_to_its_layer(exported, name):
+def test_construct_maps_to_its_layer(results, name, source):
     kind, config = MAPPED[name]
-    model = intermediate.read(str(exported[1][name]))
-    matching = [layer for layer in model.layers
+    mapped = mapped_layers(results[name + source])
+    matching = [layer for layer in mapped
                 if layer.type == kind and {key: layer.config.get(key) for key in config} == config]
-    assert len(matching) == 1, [(layer.type, layer.config) for layer in model.layers]
+    assert len(matching) == 1, [(layer.type, layer.config) for layer in mapped]
 
 
 @pytest.mark.parametrize("name", FROZEN)
-def test_frozen_graph_maps_like_the_checkpoint(exported, name):
-    checkpoint, frozen = (intermediate.read(str(exported[1][key])) for key in (name, name + "_frozen"))
+def test_frozen_graph_maps_like_the_checkpoint(results, name):
+    checkpoint, frozen = (mapped_layers(results[key]) for key in (name, name + FROZEN_SOURCE))
     # A frozen graph has lost tflearn's layer collections: its layers take the ops' names.
-    assert [(l.type, l.config) for l in frozen.layers] == [(l.type, l.config) for l in checkpoint.layers]
+    assert [(l.type, l.config) for l in frozen] == [(l.type, l.config) for l in checkpoint]
 
 
-def test_atrous_convolution_keeps_its_variables_and_bias(exported):
-    model = intermediate.read(str(exported[1]["atrous_conv_2d_same"]))
-    conv = next(layer for layer in model.layers if layer.type == "conv2d")
+@pytest.mark.parametrize("source", SOURCES)
+def test_atrous_convolution_keeps_its_variables_and_bias(results, source):
+    mapped = mapped_layers(results["atrous_conv_2d_same" + source])
+    conv = next(layer for layer in mapped if layer.type == "conv2d")
     assert conv.tf_names == {"kernel": "AtrousConv2D/W:0", "bias": "AtrousConv2D/b:0"}
-    assert [layer.type for layer in model.layers][:3] == ["input", "conv2d", "activation"]
+    assert [layer.type for layer in mapped][:3] == ["input", "conv2d", "activation"]
 
 
-@pytest.mark.parametrize("name", sorted(CONSTRUCTS) + sorted(name + "_frozen" for name in FROZEN))
-def test_construct_is_exact_in_pycaffe_and_opencv(converted, name):
+@pytest.mark.parametrize("key", exact_keys(CONSTRUCTS))
+def test_construct_is_exact_in_pycaffe_and_opencv(results, key):
     import harness
-    harness.assert_exact(converted[name])
+    harness.assert_exact(results[key])
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_construct_is_refused_with_its_reason(converted, name):
-    _, layer, reason = REFUSED[name]
-    error = converted[name].error
+@pytest.mark.parametrize("name", sorted(name for name, construct in CONSTRUCTS.items() if not construct.refused))
+def test_architecture_and_checkpoint_give_the_same_layers(results, name):
+    assert described_layers(results[name + ".architecture"]) == described_layers(results[name])
+
+
+@pytest.mark.parametrize("key, refusal", sorted(refused_keys(CONSTRUCTS).items()))
+def test_construct_is_refused_with_its_reason(results, key, refusal):
+    layer, reason = refusal
+    error = results[key].error
     assert error is not None and "'%s'" % layer in error and reason in error, error
