@@ -6,8 +6,8 @@ activations until TensorFlow's own float32 output is no fair reference. So, walk
 in data-flow order on a seeded batch:
 
 - every kernel (convolution, depthwise, transposed convolution, dense) is rescaled so that its
-  layer's output varies with unit spread over the batch (unit gain), and the layer's bias `b`
-  (where it has one) moves each channel part of the way to zero mean (CENTRING), plus N(0, 0.1)
+  layer's output has unit root-mean-square over the batch (unit gain), after the layer's bias `b`
+  (where it has one) moved each channel part of the way to zero mean (CENTRING), plus N(0, 0.1)
   noise;
 - every tflearn batch_normalization gets moving statistics near its input's real ones (mean
   shifted by a tenth of a standard deviation, variance times U(0.5, 2)), gamma from U(0.5, 1.5)
@@ -29,12 +29,12 @@ v1 = tf.compat.v1
 KERNEL_INPUT = {"Conv2D": 1, "DepthwiseConv2dNative": 1, "Conv2DBackpropInput": 1, "MatMul": 1}
 VARIABLE_OPS = ("VarHandleOp", "VariableV2")
 BATCH = 8
-# How far each layer's bias moves its channels towards zero mean. Without it, deep ReLU nets
-# drift to a constant output (a tflearn GoogLeNet's logits: 4 % of their spread depends on the
-# input); fully centred, every layer passes its float32 rounding on amplified (the same net's
-# deepest layers then differ between TensorFlow and Caffe by 3e-5 of their maximum, though no
-# layer is converted wrongly). A quarter keeps a third of the spread input-dependent and the
-# rounding at 4e-6.
+# How far each layer's bias moves its channels towards zero mean (measured on the tflearn
+# GoogLeNet). Without it, deep ReLU nets drift to a constant output: 4 % of the logits' spread
+# depends on the input. Fully centred, every layer passes its float32 rounding on amplified: the
+# deepest layers differ between TensorFlow and Caffe by 3e-5 of their maximum, though no layer is
+# converted wrongly. A quarter keeps about a third of the spread input-dependent and every layer
+# within 5e-6.
 CENTRING = 0.25
 
 
@@ -58,18 +58,20 @@ def _batch_norm_input(graph, scope: str):
 
 
 def _normalise(session, op, kernel, variables, feed, assign, rng) -> None:
-    """Scale the kernel so that the layer's output varies with unit spread over the batch
-    (channels keep their relative spreads), and shift each channel CENTRING of the way to zero
-    mean with the layer's bias `b` (if it has one), plus N(0, 0.1) noise."""
+    """Shift each output channel CENTRING of the way to zero mean with the layer's bias `b` (if it
+    has one, plus N(0, 0.1) noise) and scale the kernel so that the output's root-mean-square over
+    the batch is one: offsets count, so a following tanh or sigmoid sees values of order one."""
     y = session.run(op.outputs[0], feed)
-    axes = tuple(range(y.ndim - 1))
-    mean, spread = y.mean(axis=axes), float(np.sqrt(np.mean(y.var(axis=axes))))
-    if spread == 0:
-        return  # an output that never varies keeps its weights
-    assign(kernel, session.run(variables[kernel]) / spread)
+    mean = y.mean(axis=tuple(range(y.ndim - 1)))
     bias = kernel.rpartition("/")[0] + "/b"
-    if bias in variables and variables[bias].shape.as_list() == list(mean.shape):
-        assign(bias, -CENTRING * mean / spread + rng.normal(0.0, 0.1, mean.shape))
+    has_bias = bias in variables and variables[bias].shape.as_list() == list(mean.shape)
+    shift = CENTRING * mean if has_bias else np.zeros_like(mean)
+    spread = float(np.sqrt(np.mean((y - shift) ** 2)))
+    if spread == 0:
+        return  # an output that is always zero keeps its weights
+    assign(kernel, session.run(variables[kernel]) / spread)
+    if has_bias:
+        assign(bias, -shift / spread + rng.normal(0.0, 0.1, mean.shape))
 
 
 def conditioned_weights(build: Callable, input_shape: Sequence[int], seed: int,
