@@ -5,11 +5,14 @@ is also named 'inception_4a_1_1' (tflearn makes its scope 'inception_4a_1_1_1'),
 
 Same layers and widths; the input is 33x33 instead of 227x227: the smallest input after whose
 five stride-2 stages (17, 9, 5, 3, 2) the final 7x7 average pooling still averages more than one
-cell. Like 227, an odd size pads every 'same' convolution and pooling symmetrically.
+cell. Every stage of it sees an odd size, so every 'same' convolution and pooling pads
+symmetrically (the hand-written prototxt relies on it).
 
 CAFFE_NAMES maps the layers onto tflearn_googlenet.prototxt, a hand-written deploy net with the
-layer names of BVLC's bvlc_googlenet ('inception_3a/1x1', 'inception_3a/output', ...). Weights
-are seeded and conditioned like trained ones (tf2caffe/export/conditioned.py).
+layer names of BVLC's bvlc_googlenet ('inception_3a/1x1', 'inception_3a/output', ...). Its keys
+are the names TensorFlow graph mapping gives (weighted layers after their variable scope, other
+layers after their op: 'conv1_7_7_s2/Relu', 'MaxPool2D/MaxPool', 'Merge/concat'). Weights are
+seeded and conditioned like trained ones (tf2caffe/export/conditioned.py).
 """
 import tflearn
 
