@@ -21,6 +21,11 @@ from harness import PROJECT_ROOT, assert_exact, convert_h5_batch
 ARCHITECTURES = PROJECT_ROOT / "architectures"
 SEED = 0
 NOT_YET = "the architecture path maps tflearn layers one input at a time: "
+VARIANCE_SCALING = ("tflearn's variance_scaling initialiser raises NotImplementedError on TensorFlow "
+                    "2.21 (shimmed here); then ")
+RESIDUAL = ("standalone tflearn.activation layers are refused ('TensorFlow ops Relu are not a layer'), "
+            "and the residual addition and channel tf.pad are not tflearn layers, so the next layer "
+            "reads two")
 # example -> why it cannot convert yet (None: it converts).
 EXAMPLES = {
     "alexnet": None,
@@ -28,18 +33,17 @@ EXAMPLES = {
     "convnet_cifar10": None,
     "convnet_mnist": None,
     "network_in_network": None,
-    "googlenet": NOT_YET + "merge (concat of four branches) is refused",
-    "residual_network_cifar10": "tflearn's variance_scaling initialiser raises NotImplementedError on "
-                                "TensorFlow 2.21; then the residual addition (two inputs) and tf.pad "
-                                "of the channels are not tflearn layers",
-    "residual_network_mnist": "variance_scaling initialiser (TensorFlow 2.21); residual addition and "
-                              "channel tf.pad are not tflearn layers",
-    "resnext_cifar10": "variance_scaling initialiser (TensorFlow 2.21); residual addition and channel "
-                       "tf.pad are not tflearn layers",
-    "densenet": "variance_scaling initialiser (TensorFlow 2.21); the tf.concat inside densenet_block "
-                "is not a tflearn layer",
-    "convnet_highway_mnist": "highway_conv_2d (gated sum of two branches) is not a known layer",
-    "dcgan_generator": "tf.nn.tanh and tf.reshape between tflearn layers are not tflearn layers",
+    "googlenet": NOT_YET + "merge (a concat of four branches) is refused",
+    "residual_network_cifar10": VARIANCE_SCALING + RESIDUAL,
+    "residual_network_mnist": VARIANCE_SCALING + RESIDUAL,
+    "resnext_cifar10": VARIANCE_SCALING + RESIDUAL + "; grouped_conv_2d (DepthwiseConv2dNative) is "
+                                                     "not mapped",
+    "densenet": VARIANCE_SCALING + "standalone activations are refused and densenet_block's tf.concat "
+                                   "is not a tflearn layer",
+    "convnet_highway_mnist": "highway_conv_2d (Conv2D, Elu, Sigmoid, Mul, Sub, AddV2: a gated sum) is "
+                             "not a known layer",
+    "dcgan_generator": "upsample_2d (ResizeNearestNeighbor) is not mapped, and tf.nn.tanh and "
+                       "tf.reshape between tflearn layers are not tflearn layers",
 }
 
 
