@@ -89,9 +89,10 @@ def convert_intermediate_batch(models: Dict[str, intermediate.Model], tmp_dir, p
 
 
 def convert_h5_batch(files: Dict[str, Path], tmp_dir, per_layer: bool = True,
-                     profile: str = "bvlc") -> Dict[str, Result]:
+                     profile: str = "bvlc", extra: List[str] = ()) -> Dict[str, Result]:
     """Import each named, already written `.h5` (with per-layer activations if `per_layer`) in
-    ONE Caffe subprocess, report at tmp_dir/report.json, then check each in OpenCV."""
+    ONE Caffe subprocess (`extra`: more import options, e.g. --prototxt), report at
+    tmp_dir/report.json, then check each in OpenCV."""
     tmp_dir = Path(tmp_dir).resolve()  # report keys are the paths the chroot sees: real ones
     tmp_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -100,7 +101,8 @@ def convert_h5_batch(files: Dict[str, Path], tmp_dir, per_layer: bool = True,
         model = intermediate.read(str(result.h5))
         result.layer_order = [layer.name for layer in model.layers]
         model.file.close()
-    completed = import_files([result.h5 for result in results.values()], tmp_dir, per_layer, profile)
+    completed = import_files([result.h5 for result in results.values()], tmp_dir, per_layer, profile,
+                             extra)
     entries = _read_report(tmp_dir / "report.json")
     for result in results.values():
         entry = entries.get(str(result.h5))

@@ -147,3 +147,60 @@ def test_generated_targets_share_an_identitys_blob_but_not_an_overwritten_one():
     in_place = dict(separate, relu=Blob("fc", [1, 2]))
     targets = verify.generated_targets(model, in_place, [("x", ["x"]), ("fc", ["fc"]), ("relu", ["fc"])])
     assert sorted(targets) == ["relu"] and targets["relu"].caffe_layer == "relu"
+
+
+V1_NET = '''
+name: "v1"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8
+layers {
+  name: "conv" type: CONVOLUTION bottom: "data" top: "conv"
+  blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 }
+}
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc" param: "shared" inner_product_param { num_output: 5 } }
+layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" include { phase: TEST } }
+'''
+
+
+def test_a_v1_prototxt_is_upgraded_as_caffe_upgrades_it(tmp_path):
+    net = handwritten.parse(V1_NET, "v1.prototxt")
+    assert not net.layers
+    assert [(layer.name, layer.type) for layer in net.layer] == [
+        ("conv", "Convolution"), ("relu", "ReLU"), ("pool", "Pooling"), ("fc", "InnerProduct"),
+        ("prob", "Softmax")]
+    conv = net.layer[0]
+    assert [(p.lr_mult, p.decay_mult) for p in conv.param] == [(1, 1), (2, 0)]
+    assert conv.convolution_param.num_output == 4 and list(conv.convolution_param.pad) == [1]
+    assert net.layer[3].param[0].name == "shared"
+    assert net.layer[4].include[0].phase == caffe_pb2.TEST
+    assert list(net.input) == ["data"] and list(net.input_dim) == [1, 3, 8, 8]
+    # Caffe's own upgrade of the V1 file builds the same net as the upgraded text.
+    v1_file, upgraded_file = tmp_path / "v1.prototxt", tmp_path / "v2.prototxt"
+    v1_file.write_text(V1_NET)
+    upgraded_file.write_text(handwritten.to_text(net))
+    caffe.set_mode_cpu()
+    original, upgraded = caffe.Net(str(v1_file), caffe.TEST), caffe.Net(str(upgraded_file), caffe.TEST)
+    assert list(original._layer_names) == list(upgraded._layer_names)
+    assert [layer.type for layer in original.layers] == [layer.type for layer in upgraded.layers]
+    assert {k: v.data.shape for k, v in original.blobs.items()} == {k: v.data.shape for k, v in upgraded.blobs.items()}
+
+
+def test_v1_data_layers_move_their_transformation_into_transform_param():
+    net = handwritten.parse('layers { name: "d" type: DATA top: "d" data_param { source: "db" '
+                            'scale: 0.5 mirror: true batch_size: 4 } }', "data.prototxt")
+    layer = net.layer[0]
+    assert layer.type == "Data" and layer.data_param.source == "db" and layer.data_param.batch_size == 4
+    assert not layer.data_param.HasField("scale") and not layer.data_param.HasField("mirror")
+    assert layer.transform_param.scale == 0.5 and layer.transform_param.mirror
+
+
+@pytest.mark.parametrize("text, message", [
+    ('layers { layer { name: "c" type: "conv" } }', "V0 format"),
+    ('layers { name: "a" type: RELU }\nlayer { name: "b" type: "ReLU" }', "mixes the legacy V1"),
+])
+def test_v0_and_mixed_prototxts_are_refused_in_one_line(text, message):
+    with pytest.raises(ConversionError, match=message):
+        handwritten.parse(text, "old.prototxt")

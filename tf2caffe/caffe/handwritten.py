@@ -13,6 +13,7 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from ..errors import ConversionError
+from . import upgrade
 from .netspec import NetSpec
 
 TEST = caffe_pb2.TEST
@@ -24,9 +25,8 @@ def parse(text: str, path: str) -> caffe_pb2.NetParameter:
         text_format.Merge(text, net)
     except text_format.ParseError as error:
         raise ConversionError("%s: not a valid Caffe prototxt: %s" % (path, error))
-    if net.layers:
-        raise ConversionError("%s: uses the legacy V1 'layers' field; convert it with Caffe's "
-                              "upgrade_net_proto_text first" % path)
+    if net.layers:  # the legacy V1 format: upgraded as Caffe does when it loads the file
+        return upgrade.upgrade_v1(net, path)
     return net
 
 
