@@ -89,11 +89,14 @@ def _run_import_stage(files: List[str], output: str, options: ImportOptions, std
         argv = ["python3", "-m", "tf2caffe.import_stage"] + options.argv(files, output)
         argv += ["--scratch", scratch, "--status-fd", str(status_write)]
         command = environments.caffe_command(argv, environments.PROJECT_ROOT, binds, os.getcwd())
-        # A Ctrl-C while Popen starts the child would leave it running unseen (`child` unset): it
-        # is raised once `child` names the process to stop.
+        # The child runs in a process group of its own, which `_stop` signals whole: a Ctrl-C
+        # that reached the shell setting up the chroot (dash -c defers SIGINT to the next
+        # command) or a process between fork and exec would otherwise be lost, and the import run
+        # to its end. A Ctrl-C while Popen starts it is raised once `child` names what to stop.
         with interrupts.held():
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout,
-                                     stderr=subprocess.PIPE, pass_fds=(status_write,))
+                                     stderr=subprocess.PIPE, pass_fds=(status_write,),
+                                     start_new_session=True)
         os.close(status_write)
         status_write = -1
         reader = threading.Thread(target=_read_status, args=(status_read, started, written), daemon=True)
@@ -144,15 +147,22 @@ def _read_status(fd: int, started: List[str], written: List[str]) -> None:
 
 
 def _stop(child: subprocess.Popen) -> None:
-    """Interrupt the import stage (Ctrl-C reached it too; `kill -INT` only this process) and wait
-    until it has ended, so that nothing is written after this process has said what was. A
+    """Interrupt the import stage's whole process group (a Ctrl-C reaches this process only) and
+    wait until it has ended, so that nothing is written after this process has said what was. A
     second Ctrl-C kills it."""
     try:
-        child.send_signal(signal.SIGINT)
+        _signal_group(child, signal.SIGINT)
         child.communicate()  # its stderr (its own "interrupted" line) is not the user's news
     except KeyboardInterrupt:
-        child.kill()
+        _signal_group(child, signal.SIGKILL)
         child.wait()
+
+
+def _signal_group(child: subprocess.Popen, number: int) -> None:
+    try:
+        os.killpg(child.pid, number)
+    except ProcessLookupError:
+        pass  # the group has ended already
 
 
 def _interrupted(started: List[str], written: List[str]) -> str:
