@@ -10,8 +10,8 @@ symmetrically (the hand-written prototxt relies on it).
 
 CAFFE_NAMES maps the layers onto tflearn_googlenet.prototxt, a hand-written deploy net with the
 layer names of BVLC's bvlc_googlenet ('inception_3a/1x1', 'inception_3a/output', ...). Its keys
-are the names TensorFlow graph mapping gives (weighted layers after their variable scope, other
-layers after their op: 'conv1_7_7_s2/Relu', 'MaxPool2D/MaxPool', 'Merge/concat'). Weights are
+are tflearn's layer names ('conv1_7_7_s2', 'MaxPool2D', 'Merge'; a conv's split activation
+'conv1_7_7_s2/relu'). Weights are
 seeded and conditioned like trained ones (tf2caffe/export/conditioned.py).
 """
 import tflearn
@@ -42,17 +42,15 @@ REDUCTION = {"3b": "pool3_3_3", "4e": "pool_3_3"}
 
 
 def _caffe_names():
-    """TensorFlow layer (as the graph mapper names it: weighted layers after their variable
-    scope, the others after their op) -> layer of tflearn_googlenet.prototxt."""
-    names = {"InputData/X": "data", "conv1_7_7_s2": "conv1/7x7_s2", "conv1_7_7_s2/Relu": "conv1/relu_7x7",
-             "MaxPool2D/MaxPool": "pool1/3x3_s2",
-             "LocalResponseNormalization/LocalResponseNormalization": "pool1/norm1",
-             "conv2_3_3_reduce": "conv2/3x3_reduce", "conv2_3_3_reduce/Relu": "conv2/relu_3x3_reduce",
-             "conv2_3_3": "conv2/3x3", "conv2_3_3/Relu": "conv2/relu_3x3",
-             "LocalResponseNormalization_1/LocalResponseNormalization": "conv2/norm2",
-             "pool2_3_3_s2/MaxPool": "pool2/3x3_s2", "pool3_3_3/MaxPool": "pool3/3x3_s2",
-             "pool_3_3/MaxPool": "pool4/3x3_s2", "AvgPool2D/AvgPool": "pool5/7x7_s1",
-             "FullyConnected": "loss3/classifier", "FullyConnected/Softmax": "prob"}
+    """tflearn layer -> layer of tflearn_googlenet.prototxt."""
+    names = {"InputData": "data", "conv1_7_7_s2": "conv1/7x7_s2", "conv1_7_7_s2/relu": "conv1/relu_7x7",
+             "MaxPool2D": "pool1/3x3_s2", "LocalResponseNormalization": "pool1/norm1",
+             "conv2_3_3_reduce": "conv2/3x3_reduce", "conv2_3_3_reduce/relu": "conv2/relu_3x3_reduce",
+             "conv2_3_3": "conv2/3x3", "conv2_3_3/relu": "conv2/relu_3x3",
+             "LocalResponseNormalization_1": "conv2/norm2",
+             "pool2_3_3_s2": "pool2/3x3_s2", "pool3_3_3": "pool3/3x3_s2",
+             "pool_3_3": "pool4/3x3_s2", "AvgPool2D": "pool5/7x7_s1",
+             "FullyConnected": "loss3/classifier", "FullyConnected/softmax": "prob"}
     default_pools, default_merges = iter(["MaxPool2D_1"]), iter(["Merge", "Merge_1", "Merge_2", "Merge_3"])
     for module, _ in INCEPTION:
         prefix, caffe = "inception_" + module, "inception_%s/" % module
@@ -63,11 +61,11 @@ def _caffe_names():
         for scope, branch in branches:
             names[scope] = caffe + branch
             if not (branch == "5x5" and module in LINEAR_5X5):
-                names[scope + "/Relu"] = caffe + "relu_" + branch
+                names[scope + "/relu"] = caffe + "relu_" + branch
         pool = next(default_pools) if module in DEFAULT_POOL_NAME else prefix + "_pool"
-        names[pool + "/MaxPool"] = caffe + "pool"
+        names[pool] = caffe + "pool"
         output = prefix + "_output" if module in NAMED_OUTPUT else next(default_merges)
-        names[output + "/concat"] = caffe + "output"
+        names[output] = caffe + "output"
     return names
 
 

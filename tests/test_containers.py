@@ -217,3 +217,19 @@ def test_vgg19_in_containers_matches_the_local_run(engine, tmp_path):
     for name, arrays in expected.items():
         assert [a.shape for a in found[name]] == [a.shape for a in arrays], name
         assert all(np.array_equal(a, b) for a, b in zip(found[name], arrays)), name
+
+
+@pytest.mark.parametrize("model", ["digits", "tflearn_convnet_mnist"])
+def test_architecture_converts_in_containers(engine, tmp_path, model):
+    """`make export import RUNTIME=docker MODEL=...` for architectures that import more than
+    tflearn: scikit-learn's digits (trained at export), and a ported tflearn example with its
+    conditioned weights (tf2caffe.export.conditioned, inside the image)."""
+    work = tmp_path / "work"
+    (work / "architectures").mkdir(parents=True)
+    shutil.copy(str(PROJECT_ROOT / "architectures" / (model + ".py")), str(work / "architectures"))
+    for path in [work, *work.rglob("*")]:
+        os.chown(str(path), *USER)
+    container_stage("export", "export", "architectures/%s.py" % model, "-o", "out", cwd=work)
+    container_stage("import", "import", "/work/out/%s.h5" % model, "-o", "/work/out",
+                    "--report", "/work/out/report.json", cwd=work)
+    assert report_entry(work / "out" / "report.json")["worst"]["max_rel"] <= TOLERANCE
