@@ -130,7 +130,7 @@ def v1_prototxt(v2_text: str) -> str:
                   r"\1  blobs_lr: 1\n  blobs_lr: 2\n  weight_decay: 1\n  weight_decay: 0\n", text)
 
 
-def test_vgg19_into_a_legacy_v1_prototxt(tmp_path, tflearn_shimmed):
+def test_vgg19_into_a_legacy_v1_prototxt(tmp_path):
     v1 = v1_prototxt((ARCHITECTURES / "vgg19.prototxt").read_text())
     assert "layer {" not in v1 and "type: CONVOLUTION" in v1 and "input_dim: 224" in v1
     prototxt = tmp_path / "vgg19_v1.prototxt"
