@@ -6,6 +6,8 @@ import contextlib
 import signal
 import sys
 
+from . import interrupts
+
 
 class ConversionError(Exception):
     """A problem the user can act on; its message is one line naming the file/layer at fault."""
@@ -42,6 +44,7 @@ def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
 
     With debug=True the exception propagates unchanged, traceback included.
     """
+    interrupts.keep_lost_interrupts()
     if debug:
         yield
         return
