@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -47,4 +48,19 @@ def test_a_signal_mask_does_not_hold_ctrl_c_in_a_process_with_threads(another_th
             ctrl_c_then_work(done)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    assert done == []
+
+
+def test_a_ctrl_c_that_python_ignored_is_raised_by_the_next_held():
+    """Its handler ran in a weakref callback (as in importlib's module locks), where Python only
+    reports the KeyboardInterrupt as "Exception ignored"."""
+    interrupts.keep_lost_interrupts()
+    done = []
+    referent = set()
+    reference = weakref.ref(referent, lambda _: ctrl_c_then_work(done))
+    del referent  # the callback runs here: its KeyboardInterrupt is ignored
+    assert done == [] and reference() is None
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.held():
+            done.append("the block")
     assert done == []

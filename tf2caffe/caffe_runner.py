@@ -77,30 +77,35 @@ def _run_import_stage(files: List[str], output: str, options: ImportOptions, std
                         if path and os.path.exists(path)]
     if options.report:
         binds.append(_report_folder(options.report))
-    try:
-        scratch = tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=output)
-    except OSError as error:
-        raise ConversionError("%s: cannot write in the output folder: %s" % (output, error.strerror))
-    status_read, status_write = os.pipe()
+    scratch = None
+    status_read = status_write = -1
     reader = child = None
     started: List[str] = []
     written: List[str] = []
     try:
+        # Held: a Ctrl-C as the folder is made would leave it behind.
+        with interrupts.held():
+            try:
+                scratch = tempfile.mkdtemp(prefix=".tf2caffe-import-", dir=output)
+            except OSError as error:
+                raise ConversionError("%s: cannot write in the output folder: %s" % (output, error.strerror))
+            status_read, status_write = os.pipe()
         argv = ["python3", "-m", "tf2caffe.import_stage"] + options.argv(files, output)
         argv += ["--scratch", scratch, "--status-fd", str(status_write)]
         command = environments.caffe_command(argv, environments.PROJECT_ROOT, binds, os.getcwd())
         # The child runs in a process group of its own, which `_stop` signals whole: a Ctrl-C
         # that reached the shell setting up the chroot (dash -c defers SIGINT to the next
         # command) or a process between fork and exec would otherwise be lost, and the import run
-        # to its end. A Ctrl-C while Popen starts it is raised once `child` names what to stop.
+        # to its end. A Ctrl-C while Popen starts it (or the status reader) is raised once
+        # `child` names what to stop and `reader` a thread that runs.
         with interrupts.held():
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout,
                                      stderr=subprocess.PIPE, pass_fds=(status_write,),
                                      start_new_session=True)
-        os.close(status_write)
-        status_write = -1
-        reader = threading.Thread(target=_read_status, args=(status_read, started, written), daemon=True)
-        reader.start()
+            os.close(status_write)
+            status_write = -1
+            reader = threading.Thread(target=_read_status, args=(status_read, started, written), daemon=True)
+            reader.start()
         fatal = _relay_stderr(child.stderr, keep_glog=options.debug)
         returncode = child.wait()
         reader.join()
@@ -113,9 +118,10 @@ def _run_import_stage(files: List[str], output: str, options: ImportOptions, std
     finally:
         if status_write >= 0:
             os.close(status_write)
-        if reader is None:
+        if reader is None and status_read >= 0:
             os.close(status_read)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if returncode < 0 or (returncode != 0 and fatal):
         where = started[-1] if started else files[0]
         if fatal:

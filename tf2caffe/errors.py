@@ -6,6 +6,8 @@ import contextlib
 import signal
 import sys
 
+from . import interrupts
+
 
 class ConversionError(Exception):
     """A problem the user can act on; its message is one line naming the file/layer at fault."""
@@ -42,6 +44,7 @@ def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
 
     With debug=True the exception propagates unchanged, traceback included.
     """
+    interrupts.keep_lost_interrupts()
     if debug:
         yield
         return
@@ -52,7 +55,17 @@ def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
         sys.stderr.write("%s: error: %s\n" % (prog, message))
         sys.exit(2)
     except KeyboardInterrupt as interrupt:
-        # Ctrl-C's own KeyboardInterrupt has no message; a caller that knows better gives one.
-        sys.stderr.write("%s: %s\n" % (prog, interrupt.args[0] if interrupt.args else
-                                        "interrupted; no output was written"))
-        sys.exit(130)
+        _exit_interrupted(interrupt, prog)
+    except RuntimeError as error:
+        # Python < 3.12 wraps what a class's creation raises (`__set_name__`) in a RuntimeError:
+        # a Ctrl-C during a (lazy) import can come out so.
+        if not isinstance(error.__cause__, KeyboardInterrupt):
+            raise
+        _exit_interrupted(error.__cause__, prog)
+
+
+def _exit_interrupted(interrupt: KeyboardInterrupt, prog: str) -> None:
+    # Ctrl-C's own KeyboardInterrupt has no message; a caller that knows better gives one.
+    sys.stderr.write("%s: %s\n" % (prog, interrupt.args[0] if interrupt.args else
+                                    "interrupted; no output was written"))
+    sys.exit(130)
