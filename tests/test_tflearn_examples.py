@@ -17,6 +17,8 @@ import pytest
 
 from harness import PROJECT_ROOT, assert_exact, convert_h5_batch
 
+# Whole networks verified in pycaffe (and a hand-written prototxt): not for `make test-fast`.
+pytestmark = [pytest.mark.chroot, pytest.mark.slow]
 ARCHITECTURES = PROJECT_ROOT / "architectures"
 SEED = 0
 # Every layer of these converts (the first blocks match to 2e-7), but float32 rounding piles up
