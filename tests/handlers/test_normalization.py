@@ -7,22 +7,11 @@ import pytest
 import tensorflow as tf
 
 from harness import assert_exact, convert_intermediate_batch
-from handler_batch import build, chain, family_tests
+from handler_batch import batch_norm, build, chain, family_tests
 from tf2caffe.errors import UnsupportedError
 from tf2caffe.intermediate import Layer, Model
 
 L = keras.layers
-init = keras.initializers
-
-
-def batch_norm(**options):
-    """BatchNormalization with random moving statistics (default ones would hide bugs)."""
-    return L.BatchNormalization(
-        moving_mean_initializer=init.RandomNormal(0.0, 0.5),
-        moving_variance_initializer=init.RandomUniform(0.2, 2.0),
-        gamma_initializer=init.RandomNormal(1.0, 0.3), beta_initializer=init.RandomNormal(0.0, 0.3),
-        **options)
-
 
 IMAGE = (5, 6, 4)
 CASES = {

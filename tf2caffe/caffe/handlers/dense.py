@@ -1,4 +1,5 @@
-"""Dense -> InnerProduct, with the flatten order folded into the weights."""
+"""Dense -> InnerProduct, with the flatten order folded into the weights: the input's (after a
+Flatten of a 4-D tensor) and the output's (before a reshape to a 4-D tensor)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,13 +7,16 @@ import numpy as np
 from ..layout import hwcn_to_nchw_blocks
 from ..netspec import CaffeLayer, LazyBlob
 from . import Handler, register
-from .shape import order_problem
+from .shape import chw_order, order_problem, unflattened_shape
 
 
-def inner_product_blocks(kernel: np.ndarray, flattened_from):
+def inner_product_blocks(kernel: np.ndarray, flattened_from, unflattened_to=None):
     """TF kernel (in, out) -> Caffe (out, in), in blocks of output rows (VGG-19's fc6 is 25088 x
     4096). After a Flatten of (H, W, C) TensorFlow's input rows run in H,W,C order and Caffe's in
-    C,H,W order, so the rows are permuted as well."""
+    C,H,W order, so the rows are permuted as well. Before a reshape to `unflattened_to` (H, W, C)
+    the output columns are put in C,H,W order (a copy of the kernel: such layers are small)."""
+    if unflattened_to is not None:
+        kernel = kernel[:, chw_order(unflattened_to)]
     for block in hwcn_to_nchw_blocks(kernel, _spatial(flattened_from)):
         yield block.reshape(len(block), -1)
 
@@ -26,7 +30,8 @@ class Dense(Handler):
     config_keys = ("units",)
     array_layouts = {"kernel": "(in, out)", "bias?": "(out)"}
     notes = "the input is 2-D"
-    summary = "InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W"
+    summary = ("InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W; "
+               "before a reshape to (H, W, C) the columns and bias are")
     caffe_layers = ("InnerProduct",)
 
     def array_shapes(self, layer, model):
@@ -44,10 +49,13 @@ class Dense(Handler):
         bottom = ctx.bottom(layer)
         name = ctx.name(layer)
         units, inputs = int(layer.config["units"]), int(np.prod(bottom.shape[1:]))
+        # Reshaped to (H, W, C) later: the output is emitted in C,H,W order, like a Flatten's.
+        unflattened_to = unflattened_shape(ctx.model, layer)
         blobs = [LazyBlob((units, inputs), blocks=lambda: inner_product_blocks(
-            layer.array("kernel"), bottom.flattened_from))]
+            layer.array("kernel"), bottom.flattened_from, unflattened_to))]
         if layer.has("bias"):
-            blobs.append(LazyBlob((units,), lambda: layer.array("bias")))
+            columns = chw_order(unflattened_to) if unflattened_to else slice(None)
+            blobs.append(LazyBlob((units,), lambda: layer.array("bias")[columns]))
         ctx.add(CaffeLayer(name, "InnerProduct", [bottom.name], [name], {"inner_product_param": {
             "num_output": units, "bias_term": layer.has("bias")}}, blobs))
-        ctx.produce(layer, name)
+        ctx.produce(layer, name, flattened_from=unflattened_to)

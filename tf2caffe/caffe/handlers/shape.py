@@ -5,6 +5,12 @@ when H·W == 1 or C == 1; otherwise the flattened blob is a permutation of Tenso
 permutation can be folded into the weights of a following Dense (and into per-feature vectors
 of element-wise layers on the way), but BVLC Caffe has no Permute layer, so anything else that
 sees the flattened order (a Concat, a model output, a reshape to another shape) is refused.
+
+The mirror image: a vector reshaped to (H, W, C) (a DCGAN generator's Dense -> Reshape) is read
+in H,W,C order by TensorFlow and in C,H,W order by Caffe's Reshape. A Dense layer that reaches
+such a reshape through element-wise layers only emits its output columns in C,H,W order: its
+blob is then permuted exactly as if it were a Flatten of (H, W, C), and the same bookkeeping
+(per-feature vectors, the reshape back to (H, W, C)) makes the Caffe Reshape exact.
 """
 from __future__ import annotations
 
@@ -33,8 +39,9 @@ def orders_agree(hwc) -> bool:
 
 
 def flattening_of(model, name):
-    """The flatten/reshape layer whose 4-D input tensor `name` holds in TensorFlow's H,W,C
-    order (so Caffe holds it permuted), or None."""
+    """The layer that leaves 2-D tensor `name` in Caffe's C,H,W order of some (H, W, C) where
+    TensorFlow holds H,W,C order: a Flatten/Reshape of a 4-D tensor, or a Dense emitted for a
+    later reshape (see `unflattened_shape`); None when Caffe holds TensorFlow's order."""
     layer = model.layer(name)
     if len(layer.output_shape) != 2:
         return None
@@ -45,24 +52,58 @@ def flattening_of(model, name):
         return flattening_of(model, layer.inputs[0])
     if layer.type in FEATURE_WISE:
         return flattening_of(model, layer.inputs[0])
+    if layer.type == "dense" and unflattened_shape(model, layer) is not None:
+        return layer
     return None
+
+
+def flattened_shape(model, flattening):
+    """The (H, W, C) whose C,H,W order Caffe holds after `flattening` (from `flattening_of`)."""
+    if flattening.type == "dense":
+        return unflattened_shape(model, flattening)
+    return tuple(model.layer(flattening.inputs[0]).output_shape[1:])
+
+
+def unflattened_shape(model, dense):
+    """The (H, W, C) that `dense`'s output is reshaped to, through element-wise layers only, when
+    that reshape needs Caffe's C,H,W order (so the Dense emits its columns in it); None when
+    there is none, or when the output is also reshaped to another 4-D shape."""
+    targets, pending = set(), [dense.name]
+    while pending:
+        for consumer in model.consumers(pending.pop()):
+            shape = consumer.output_shape
+            if consumer.type in FEATURE_WISE or (consumer.type in ("flatten", "reshape") and len(shape) == 2):
+                pending.append(consumer.name)
+            elif consumer.type == "reshape" and len(shape) == 4:
+                targets.add(tuple(shape[1:]))
+    if len(targets) != 1:
+        return None
+    (hwc,) = targets
+    return None if orders_agree(hwc) else hwc
+
+
+def _describe(model, flattening) -> str:
+    if flattening.type == "dense":
+        return ("Dense layer '%s' (emitted in Caffe's C,H,W order for its reshape to %s)"
+                % (flattening.name, list(unflattened_shape(model, flattening))))
+    return "Flatten of a 4-D tensor ('%s')" % flattening.name
 
 
 def order_problem(layer, model) -> Optional[str]:
     """Why `layer` would see or expose a flattened tensor in the wrong order (None if fine)."""
     own = flattening_of(model, layer.name)
     if own is not None and layer.name in model.outputs:
-        return ("model output is the flattening of a 4-D tensor ('%s'): TensorFlow orders it "
-                "H,W,C, Caffe's Flatten C,H,W, and BVLC Caffe has no Permute" % own.name)
+        return ("model output is the output of a %s: TensorFlow orders it H,W,C, Caffe C,H,W, "
+                "and BVLC Caffe has no Permute" % _describe(model, own))
     if layer.type in ORDER_AWARE:
         return None
     sources = [flattening_of(model, name) for name in layer.inputs]
-    hwc = {None if f is None else tuple(model.layer(f.inputs[0]).output_shape[1:]) for f in sources}
+    hwc = {None if f is None else flattened_shape(model, f) for f in sources}
     if hwc == {None} or (layer.type in FEATURE_WISE and len(hwc) == 1):
         return None
     flatten = next(f for f in sources if f is not None)
-    return ("Flatten of a 4-D tensor ('%s') feeding %s cannot be reproduced in BVLC Caffe "
-            "(no Permute): Caffe flattens in C,H,W order, TensorFlow in H,W,C" % (flatten.name, layer.type))
+    return ("%s feeding %s cannot be reproduced in BVLC Caffe (no Permute): Caffe orders it "
+            "C,H,W, TensorFlow H,W,C" % (_describe(model, flatten), layer.type))
 
 
 def caffe_axis(axis, rank) -> int:
@@ -71,12 +112,17 @@ def caffe_axis(axis, rank) -> int:
     return (0, 2, 3, 1)[axis] if rank == 4 else axis
 
 
+def chw_order(hwc) -> np.ndarray:
+    """Caffe's feature i of a flattened (H, W, C) is TensorFlow's feature chw_order(hwc)[i]."""
+    h, w, c = hwc
+    return np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+
+
 def in_blob_order(values: np.ndarray, blob) -> np.ndarray:
     """A vector over TensorFlow's last axis, reordered like the features of Caffe `blob`."""
     if blob.flattened_from is None:
         return values
-    h, w, c = blob.flattened_from
-    return values.reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+    return values[chw_order(blob.flattened_from)]
 
 
 def emit_flatten(layer, ctx) -> None:
@@ -123,13 +169,14 @@ class Reshape(Handler):
             return order_problem(layer, model)
         flatten = flattening_of(model, source.name)
         if flatten is not None:
-            unflattened = model.layer(flatten.inputs[0]).output_shape
-            if shape_out[1:] == unflattened[1:]:
+            if tuple(shape_out[1:]) == flattened_shape(model, flatten):
                 return order_problem(layer, model)
         elif orders_agree(shape_out[1:]) and (len(shape_in) == 2 or orders_agree(shape_in[1:])):
             return order_problem(layer, model)
         return ("reshape %s -> %s: Caffe's element order differs (TensorFlow reshapes in H,W,C "
-                "order, Caffe in C,H,W) and BVLC Caffe has no Permute" % (shape_in[1:], shape_out[1:]))
+                "order, Caffe in C,H,W) and BVLC Caffe has no Permute; only a vector that a Dense "
+                "layer computes, through element-wise layers, and that is reshaped to this one "
+                "shape can be emitted in Caffe's order" % (shape_in[1:], shape_out[1:]))
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
