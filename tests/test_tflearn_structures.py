@@ -101,6 +101,12 @@ BUILDERS = {
     "reshape_flatten_dropout": sequence(layers("core.fully_connected", 64, activation="relu"),
                                         layers("core.reshape", [-1, 8, 8, 1]), CONV(4),
                                         layers("core.flatten"), layers("core.dropout", 0.5)),
+    # DCGAN's generator: a dense vector (with batch norm, tanh) reshaped to an image; the dense
+    # layer emits its columns in Caffe's C,H,W order
+    "fully_connected_to_image": sequence(layers("core.fully_connected", 60),
+                                         layers("normalization.batch_normalization"),
+                                         lambda tflearn, x: tflearn.activations.tanh(x),
+                                         layers("core.reshape", [-1, 3, 5, 4]), CONV(4)),
     # the blocks' default initializer, variance_scaling, is tflearn_compat's shim
     "residual_block": sequence(CONV(8), layers("conv.residual_block", 2, 8)),
     "residual_block_downsample": sequence(CONV(4), layers("conv.residual_block", 1, 8, downsample=True)),
@@ -116,7 +122,7 @@ BUILDERS = {
 # Also converted from the tflearn graph frozen into a .pb (TF 2's freezing leaves batch norm's
 # conditional reads and updates half-converted: the loader repairs them).
 FROZEN = ["residual_block_downsample", "densenet_block", "l2_normalize_channels", "highway",
-          "atrous_conv_2d_odd_size", "upscore_layer", "merge_prod_channels"]
+          "atrous_conv_2d_odd_size", "upscore_layer", "merge_prod_channels", "fully_connected_to_image"]
 # construct -> (layer, reason): what cannot be exact is refused, naming the layer.
 REFUSED = {"merge_sum_rows": ("Merge", "Caffe holds in C,H,W order")}
 # Each builder ends its net itself (its own head, or none).

@@ -155,7 +155,8 @@ class Flatten(Handler):
 class Reshape(Handler):
     config_keys = ("target_shape",)
     notes = "target_shape without batch"
-    summary = ("Reshape where TensorFlow's and Caffe's element orders agree; "
+    summary = ("Reshape where TensorFlow's and Caffe's element orders agree, or where the Dense "
+               "computing the vector (through element-wise layers) emits it in C,H,W order; "
                "flatten-like reshapes as Flatten")
     caffe_layers = ("Reshape", "Flatten")
 
