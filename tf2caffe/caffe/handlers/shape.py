@@ -84,17 +84,17 @@ def unflattened_shape(model, dense):
 
 def _describe(model, flattening) -> str:
     if flattening.type == "dense":
-        return ("Dense layer '%s' (emitted in Caffe's C,H,W order for its reshape to %s)"
+        return ("the Dense layer '%s' (its output emitted in C,H,W order for the reshape to %s)"
                 % (flattening.name, list(unflattened_shape(model, flattening))))
-    return "Flatten of a 4-D tensor ('%s')" % flattening.name
+    return "the Flatten of a 4-D tensor ('%s')" % flattening.name
 
 
 def order_problem(layer, model) -> Optional[str]:
     """Why `layer` would see or expose a flattened tensor in the wrong order (None if fine)."""
     own = flattening_of(model, layer.name)
     if own is not None and layer.name in model.outputs:
-        return ("model output is the output of a %s: TensorFlow orders it H,W,C, Caffe C,H,W, "
-                "and BVLC Caffe has no Permute" % _describe(model, own))
+        return ("model output comes from %s: TensorFlow orders it H,W,C, Caffe C,H,W, and BVLC "
+                "Caffe has no Permute" % _describe(model, own))
     if layer.type in ORDER_AWARE:
         return None
     sources = [flattening_of(model, name) for name in layer.inputs]
@@ -102,8 +102,8 @@ def order_problem(layer, model) -> Optional[str]:
     if hwc == {None} or (layer.type in FEATURE_WISE and len(hwc) == 1):
         return None
     flatten = next(f for f in sources if f is not None)
-    return ("%s feeding %s cannot be reproduced in BVLC Caffe (no Permute): Caffe orders it "
-            "C,H,W, TensorFlow H,W,C" % (_describe(model, flatten), layer.type))
+    return ("an input ordered by %s: Caffe holds it C,H,W where TensorFlow has H,W,C, and BVLC "
+            "Caffe (no Permute) cannot reorder it for this %s layer" % (_describe(model, flatten), layer.type))
 
 
 def caffe_axis(axis, rank) -> int:
@@ -174,10 +174,12 @@ class Reshape(Handler):
                 return order_problem(layer, model)
         elif orders_agree(shape_out[1:]) and (len(shape_in) == 2 or orders_agree(shape_in[1:])):
             return order_problem(layer, model)
-        return ("reshape %s -> %s: Caffe's element order differs (TensorFlow reshapes in H,W,C "
-                "order, Caffe in C,H,W) and BVLC Caffe has no Permute; only a vector that a Dense "
-                "layer computes, through element-wise layers, and that is reshaped to this one "
-                "shape can be emitted in Caffe's order" % (shape_in[1:], shape_out[1:]))
+        reason = ("reshape %s -> %s: Caffe's element order differs (TensorFlow reshapes in H,W,C "
+                  "order, Caffe in C,H,W) and BVLC Caffe has no Permute" % (shape_in[1:], shape_out[1:]))
+        if len(shape_in) == 2:
+            reason += ("; a vector can be emitted in Caffe's order only by the Dense layer computing "
+                       "it (directly or through element-wise layers), and only for one reshape")
+        return reason
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
