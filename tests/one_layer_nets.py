@@ -95,8 +95,9 @@ def mvn(x, eps):
     return centred / (np.sqrt((centred ** 2).mean(axis=(2, 3), keepdims=True)) + eps)
 
 
-def l2_normalize_channels(x, scale, eps=1e-10):
-    return x / np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True) + eps) * scale[None, :, None, None]
+def l2_normalize(x, axes, eps):
+    """SSD's Normalize (before its scale): x / sqrt(sum(x², axes) + eps)."""
+    return x / np.sqrt((x.astype(np.float64) ** 2).sum(axis=axes, keepdims=True) + eps)
 
 
 def bilinear_align_corners(x, oh, ow):
@@ -375,14 +376,15 @@ def _permute(rng):
                 params={"permute_param": {"order": [0, 2, 3, 1]}})
 
 
-def _normalize(channel_shared):
+def _normalize(channel_shared, across_spatial=False):
     def make(rng):
         x = normal(rng, 2, 3, 4, 5)
         # SSD-Caffe holds a shared scale as a 0-d blob
         scale = np.array(1.5, np.float32) if channel_shared else rng.uniform(0.5, 2, 3).astype(np.float32)
-        return case("Normalize", {"x": x}, l2_normalize_channels(x, np.broadcast_to(scale, (3,))),
-                    params={"norm_param": {"across_spatial": False, "channel_shared": channel_shared}},
-                    blobs=[scale])
+        # an eps as big as a sum of squares: a runtime that ignored it would be far off
+        expected = l2_normalize(x, (1, 2, 3) if across_spatial else (1,), 0.5) * np.reshape(scale, (-1, 1, 1))
+        return case("Normalize", {"x": x}, expected, blobs=[scale], params={"norm_param": {
+            "across_spatial": across_spatial, "channel_shared": channel_shared, "eps": 0.5}})
     return make
 
 
@@ -526,6 +528,7 @@ CASES: Dict[str, Callable[[np.random.RandomState], Case]] = {
     "Permute": _permute,
     "Normalize": _normalize(channel_shared=False),
     "Normalize/channel_shared": _normalize(channel_shared=True),
+    "Normalize/across_spatial": _normalize(channel_shared=True, across_spatial=True),
     "Interp": _interp,
     "ShuffleChannel": _shuffle_channel,
     "PriorBox": _prior_box(PRIOR_BOX),
