@@ -69,12 +69,12 @@ class Profile:
 
 
 PROFILES = {profile.name: profile for profile in (
-    Profile("bvlc", BVLC_INFERENCE,
-            "BVLC Caffe 1.0 inference layers that OpenCV 4.x also runs (the default)"),
+    Profile("bvlc", BVLC_INFERENCE, "BVLC Caffe 1.0's inference layers that OpenCV 4.x also runs (the default)"),
     Profile("opencv", BVLC_INFERENCE | OPENCV_EXTRAS,
-            "every layer OpenCV 4.x's Caffe importer runs: bvlc plus %s" % ", ".join(sorted(OPENCV_EXTRAS))),
+            "OpenCV dnn: every layer type its Caffe importer runs correctly (bvlc plus ReLU6, Swish, "
+            "Mish, HardSwish, Gelu, Permute, Normalize, Interp, PriorBox, ...)"),
     Profile("ssd", BVLC_INFERENCE | SSD_EXTRAS,
-            "bvlc plus SSD-Caffe's %s" % ", ".join(sorted(SSD_EXTRAS))),
+            "SSD-Caffe and NPU toolchains: bvlc plus Permute, Normalize, PriorBox, DetectionOutput"),
 )}
 DEFAULT_PROFILE = "bvlc"
 
