@@ -172,22 +172,26 @@ def detections(boxes, scores, params: Detection, margins: Optional[List[float]] 
     boxes scoring over the confidence threshold, best first (top_k of them), each kept unless it
     overlaps a kept one by more than the NMS threshold; then the keep_top_k best overall. Rows
     (image 0, label, score, x0, y0, x1, y1), sorted by label then falling score. `margins`
-    collects how far each compared score and IoU is from its threshold."""
+    collects how far each decision is from flipping: scores from the threshold, overlaps from
+    the NMS threshold, and the scores either side of the top_k and keep_top_k cuts."""
+    margins = [] if margins is None else margins
     rows = []
     for label in range(1, scores.shape[1]):
-        candidates = [i for i in np.argsort(-scores[:, label], kind="stable")
-                      if scores[i, label] > params.confidence_threshold][:params.top_k]
-        if margins is not None:
-            margins.extend(abs(scores[:, label] - params.confidence_threshold))
+        ranked = [i for i in np.argsort(-scores[:, label], kind="stable")
+                  if scores[i, label] > params.confidence_threshold]
+        margins.extend(abs(scores[:, label] - params.confidence_threshold))
+        if len(ranked) > params.top_k:
+            margins.append(scores[ranked[params.top_k - 1], label] - scores[ranked[params.top_k], label])
         kept = []
-        for i in candidates:
+        for i in ranked[:params.top_k]:
             overlaps = [iou(boxes[i], boxes[j]) for j in kept]
-            if margins is not None:
-                margins.extend(abs(o - params.nms_threshold) for o in overlaps)
+            margins.extend(abs(o - params.nms_threshold) for o in overlaps)
             if all(o <= params.nms_threshold for o in overlaps):
                 kept.append(i)
         rows.extend([0, label, scores[i, label]] + list(boxes[i]) for i in kept)
     rows.sort(key=lambda row: -row[2])
+    if len(rows) > params.keep_top_k:
+        margins.append(rows[params.keep_top_k - 1][2] - rows[params.keep_top_k][2])
     rows = rows[:params.keep_top_k]
     return np.array(sorted(rows, key=lambda row: (row[1], -row[2])), dtype=np.float64).reshape(1, 1, -1, 7)
 
@@ -471,7 +475,8 @@ def _detection_output(rng):
         boxes = decode_center_size(priors.astype(np.float64), loc.astype(np.float64))
         margins: List[float] = []
         expected = detections(boxes, scores.astype(np.float64), DETECTION, margins)
-        if min(margins) >= DETECTION_MARGIN and expected.shape[2] == DETECTION.keep_top_k:
+        uncut = detections(boxes, scores.astype(np.float64), DETECTION._replace(keep_top_k=scores.size))
+        if min(margins) >= DETECTION_MARGIN and uncut.shape[2] > DETECTION.keep_top_k:
             break
     params = {"num_classes": DETECTION_CLASSES, "share_location": True, "background_label_id": 0,
               "code_type": "CENTER_SIZE", "keep_top_k": DETECTION.keep_top_k,
