@@ -95,7 +95,8 @@ CHROOT_PYTHON := tf2caffe/__init__.py tf2caffe/atomic.py tf2caffe/errors.py tf2c
   tf2caffe/import_stage.py tf2caffe/intermediate.py tf2caffe/interrupts.py tf2caffe/measure.py \
   tf2caffe/report.py tf2caffe/caffe \
   tests/conftest.py tests/caffe_side tests/test_intermediate.py tests/test_held_interrupts.py \
-  tests/intermediate_models.py tests/read_each_in_a_child.py tests/native_in_caffe.py
+  tests/intermediate_models.py tests/read_each_in_a_child.py tests/native_in_caffe.py \
+  tests/one_layer_nets.py tests/pycaffe_one_layer.py
 
 # Seconds, so it runs first: a Python 3.9 break fails here rather than in the chroot's tests.
 # ruff and vermin live in the cached venv, whose console scripts .venv does not link.

@@ -35,6 +35,37 @@ def test_import_help_loads_no_framework():
     assert "--prototxt" in completed.stdout and "--debug" in completed.stdout
 
 
+def test_help_lists_every_profile_with_its_description():
+    from tf2caffe.caffe.profiles import PROFILES
+    for command in ("import", "convert"):
+        text = "".join(tf2caffe(command, "--help").stdout.split())  # argparse wraps at spaces and hyphens
+        assert "--profile{%s}" % ",".join(PROFILES) in text
+        for name, profile in PROFILES.items():
+            assert "%s=%s" % (name, "".join(profile.description.split())) in text
+
+
+@pytest.mark.parametrize("command", ["import", "convert", "check-only"])
+def test_an_unknown_profile_is_one_line_before_any_work(tmp_path, command):
+    # The source does not exist: refusing it would be work, and a different message.
+    argv = ["import", tmp_path / "m.h5"] if command == "import" else ["convert", tmp_path / "m.keras"]
+    argv += ["-o", tmp_path / "out", "--profile", "caffe2"] + (["--check-only"] if command == "check-only" else [])
+    completed = tf2caffe(*argv)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr == "tf2caffe: error: unknown target profile 'caffe2' (known: bvlc, opencv, ssd)\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("call", ["check", "convert", "import_"])
+def test_the_api_refuses_an_unknown_profile_before_any_work(tmp_path, call):
+    import tf2caffe
+    from tf2caffe.errors import ConversionError
+    args = ([str(tmp_path / "m.h5")], str(tmp_path / "out")) if call == "import_" else \
+        (str(tmp_path / "m.keras"),) + ((str(tmp_path / "out"),) if call == "convert" else ())
+    with pytest.raises(ConversionError, match="unknown target profile 'caffe2'"):
+        getattr(tf2caffe, call)(*args, profile="caffe2")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.chroot
 def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
     files = [intermediate_models.write(intermediate_models.mlp(name, seed=seed), tmp_path)

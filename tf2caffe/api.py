@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import report as import_report
+from .caffe.profiles import DEFAULT_PROFILE, get_profile
 from .errors import ConversionError, UnsupportedError
 from .import_options import DEFAULT_TOLERANCE, ImportOptions
 
@@ -134,13 +135,14 @@ def choose_backend(backend: Optional[str], prototxt: Optional[str] = None) -> Tu
     return backend, reason
 
 
-def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = None, profile: str = "bvlc",
+def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, per_layer: bool = False, backend: Optional[str] = None,
             verify: bool = True, report: Optional[str] = None, debug: bool = False,
             quiet: bool = False) -> ImportReport:
     """Intermediate files -> `out_dir/<stem>.prototxt` and `.caffemodel`, verified against
     TensorFlow's reference outputs. The import stage prints a report per file (unless `quiet`)
     and writes the JSON report to `report` (read back into the result)."""
+    get_profile(profile)  # an unknown name is refused before any work
     backend, _ = choose_backend(backend, prototxt)
     options = ImportOptions(backend, prototxt=prototxt, profile=profile, tolerance=tolerance, report=report,
                             per_layer=per_layer, verify=verify, debug=debug, progress=sys.stderr.isatty())
@@ -169,11 +171,12 @@ def import_here(files: List[str], out_dir: str, options: ImportOptions, quiet: b
 
 # ---------------------------------------------------------------- convert
 
-def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = "bvlc",
+def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, backend: Optional[str] = None, verify: bool = True,
             debug: bool = False, per_layer: bool = False, **export_options) -> ConvertReport:
     """export + import + (after pycaffe) the OpenCV check of one model. `export_options`: those
     of `export`."""
+    get_profile(profile)  # an unknown name is refused before any work
     backend, _ = choose_backend(backend, prototxt)
     h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
     work = tempfile.mkdtemp(prefix=".tf2caffe-convert-", dir=str(out_dir))
@@ -201,13 +204,12 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = "bvl
     return converted
 
 
-def check(src, *, profile: str = "bvlc", debug: bool = False, **export_options) -> CheckReport:
+def check(src, *, profile: str = DEFAULT_PROFILE, debug: bool = False, **export_options) -> CheckReport:
     """Every layer of SRC that cannot be converted, all at once; writes nothing."""
     from . import intermediate
     from .caffe import emit
-    from .caffe.profiles import get_profile
 
-    target = get_profile(profile)
+    target = get_profile(profile)  # before any work: an unknown name is refused at once
     with tempfile.TemporaryDirectory(prefix="tf2caffe-check-") as folder:
         try:
             model = intermediate.read(export(src, folder, per_layer=False, debug=debug, **export_options).h5)

@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional, Tuple
 
 from . import __version__
+from .caffe.profiles import get_profile
 from .errors import reported_errors
 from .import_options import add_backend_arguments, add_import_arguments, add_target_arguments
 from .measure import LAYER_TOLERANCE
@@ -86,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     with reported_errors(args.debug, PROG):
+        if args.command != "export":
+            get_profile(args.profile)  # an unknown name is refused before any work
         return args.run(args)
 
 

@@ -8,6 +8,7 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Optional
 
+from .caffe.profiles import DEFAULT_PROFILE, PROFILES
 from .measure import DEFAULT_TOLERANCE
 
 
@@ -36,8 +37,12 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_target_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="bvlc",
-                   help="target profile: the Caffe layer types the net may use (default: bvlc)")
+    # Not argparse `choices`: its refusal prints the whole usage; get_profile's is one line
+    # (tf2caffe's main and the API check the name before any work).
+    p.add_argument("--profile", default=DEFAULT_PROFILE, metavar="{%s}" % ",".join(PROFILES),
+                   help="target profile, the Caffe layer types the net may use: %s (default: %s)" % (
+                       "; ".join("%s = %s" % (name, profile.description) for name, profile in PROFILES.items()),
+                       DEFAULT_PROFILE))
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
                    help="maximum relative error of the compared layers (default: %g)" % DEFAULT_TOLERANCE)
 
@@ -47,7 +52,7 @@ class ImportOptions:
     """What the import stage is asked to do, besides which files and where to."""
     backend: str  # "native" or "pycaffe"
     prototxt: Optional[str] = None
-    profile: str = "bvlc"
+    profile: str = DEFAULT_PROFILE
     tolerance: float = DEFAULT_TOLERANCE
     report: Optional[str] = None
     per_layer: bool = False

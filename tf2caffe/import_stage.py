@@ -31,6 +31,7 @@ from . import intermediate, interrupts, report
 from .caffe import emit, verify
 from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
+from .caffe.profiles import get_profile
 from .errors import ConversionError, reported_errors
 from .import_options import add_import_arguments
 
@@ -214,6 +215,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     with reported_errors(args.debug):
+        get_profile(args.profile)  # an unknown name is refused before any work
         if not os.path.isdir(args.output):
             try:
                 os.makedirs(args.output)

@@ -52,12 +52,13 @@ def assert_refused(result: Result, layer: str, reason: str) -> None:
     assert "'%s'" % layer in message and reason in message, "%s: unexpected error: %s" % (result.name, message)
 
 
-def opencv_only_errors(keras_model: keras.Model, name: str, profile: str, tmp_dir: Path) -> Dict[str, float]:
+def opencv_only_errors(model, name: str, profile: str, tmp_dir: Path) -> Dict[str, float]:
     """Relative error per mapped layer in OpenCV of a net emitted for `profile`, written without
-    Caffe (for layer types pycaffe lacks, such as ReLU6)."""
-    from tf2caffe.export.keras import model_to_intermediate
-
-    model = model_to_intermediate(keras_model, name, per_layer=True)
+    Caffe (for layer types pycaffe lacks, such as ReLU6). `model`: a Keras model, or an
+    intermediate one with per-layer activations."""
+    if isinstance(model, keras.Model):
+        from tf2caffe.export.keras import model_to_intermediate
+        model = model_to_intermediate(model, name, per_layer=True)
     h5, prototxt, caffemodel = (str(tmp_dir / (name + suffix)) for suffix in (".h5", ".prototxt", ".caffemodel"))
     intermediate.write(h5, model)
     net, blobs = emit.build_net(model, profile)

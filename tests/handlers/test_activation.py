@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 
 from handler_batch import build, family_tests, opencv_only_errors
+from tf2caffe.intermediate import Layer, Model
 
 L = keras.layers
 SPREAD = 4.0  # widens the reference input so every kink (0, 6, max_value, ±3) is crossed
@@ -81,3 +83,28 @@ def test_opencv_profile(tmp_path, name):
     errors = opencv_only_errors(model, name, "opencv", tmp_path)
     assert errors and max(errors.values()) <= 1e-5, errors
     assert caffe_type in (tmp_path / (name + ".prototxt")).read_text()
+
+
+def keras2_hard_sigmoid() -> Model:
+    """Keras 2's hard_sigmoid, clip(0.2·x + 0.5, 0, 1), as an intermediate model with a numpy
+    reference (Keras 3, which the exporter runs, has slope 1/6)."""
+    shape = [3, 5, 6, 4]
+    x = (SPREAD * np.random.RandomState(0).standard_normal(shape)).astype(np.float32)
+    y = np.clip(np.float32(0.2) * x + np.float32(0.5), 0, 1)
+    layers = [Layer("input", "input", [], {"shape": [None] + shape[1:]}, shape),
+              Layer("hard", "activation", ["input"], {"function": "hard_sigmoid", "slope": 0.2, "offset": 0.5},
+                    shape)]
+    return Model("keras2_hard_sigmoid", layers, ["hard"], {
+        "source_framework": "numpy", "source_version": "test", "tensorflow_version": "none",
+        "source_path": "numpy", "created_by": "tests"}, {"input": x}, {"input": x, "hard": y})
+
+
+@pytest.mark.parametrize("profile, caffe_types", [("opencv", ["HardSigmoid"]), ("bvlc", ["Power", "ReLU"])])
+def test_keras2_hard_sigmoid_in_opencv(tmp_path, profile, caffe_types):
+    """OpenCV's own HardSigmoid where the profile has it, else the BVLC composition (OpenCV here;
+    the composition is checked in pycaffe by the Keras 3 case)."""
+    errors = opencv_only_errors(keras2_hard_sigmoid(), "hard", profile, tmp_path)
+    assert errors and max(errors.values()) <= 1e-5, errors
+    prototxt = (tmp_path / "hard.prototxt").read_text()
+    assert all('type: "%s"' % kind in prototxt for kind in caffe_types), prototxt
+    assert ("HardSigmoid" in prototxt) == (profile == "opencv")

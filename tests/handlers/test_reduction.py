@@ -2,7 +2,9 @@
 
 Keras has no reduction layer, so `reduce` is tested on intermediate models whose TensorFlow
 reference is numpy's (float32, as TensorFlow computes it); `l2_normalize` on Keras's
-UnitNormalization. Each is converted exactly or refused with its reason.
+UnitNormalization. Each is converted exactly or refused with its reason. Where the profile has
+SSD's Normalize layer (ssd, opencv), `l2_normalize` over the channels or over C, H, W is that one
+layer: no Caffe in the chroot has it, so those cases run in OpenCV only (written natively).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from handler_batch import assert_refused, build, chain
+from handler_batch import assert_refused, build, chain, opencv_only_errors
 from harness import assert_exact, convert_intermediate_batch
 from tf2caffe.intermediate import Layer, Model
 
@@ -95,3 +97,24 @@ def test_spatial_reductions_pool_in_place(results):
     """A window over H and/or W needs no Reshape; the channels are viewed as rows first."""
     assert "Reshape" not in results["max_columns_kept"].caffe_types
     assert "Reshape" in results["max_channels"].caffe_types
+
+
+# l2_normalize cases that become one Normalize layer (across_spatial) in the ssd and opencv profiles.
+NORMALIZE_LAYER = {"l2_channels": False, "l2_all": True}
+
+
+@pytest.mark.parametrize("profile", ["ssd", "opencv"])
+@pytest.mark.parametrize("name", sorted(NORMALIZE_LAYER))
+def test_l2_normalize_is_one_normalize_layer_in_opencv(tmp_path, name, profile):
+    errors = opencv_only_errors(build({name: L2_CASES[name]})[name], name, profile, tmp_path)
+    assert errors and max(errors.values()) <= 1e-5, errors
+    prototxt = (tmp_path / (name + ".prototxt")).read_text()
+    assert prototxt.count('type: "Normalize"') == 1 and "Eltwise" not in prototxt
+    assert "across_spatial: %s" % str(NORMALIZE_LAYER[name]).lower() in prototxt
+
+
+def test_l2_normalize_over_other_axes_stays_composed(tmp_path):
+    errors = opencv_only_errors(build({"l2_spatial": L2_CASES["l2_spatial"]})["l2_spatial"], "l2_spatial",
+                                "ssd", tmp_path)
+    assert errors and max(errors.values()) <= 1e-5, errors
+    assert "Normalize" not in (tmp_path / "l2_spatial.prototxt").read_text()

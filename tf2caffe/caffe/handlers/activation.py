@@ -47,11 +47,17 @@ def _swish(layer, profile, x):
             Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
 
 
+# OpenCV's HardSigmoid: clip(0.2·x + 0.5, 0, 1), fixed (a prototxt has no field for them).
+HARD_SIGMOID_LAYER = (0.2, 0.5)
+
+
 def _hard_sigmoid(layer, profile, _x):
     # clip(slope·x + offset, 0, 1) as relu6(6·slope·x + 6·offset) / 6: for Keras 3's slope 1/6
-    # and offset 0.5 that is its own relu6(x + 3) / 6.
+    # and offset 0.5 that is its own relu6(x + 3) / 6. Keras 2's (0.2, 0.5) is OpenCV's layer.
     slope = float(layer.config.get("slope", 1.0 / 6.0))
     offset = float(layer.config.get("offset", 0.5))
+    if (slope, offset) == HARD_SIGMOID_LAYER and profile.allows("HardSigmoid"):
+        return [Step("hard_sigmoid", "HardSigmoid")]
     return ([power("affine", 6.0 * slope, 6.0 * offset)] + clip_above(6.0, profile, Earlier("affine"))
             + [power("scale", 1.0 / 6.0)])
 
@@ -116,9 +122,10 @@ class Activation(Handler):
                "(ELU + Power scale), sigmoid, tanh, softmax (any axis), softplus (BNLL), softsign "
                "(x · (1 + abs(x))^-1), abs, power (x^exponent; a Split after it keeps OpenCV from "
                "fusing it wrongly), swish, hard_sigmoid, linear; ReLU6 and clipping as "
-               "ReLU(x) - ReLU(x - m) (ReLU6, Swish in the opencv profile)")
+               "ReLU(x) - ReLU(x - m) (ReLU6, Swish, and HardSigmoid for slope 0.2 and offset 0.5, "
+               "in the opencv profile)")
     caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "BNLL", "AbsVal", "Eltwise",
-                    "Split", "ReLU6", "Swish")
+                    "Split", "ReLU6", "Swish", "HardSigmoid")
 
     def check(self, layer, model, profile):
         function = layer.config["function"]

@@ -1,4 +1,6 @@
-"""Reductions over any axes (sum, mean, max, min, prod) and L2 normalization, from BVLC layers.
+"""Reductions over any axes (sum, mean, max, min, prod) and L2 normalization, from BVLC layers
+(L2 normalization over channels, or over all of C, H and W, is SSD's one Normalize layer where the
+profile has it).
 
 Caffe's Reduction layer reduces every axis from one onwards and OpenCV cannot load it, so a
 reduction is built from Pooling. Caffe holds a tensor in one order (NCHW for 4-D, TensorFlow's
@@ -193,6 +195,15 @@ def _broadcast_steps(steps: _Layers, full: Sequence[int]) -> None:
             [np.ones((channels, 1) + tuple(window), np.float32)])
 
 
+def _normalize_across_spatial(layer, profile) -> Optional[bool]:
+    """Normalize's across_spatial when the profile has the layer and the axes are the channels
+    (False) or C, H and W (True) of a 4-D tensor; None otherwise."""
+    if not profile.allows("Normalize") or len(layer.output_shape) != 4:
+        return None
+    axes = tuple(sorted(int(a) % 4 for a in layer.config["axes"]))
+    return {(3,): False, (1, 2, 3): True}.get(axes)
+
+
 @register("l2_normalize")
 class L2Normalize(Handler):
     config_keys = ("axes", "epsilon")
@@ -201,9 +212,10 @@ class L2Normalize(Handler):
              "epsilon = e²)")
     summary = ("x · max(sum(x², axes), epsilon)^-1/2: Eltwise PROD squares, the reduce handler's "
                "sum, Power/ReLU/Power for the floor and the root, ones-weight layers broadcasting "
-               "back, Eltwise PROD")
+               "back, Eltwise PROD; over the channels or all of C, H, W one Normalize where the "
+               "profile has it (x · (sum + epsilon)^-1/2: the same unless a sum is within 1e7·epsilon)")
     caffe_layers = ("Eltwise", "Pooling", "Reshape", "Power", "ReLU", "InnerProduct", "Convolution",
-                    "Deconvolution")
+                    "Deconvolution", "Normalize")
 
     def check(self, layer, model, profile):
         if len(layer.output_shape) not in (2, 4):
@@ -218,6 +230,17 @@ class L2Normalize(Handler):
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
         epsilon = float(layer.config["epsilon"])
+        across_spatial = _normalize_across_spatial(layer, ctx.profile)
+        if across_spatial is not None:
+            # SSD's Normalize divides by sqrt(sum + eps), not sqrt(max(sum, eps)): the two agree
+            # to float32 precision wherever sum >= 1e7·eps (every unit vector of norm >= 3e-9
+            # for Keras's eps of 1e-24); a zero vector stays zero in both.
+            name = ctx.name(layer)
+            ctx.add(CaffeLayer(name, "Normalize", [bottom.name], [name], {"norm_param": {
+                "across_spatial": across_spatial, "channel_shared": True, "eps": epsilon}},
+                blobs=[np.array(1.0, np.float32)]))  # the shared scale: a 0-d blob in SSD-Caffe
+            ctx.produce(layer, name, bottom.shape, bottom.flattened_from)
+            return
         steps = _Layers(ctx, layer, bottom.name, bottom.shape)
         steps.add("square", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, bottom.shape,
                   bottoms=[bottom.name, bottom.name])
