@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 from tf2caffe import intermediate, opencv_check
 from tf2caffe.report import FileResult
 from tf2caffe.caffe import verify
+from tf2caffe.measure import within
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # `make test-fast` sets native: the conversions then run without the Caffe chroot (written
@@ -39,6 +40,9 @@ class Result:
         self.pycaffe: Dict[str, float] = {}
         self.opencv: Dict[str, float] = {}
         self.per_layer: Dict[str, float] = {}
+        # runtime -> layer -> {"caffe", "tensorflow"}: errors against the float64 truth, where
+        # the export computed one
+        self.float64: Dict[str, Dict[str, Dict[str, float]]] = {"pycaffe": {}, "OpenCV": {}}
         self.layer_order: List[str] = []
         self.prototxt = ""
         self.caffe_types: List[str] = []
@@ -127,6 +131,7 @@ def _fill(result: Result, entry: Dict) -> None:
         return
     result.pycaffe = {name: errors["max_rel"] for name, errors in entry["compared"].items()}
     result.per_layer = dict(entry["per_layer"])
+    result.float64["pycaffe"] = dict(entry.get("float64") or {})
     result.caffe_types = list(entry["layers"]["caffe_types"])
     result.accuracy = entry.get("accuracy")
     result.files = dict(entry["files"])
@@ -137,21 +142,26 @@ def _fill(result: Result, entry: Dict) -> None:
         result.error = "OpenCV: %s: %s" % (type(error).__name__, " ".join(str(error).split()))
         return
     result.opencv = {name: errors["max_rel"] for name, errors in opencv.items()}
+    result.float64["OpenCV"] = {name: errors["float64"] for name, errors in opencv.items() if "float64" in errors}
 
 
 def assert_exact(result: Result, tol: float = 1e-4, layer_tol: float = 1e-5) -> None:
     """The model converted, and every compared layer (pycaffe and OpenCV) and every mapped layer
-    (pycaffe) is within tolerance; the message names the first layer that diverges."""
+    (pycaffe) is within tolerance (judged against the float64 truth where the export computed
+    one: measure.within); the message names the first layer that diverges."""
     assert result.error is None, "%s: %s" % (result.name, result.error)
     assert result.pycaffe, "%s: nothing was compared in pycaffe" % result.name
     assert result.opencv, "%s: nothing was compared in OpenCV" % result.name
-    diverging = verify.first_over(result.per_layer, result.layer_order, layer_tol)
+    diverging = verify.first_over(result.per_layer, result.layer_order, layer_tol, result.float64["pycaffe"])
     assert diverging is None, "%s: layer '%s' diverges in pycaffe: relative error %.3g > %g (%s)" % (
         result.name, diverging, result.per_layer[diverging], layer_tol, _table(result.per_layer))
     for backend, errors in (("pycaffe", result.pycaffe), ("OpenCV", result.opencv)):
         for name, value in errors.items():
-            assert value <= tol, "%s: %s relative error %.3g > %g on layer '%s' (per layer: %s)" % (
-                result.name, backend, value, tol, name, _table(result.per_layer))
+            float64 = result.float64[backend].get(name)
+            assert within(value, tol, float64), "%s: %s relative error %.3g > %g on layer '%s'%s (per layer: %s)" % (
+                result.name, backend, value, tol, name,
+                " (against the float64 truth: %(caffe).3g, TensorFlow float32 %(tensorflow).3g)" % float64
+                if float64 else "", _table(result.per_layer))
 
 
 def _table(errors: Dict[str, float]) -> str:

@@ -26,6 +26,7 @@ from . import report as import_report
 from .caffe.profiles import DEFAULT_PROFILE, get_profile
 from .errors import ConversionError, UnsupportedError
 from .import_options import DEFAULT_TOLERANCE, ImportOptions
+from .measure import within
 
 
 @dataclass
@@ -197,9 +198,8 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFA
     if converted.result.verified_with == "pycaffe":  # the native backend measured OpenCV already
         from . import opencv_check
         converted.opencv = opencv_check.check_result(converted.result)
-        converted.opencv_failures = [(name, error)
-                                     for name, error in import_report.max_rel(converted.opencv).items()
-                                     if not error <= tolerance]
+        converted.opencv_failures = [(name, errors["max_rel"]) for name, errors in converted.opencv.items()
+                                     if not within(errors["max_rel"], tolerance, errors.get("float64"))]
     converted.status = 1 if converted.opencv_failures or converted.result.verified is False else 0
     return converted
 

@@ -147,6 +147,10 @@ def print_convert(converted) -> None:
             ", ".join(result.compared), tolerance))
     else:
         print("not verified (--no-verify)")
+    truths = [result.float64[name] for name in result.compared if name in result.float64]
+    if truths:  # the export computed the float64 truth: TensorFlow's float32 noise beside Caffe's
+        print("against the float64 truth: %s %.3g, TensorFlow float32 %.3g" % (
+            result.verified_with, max(t["caffe"] for t in truths), max(t["tensorflow"] for t in truths)))
     if result.per_layer:
         worst = max(result.per_layer, key=result.per_layer.get)
         print("per layer (%s): worst %s %.3g; first over %g: %s" % (

@@ -33,6 +33,7 @@ from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from .caffe.profiles import get_profile
 from .errors import ConversionError, reported_errors
+from .measure import within
 from .import_options import add_import_arguments
 
 PROG = "tf2caffe"
@@ -130,17 +131,20 @@ def verify_in(result: report.FileResult, backend: Backend, written, model, targe
     for name, target in compared.items():
         verify.check_shapes_match(target, fetched[name], expected[name], path)
     result.compared = verify.compare(fetched, expected)
+    result.float64 = verify.float64_errors(dict(mapped, **compared), fetched, model)
     if mapped:
         result.per_layer = {
             name: verify.mapped_error(target, fetched[name], model.activation(name))
             for name, target in mapped.items()}
-        result.first_over_layer_tolerance = verify.first_over(result.per_layer, verify.names_in_order(model))
+        result.first_over_layer_tolerance = verify.first_over(result.per_layer, verify.names_in_order(model),
+                                                              float64=result.float64)
         result.targets = verify.targets_to_json(dict(mapped, **compared))
     if model.labels is not None:
         output = model.compared_layers()[0]
         result.accuracy = verify.accuracy(fetched[output], expected[output], model.labels)
     result.worst_layer, result.worst_max_rel = report.worst(result.compared)
-    result.verified = bool(result.worst_max_rel <= args.tolerance)
+    result.verified = all(within(errors["max_rel"], args.tolerance, result.float64.get(name))
+                          for name, errors in result.compared.items())
 
 
 def commit(renames) -> None:

@@ -62,19 +62,23 @@ def run(net, inputs: Dict[str, np.ndarray], targets: Dict[str, verify.Target], w
 
 def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
           targets: Dict[str, verify.Target]) -> Dict[str, Dict[str, float]]:
-    """{layer: report.layer_error} between OpenCV and TensorFlow's reference for `targets`.
+    """{layer: report.layer_error} between OpenCV and TensorFlow's reference for `targets`, each
+    with a "float64" entry (verify.float64_errors) where the file has the float64 truth.
     `inputs` maps each TF input layer to its Caffe input blob."""
     model = intermediate.read(h5_path)
     try:
         feeds = verify.reference_feeds(model, inputs)
         expected = {name: verify.in_caffe_layout(target, model.activation(name), h5_path)
                     for name, target in targets.items()}
+        fetched = run(load(prototxt, caffemodel), feeds, targets, prototxt)
+        for name, target in targets.items():
+            verify.check_shapes_match(target, fetched[name], expected[name], "%s (OpenCV)" % prototxt)
+        errors = verify.compare(fetched, expected)
+        for name, float64 in verify.float64_errors(targets, fetched, model).items():
+            errors[name]["float64"] = float64
     finally:
         model.file.close()
-    fetched = run(load(prototxt, caffemodel), feeds, targets, prototxt)
-    for name, target in targets.items():
-        verify.check_shapes_match(target, fetched[name], expected[name], "%s (OpenCV)" % prototxt)
-    return verify.compare(fetched, expected)
+    return errors
 
 
 def check_result(result: report.FileResult) -> Dict[str, Dict[str, float]]:

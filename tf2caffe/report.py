@@ -17,7 +17,7 @@ from .errors import ConversionError
 from .measure import LAYER_TOLERANCE
 
 FORMAT_NAME = "tf2caffe-import-report"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def layer_error(max_abs: float, max_rel: float) -> Dict[str, float]:
@@ -60,6 +60,9 @@ class FileResult:
     caffemodel: str = ""
     compared: Dict[str, Dict[str, float]] = field(default_factory=dict)  # layer -> layer_error
     per_layer: Dict[str, float] = field(default_factory=dict)  # mapped layer -> relative error
+    # compared or mapped layer -> {"caffe", "tensorflow"}: relative errors against the float64
+    # truth, where the export computed one (measure.within judges with them)
+    float64: Dict[str, Dict[str, float]] = field(default_factory=dict)
     first_over_layer_tolerance: Optional[str] = None
     accuracy: Optional[Dict[str, float]] = None
     targets: Dict[str, Dict] = field(default_factory=dict)  # verify.Target.to_json per layer
@@ -78,7 +81,7 @@ class FileResult:
             "layers": {"tensorflow": self.tensorflow_layers, "caffe": self.caffe_layers,
                        "caffe_types": self.caffe_types},
             "inputs": self.inputs, "files": {"prototxt": self.prototxt, "caffemodel": self.caffemodel},
-            "compared": self.compared, "per_layer": self.per_layer,
+            "compared": self.compared, "per_layer": self.per_layer, "float64": self.float64,
             "first_over_layer_tolerance": self.first_over_layer_tolerance, "accuracy": self.accuracy,
             "targets": self.targets, "verified": self.verified,
             "worst": None if self.worst_max_rel is None else {"layer": self.worst_layer,
@@ -95,7 +98,8 @@ class FileResult:
             verified_with=data["verified_with"], tensorflow_layers=layers["tensorflow"],
             caffe_layers=layers["caffe"], caffe_types=list(layers["caffe_types"]), inputs=dict(data["inputs"]),
             prototxt=files["prototxt"], caffemodel=files["caffemodel"], compared=dict(data["compared"]),
-            per_layer=dict(data["per_layer"]), first_over_layer_tolerance=data["first_over_layer_tolerance"],
+            per_layer=dict(data["per_layer"]), float64=dict(data.get("float64") or {}),
+            first_over_layer_tolerance=data["first_over_layer_tolerance"],
             accuracy=data["accuracy"], targets=dict(data["targets"]), verified=data["verified"],
             worst_layer=worst_entry.get("layer"), worst_max_rel=worst_entry.get("max_rel"),
             seconds=data.get("seconds"), stage_seconds=dict(data.get("stage_seconds") or {}))
@@ -145,13 +149,15 @@ def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO
         out.write("  not verified (--no-verify)\n")
         out.flush()
         return
-    out.write("  %-32s %12s %12s (%s)\n" % ("compared layer", "max abs", "max rel", result.verified_with))
+    truth = " %24s" % "vs float64: Caffe, TF" if result.float64 else ""
+    out.write("  %-32s %12s %12s%s (%s)\n" % ("compared layer", "max abs", "max rel", truth, result.verified_with))
     for name, errors in result.compared.items():
-        out.write("  %-32s %12.3g %12.3g\n" % (name, errors["max_abs"], errors["max_rel"]))
+        out.write("  %-32s %12.3g %12.3g%s\n" % (name, errors["max_abs"], errors["max_rel"],
+                                                _float64_columns(result, name)))
     if result.per_layer:
-        out.write("  %-32s %12s\n" % ("mapped layer (%s)" % result.verified_with, "max rel"))
+        out.write("  %-32s %12s%s\n" % ("mapped layer (%s)" % result.verified_with, "max rel", truth))
         for name, error in result.per_layer.items():
-            out.write("  %-32s %12.3g\n" % (name, error))
+            out.write("  %-32s %12.3g%s\n" % (name, error, _float64_columns(result, name)))
         out.write("  first layer over %g: %s\n" % (LAYER_TOLERANCE, result.first_over_layer_tolerance or "none"))
     if result.accuracy:
         out.write("  top-1 accuracy on %d labelled inputs: Caffe %.4f, TensorFlow %.4f, agreement %.4f\n" % (
@@ -161,3 +167,8 @@ def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO
         "verified" if result.verified else "VERIFICATION FAILED", result.worst_max_rel, result.worst_layer,
         tolerance))
     out.flush()
+
+
+def _float64_columns(result: FileResult, name: str) -> str:
+    errors = result.float64.get(name)
+    return " %11.3g, %10.3g" % (errors["caffe"], errors["tensorflow"]) if errors else ""

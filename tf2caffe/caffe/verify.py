@@ -13,7 +13,7 @@ import numpy as np
 from .. import report
 from ..errors import ConversionError
 from ..intermediate import Model
-from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error
+from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error, within
 from .emit import Blob, nchw
 
 
@@ -158,10 +158,26 @@ def compare(fetched: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> 
             for name, value in expected.items()}
 
 
-def first_over(errors: Dict[str, float], order: Sequence[str], limit: float = LAYER_TOLERANCE) -> Optional[str]:
-    """The first layer in model order whose error exceeds `limit` (where divergence starts)."""
+def float64_errors(targets: Dict[str, Target], fetched: Dict[str, np.ndarray],
+                   model: Model) -> Dict[str, Dict[str, float]]:
+    """{layer: {"caffe": ..., "tensorflow": ...}}: Caffe's and TensorFlow float32's relative errors
+    against the float64 truth, for the layers the export computed one for."""
+    errors = {}
+    for name, target in targets.items():
+        truth = model.truth(name)
+        if truth is not None:
+            errors[name] = {"caffe": mapped_error(target, fetched[name], truth),
+                            "tensorflow": relative_error(model.activation(name), truth)}
+    return errors
+
+
+def first_over(errors: Dict[str, float], order: Sequence[str], limit: float = LAYER_TOLERANCE,
+               float64: Optional[Dict[str, Dict[str, float]]] = None) -> Optional[str]:
+    """The first layer in model order over `limit` (where divergence starts), judged against the
+    float64 truth where there is one (measure.within)."""
+    float64 = float64 or {}
     for name in order:
-        if name in errors and not errors[name] <= limit:
+        if name in errors and not within(errors[name], limit, float64.get(name)):
             return name
     return None
 
