@@ -97,15 +97,6 @@ def export_options(args) -> dict:
                 debug=args.debug)
 
 
-def chosen_backend(args) -> str:
-    """args.backend, or the default, said on stdout before any work starts."""
-    from .api import choose_backend
-    backend, reason = choose_backend(args.backend, args.prototxt)
-    if reason:
-        print("backend: %s (%s)" % (backend, reason), flush=True)
-    return backend
-
-
 def run_export(args) -> int:
     from .api import export
     print(export(args.src, args.output, per_layer=args.per_layer, **export_options(args)).h5)
@@ -115,7 +106,7 @@ def run_export(args) -> int:
 def run_import(args) -> int:
     from .api import import_
     return import_(args.files, args.output, prototxt=args.prototxt, profile=args.profile,
-                   tolerance=args.tolerance, per_layer=args.per_layer, backend=chosen_backend(args),
+                   tolerance=args.tolerance, per_layer=args.per_layer, backend=args.backend,
                    verify=not args.no_verify, report=args.report, debug=args.debug).status
 
 
@@ -126,7 +117,7 @@ def run_convert(args) -> int:
         print_check(checked)
         return 2 if checked.problems else 0
     converted = convert(args.src, args.output, prototxt=args.prototxt, profile=args.profile,
-                        tolerance=args.tolerance, backend=chosen_backend(args), verify=not args.no_verify,
+                        tolerance=args.tolerance, backend=args.backend, verify=not args.no_verify,
                         per_layer=args.per_layer, **export_options(args))
     if converted.result is not None and not converted.result.error:  # else the import stage said why
         print_convert(converted)
@@ -135,13 +126,15 @@ def run_convert(args) -> int:
 
 def print_convert(converted) -> None:
     result, tolerance = converted.result, converted.tolerance
-    print("%s: %d TensorFlow layers -> %d Caffe layers (backend %s)" % (
-        result.model, result.tensorflow_layers, result.caffe_layers, result.backend))
-    measured = converted.measured()
-    if measured:
+    print("%s: %d TensorFlow layers -> %d Caffe layers (written by %s)" % (
+        result.model, result.tensorflow_layers, result.caffe_layers, converted.writer))
+    runtimes = converted.runtimes()
+    if runtimes:
         print("max relative error: %s (compared: %s; tolerance %g)" % (
-            ", ".join("%s %.3g" % (runtime, max(errors.values())) for runtime, errors in measured.items()),
+            ", ".join("%s %.3g" % (runtime, max(errors.values())) for runtime, errors in runtimes.items()),
             ", ".join(result.compared), tolerance))
+        if converted.opencv_only:
+            print("verified in OpenCV only: %s" % converted.opencv_only)
     else:
         print("not verified (--no-verify)")
     if result.per_layer:
@@ -153,10 +146,12 @@ def print_convert(converted) -> None:
         print("top-1 accuracy: Caffe %.4f, TensorFlow %.4f (%d labelled inputs)" % (
             result.accuracy["caffe"], result.accuracy["tensorflow"], result.accuracy["count"]))
     print("wrote: %s, %s, %s" % (converted.h5, result.prototxt, result.caffemodel))
-    # The import stage's own failures were reported by it already.
-    for name, error in converted.opencv_failures:
-        sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g in OpenCV > "
-                         "tolerance %g (the files were written)\n" % (PROG, converted.h5, name, error, tolerance))
+    # The import stage reported its own runtime's failures already.
+    for runtime, name, error in converted.failures():
+        if runtime != result.verified_with:
+            sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g in %s > "
+                             "tolerance %g (the files were written)\n" % (
+                                 PROG, converted.h5, name, error, runtime, tolerance))
 
 
 def print_check(checked) -> None:

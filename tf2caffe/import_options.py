@@ -54,6 +54,7 @@ class ImportOptions:
     verify: bool = True
     debug: bool = False
     progress: bool = False  # progress bars on stderr even when it is not a terminal
+    runtime: Optional[str] = None  # the runtime the stage runs in, as reports name it (runtimes.py)
 
     def argv(self, files: List[str], output: str) -> List[str]:
         """The import stage's command line for `files` -> `output`."""
@@ -63,6 +64,8 @@ class ImportOptions:
             argv += ["--prototxt", self.prototxt]
         if self.report:
             argv += ["--report", self.report]
+        if self.runtime:
+            argv += ["--runtime", self.runtime]
         for flag, wanted in (("--per-layer", self.per_layer), ("--no-verify", not self.verify),
                              ("--debug", self.debug), ("--progress", self.progress)):
             if wanted:

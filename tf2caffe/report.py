@@ -17,12 +17,18 @@ from .errors import ConversionError
 from .measure import LAYER_TOLERANCE
 
 FORMAT_NAME = "tf2caffe-import-report"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `runtimes`
 
 
 def layer_error(max_abs: float, max_rel: float) -> Dict[str, float]:
     """One compared layer's errors, as the report holds them."""
     return {"max_abs": max_abs, "max_rel": max_rel}
+
+
+def runtime_errors(compared: Dict[str, Dict[str, float]], per_layer: Dict[str, float]) -> Dict[str, Dict]:
+    """What one runtime measured of a converted file: its compared layers' `layer_error`s and its
+    mapped layers' relative errors ({} without per-layer activations)."""
+    return {"compared": compared, "per_layer": per_layer}
 
 
 def max_rel(errors: Dict[str, Dict[str, float]]) -> Dict[str, float]:
@@ -51,7 +57,9 @@ class FileResult:
     error: Optional[str] = None
     model: str = ""
     backend: str = ""
-    verified_with: Optional[str] = None  # "pycaffe", "OpenCV"; None: not verified (--no-verify)
+    # The runtime that wrote and first measured it (runtimes.py names: "pycaffe-bullseye",
+    # "pycaffe-source", "OpenCV"); None: not verified (--no-verify)
+    verified_with: Optional[str] = None
     tensorflow_layers: int = 0
     caffe_layers: int = 0
     caffe_types: List[str] = field(default_factory=list)  # one per Caffe layer
@@ -63,7 +71,10 @@ class FileResult:
     first_over_layer_tolerance: Optional[str] = None
     accuracy: Optional[Dict[str, float]] = None
     targets: Dict[str, Dict] = field(default_factory=dict)  # verify.Target.to_json per layer
-    verified: Optional[bool] = None
+    # runtime -> runtime_errors, for every runtime the net was measured in (verified_with first:
+    # its numbers are also `compared` and `per_layer`)
+    runtimes: Dict[str, Dict] = field(default_factory=dict)
+    verified: Optional[bool] = None  # every compared layer within tolerance in every runtime
     worst_layer: Optional[str] = None
     worst_max_rel: Optional[float] = None
     seconds: Optional[float] = None
@@ -80,10 +91,20 @@ class FileResult:
             "inputs": self.inputs, "files": {"prototxt": self.prototxt, "caffemodel": self.caffemodel},
             "compared": self.compared, "per_layer": self.per_layer,
             "first_over_layer_tolerance": self.first_over_layer_tolerance, "accuracy": self.accuracy,
-            "targets": self.targets, "verified": self.verified,
+            "targets": self.targets, "runtimes": self.runtimes, "verified": self.verified,
             "worst": None if self.worst_max_rel is None else {"layer": self.worst_layer,
                                                                "max_rel": self.worst_max_rel},
             "seconds": self.seconds, "stage_seconds": self.stage_seconds}
+
+    def add_runtime(self, name: str, errors: Dict[str, Dict], tolerance: float) -> None:
+        """Another runtime's `runtime_errors`; `verified` stays true only if it is within `tolerance`."""
+        self.runtimes[name] = errors
+        self.verified = bool(self.verified) and all(
+            value <= tolerance for value in max_rel(errors["compared"]).values())
+
+    def max_errors(self) -> Dict[str, Tuple[str, float]]:
+        """runtime -> (its compared layer with the largest relative error, that error)."""
+        return {name: worst(errors["compared"]) for name, errors in self.runtimes.items()}
 
     @classmethod
     def from_json(cls, data: Dict) -> "FileResult":
@@ -97,6 +118,10 @@ class FileResult:
             prototxt=files["prototxt"], caffemodel=files["caffemodel"], compared=dict(data["compared"]),
             per_layer=dict(data["per_layer"]), first_over_layer_tolerance=data["first_over_layer_tolerance"],
             accuracy=data["accuracy"], targets=dict(data["targets"]), verified=data["verified"],
+            # version 1 measured in one runtime only
+            runtimes=dict(data["runtimes"]) if "runtimes" in data else (
+                {data["verified_with"]: runtime_errors(dict(data["compared"]), dict(data["per_layer"]))}
+                if data["verified_with"] else {}),
             worst_layer=worst_entry.get("layer"), worst_max_rel=worst_entry.get("max_rel"),
             seconds=data.get("seconds"), stage_seconds=dict(data.get("stage_seconds") or {}))
 
@@ -160,4 +185,18 @@ def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO
     out.write("  %s: max relative error %.3g (%s), tolerance %g\n" % (
         "verified" if result.verified else "VERIFICATION FAILED", result.worst_max_rel, result.worst_layer,
         tolerance))
+    out.flush()
+
+
+def print_runtimes(result: FileResult, tolerance: float, opencv_only: Optional[str] = None,
+                   out: Optional[TextIO] = None) -> None:
+    """After the import stage's lines: every runtime the file was verified in, with its largest
+    error; or why OpenCV alone."""
+    out = out or sys.stdout
+    errors = ", ".join("%s %.3g" % (runtime, error) for runtime, (_, error) in result.max_errors().items())
+    if opencv_only:
+        out.write("%s: verified in OpenCV only: %s; max relative error %s (tolerance %g)\n" % (
+            result.file, opencv_only, errors.split(" ", 1)[1], tolerance))
+    else:
+        out.write("%s: verified in %s (tolerance %g)\n" % (result.file, errors, tolerance))
     out.flush()
