@@ -196,7 +196,7 @@ def print_runtimes(result: FileResult, tolerance: float, opencv_only: Optional[s
     errors = ", ".join("%s %.3g" % (runtime, error) for runtime, (_, error) in result.max_errors().items())
     if opencv_only:
         out.write("%s: verified in OpenCV only: %s; max relative error %s (tolerance %g)\n" % (
-            result.file, opencv_only, errors.split(" ", 1)[1], tolerance))
+            result.file, opencv_only, "%.3g" % result.max_errors()["OpenCV"][1], tolerance))
     else:
         out.write("%s: verified in %s (tolerance %g)\n" % (result.file, errors, tolerance))
     out.flush()

@@ -147,7 +147,7 @@ def available_runtimes() -> List[Runtime]:
 def why_opencv_only(types: Iterable[str]) -> str:
     """Why a net of `types` was verified in OpenCV alone, in words."""
     caffes = available_caffes()
-    return "no Caffe here has %s" % lacking(caffes, types) if caffes else "no Caffe environment found"
+    return lacking(caffes, types) if caffes else "no Caffe environment found"
 
 
 def files_types(files: Sequence[str], profile: str, prototxt: Optional[str]) -> Optional[FrozenSet[str]]:
@@ -233,14 +233,15 @@ def choose_writer(backend: Optional[str], types: Optional[Iterable[str]]) -> Cho
     if fitting:
         return Choice(fitting[0], "the Caffe environment exists" if types is None
                       else "it has every layer type of the net")
-    return Choice(None, "no Caffe here has %s" % lacking(caffes, types))
+    return Choice(None, lacking(caffes, types))
 
 
 def lacking(caffes: Sequence[Runtime], types: Iterable[str]) -> str:
-    """What the Caffes lack of `types`, in words: 'ReLU6' when they all lack the same, else
-    'pycaffe-bullseye lacks ReLU6; pycaffe-source lacks Swish'."""
+    """Why none of `caffes` runs a net of `types`, in words: 'no Caffe here has ReLU6' when they
+    all lack the same, else per Caffe."""
     types = set(types)
     missing = {caffe.name: caffe.missing(types) for caffe in caffes}
     if len({tuple(names) for names in missing.values()}) == 1:
-        return ", ".join(next(iter(missing.values())))
-    return "; ".join("%s lacks %s" % (name, ", ".join(names)) for name, names in missing.items() if names)
+        return "no Caffe here has %s" % ", ".join(next(iter(missing.values())))
+    return "no Caffe here has all its layer types (%s)" % "; ".join(
+        "%s lacks %s" % (name, ", ".join(names)) for name, names in missing.items() if names)
