@@ -119,6 +119,19 @@ def test_convert_opencv_profile_relu6_verifies_in_the_source_caffe_and_opencv(tm
 
 
 @pytest.mark.chroot
+@pytest.mark.skipif(not source_caffe_built(), reason="the source-built Caffe is not built (make env CAFFE=source)")
+def test_api_convert_reports_every_runtime_it_verified_in(tmp_path):
+    import tf2caffe
+    with_flavour_activations("relu6").save(str(tmp_path / "relu6.keras"))
+    converted = tf2caffe.convert(str(tmp_path / "relu6.keras"), str(tmp_path / "out"), profile="opencv")
+    assert converted.status == 0 and converted.opencv_only is None
+    assert converted.result.verified_with == "pycaffe-source"
+    assert list(converted.runtimes()) == ["pycaffe-source", "OpenCV"]
+    for errors in converted.runtimes().values():
+        assert max(errors.values()) <= 1e-5, converted.runtimes()
+
+
+@pytest.mark.chroot
 def test_convert_with_a_type_no_caffe_has_verifies_in_opencv_only_and_says_so(tmp_path):
     with_flavour_activations("relu6", "swish").save(str(tmp_path / "both.keras"))
     completed = tf2caffe("convert", tmp_path / "both.keras", "-o", tmp_path / "out", "--profile", "opencv")

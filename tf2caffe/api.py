@@ -172,7 +172,14 @@ def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = Non
         imported = ImportReport(status, choice.backend, writer=choice.describe())
         if os.path.exists(written_report):
             imported.report = import_report.read(written_report)
-            verify_elsewhere(imported, written_report, tolerance, quiet)
+            try:
+                verify_elsewhere(imported, written_report, tolerance, quiet)
+            except KeyboardInterrupt:
+                converted = [path for path, result in imported.report.results.items() if not result.error]
+                if not converted:
+                    raise
+                raise KeyboardInterrupt("interrupted; wrote the output of %s, not verified in every runtime" % (
+                    ", ".join(converted))) from None
             if report:
                 import_report.write(report, imported.report)
     finally:

@@ -159,19 +159,13 @@ def files_types(files: Sequence[str], profile: str, prototxt: Optional[str]) -> 
                 return frozenset(re.findall(r'\btype\s*:\s*"([^"]+)"', f.read()))
         except OSError:
             return None
-    types: Set[str] = set()
-    for path in files:
-        emitted = emitted_types(path, profile)
-        if emitted is None:
-            return None
-        types |= emitted
-    return frozenset(types)
+    return emitted_types(files, profile)
 
 
-def emitted_types(path: str, profile: str) -> Optional[FrozenSet[str]]:
-    """The Caffe layer types of the net emitted for the intermediate file `path` (emit needs no
-    Caffe), or None if it cannot be emitted. Read in a forked child, like the import stage's
-    first read: a corrupt file can crash the HDF5 library."""
+def emitted_types(files: Sequence[str], profile: str) -> Optional[FrozenSet[str]]:
+    """The Caffe layer types of the nets emitted for the intermediate `files` (emit needs no
+    Caffe), or None if one cannot be emitted. Read in one forked child, like the import stage's
+    first read of each file: a corrupt file can crash the HDF5 library."""
     read_end, write_end = os.pipe()
     # Held: a Ctrl-C during fork can be lost in an at-fork hook (see intermediate.check_readable).
     with interrupts.held():
@@ -182,15 +176,24 @@ def emitted_types(path: str, profile: str) -> Optional[FrozenSet[str]]:
                 os.close(read_end)
                 from . import intermediate
                 from .caffe import emit
-                model = intermediate.read(path)
-                net, _ = emit.build_net(model, profile)
-                os.write(write_end, " ".join(sorted({layer.type for layer in net.layers})).encode())
+                types: Set[str] = set()
+                for path in files:
+                    model = intermediate.read(path)
+                    net, _ = emit.build_net(model, profile)
+                    types |= {layer.type for layer in net.layers}
+                os.write(write_end, " ".join(sorted(types)).encode())
                 status = 0
             finally:
                 os._exit(status)  # whatever went wrong, the import stage will meet and report
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        listed = pipe.read().decode()
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            listed = pipe.read().decode()
+    except KeyboardInterrupt:
+        # Ctrl-C to this process alone (`kill -INT`): the child must not outlive it.
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
         raise KeyboardInterrupt
