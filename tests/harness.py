@@ -142,7 +142,9 @@ def assert_exact(result: Result, tol: float = 1e-4, layer_tol: float = 1e-5) -> 
     layer types) and verified in OpenCV, and in every runtime every compared layer is within `tol`
     and every mapped layer within `layer_tol`; the message names the first layer that diverges."""
     assert result.error is None, "%s: %s" % (result.name, result.error)
-    assert "OpenCV" in result.runtimes, "%s: not verified in OpenCV: %s" % (result.name, result.runtimes)
+    can_run = [runtime.name for runtime in runtimes.available_runtimes() if runtime.runs(result.caffe_types)]
+    assert "OpenCV" in can_run and sorted(result.runtimes) == sorted(can_run), (
+        "%s: verified in %s, not in every runtime that can run it: %s" % (result.name, list(result.runtimes), can_run))
     if CAFFE != runtimes.NO_CAFFE:
         wanted = runtimes.caffe_order()[0]
         if wanted.runs(result.caffe_types):

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from . import report as import_report
 from .errors import ConversionError, UnsupportedError
@@ -124,62 +124,69 @@ def tensorflow_banner_hidden():
 
 # ---------------------------------------------------------------- import
 
-def choose_backend(backend: Optional[str], prototxt: Optional[str] = None,
-                   types: Optional[Iterable[str]] = None) -> "runtimes.Choice":
-    """Who writes: `backend`, or the default (pycaffe in the first Caffe here that has every layer
-    type of the net, else native), with the reason when it was the default. Refuses what the
-    native backend cannot do before any work starts."""
+def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str]) -> None:
+    """Refuse, before any work starts, what the native backend cannot do, and pycaffe without a
+    Caffe."""
     from . import runtimes
-    choice = runtimes.choose_writer(backend, types)
-    if choice.caffe is None and prototxt:
-        if backend is None and runtimes.available_caffes():
-            return runtimes.Choice(runtimes.available_caffes()[0], "a hand-written prototxt needs Caffe")
+    if prototxt and (backend == "native" or (backend is None and not runtimes.available_caffes())):
         from .caffe.backends import PROTOTXT_NEEDS_PYCAFFE
         raise ConversionError(PROTOTXT_NEEDS_PYCAFFE % prototxt)
-    return choice
+    runtimes.choose_writer(backend, None)
 
 
 def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = None, profile: str = "bvlc",
             tolerance: float = DEFAULT_TOLERANCE, per_layer: bool = False, backend: Optional[str] = None,
             verify: bool = True, report: Optional[str] = None, debug: bool = False,
             quiet: bool = False) -> ImportReport:
-    """Intermediate files -> `out_dir/<stem>.prototxt` and `.caffemodel`, verified against
-    TensorFlow's reference outputs in every runtime here that can run them (`runtimes`). Prints
-    (unless `quiet`) the writer and the import stage's report per file, and writes the JSON report
-    to `report`."""
+    """Intermediate files -> `out_dir/<stem>.prototxt` and `.caffemodel`, each written by pycaffe
+    in the first Caffe here that has all its layer types, else natively (`runtimes.writers`;
+    `backend` forces one), and verified against TensorFlow's reference outputs in every runtime
+    here that can run it. Prints (unless `quiet`) the writers and the import stage's report per
+    file, and writes the JSON report to `report`."""
     from . import runtimes
     from .caffe.profiles import get_profile
 
     get_profile(profile)  # a bad name is refused before anything runs
-    files = [str(path) for path in files]
-    types = None if backend == "native" else runtimes.files_types(files, profile, prototxt)
-    choice = choose_backend(backend, prototxt, types)
-    if choice.reason and not quiet:
-        print("backend: %s" % choice.describe(), flush=True)
+    refuse_what_cannot_work(backend, prototxt)
+    groups = runtimes.writers([str(path) for path in files], backend, profile, prototxt)
     work = tempfile.mkdtemp(prefix="tf2caffe-import-")
+    imported = ImportReport(0, ",".join(sorted({choice.backend for choice, _ in groups})),
+                            writer="; ".join(choice.describe() for choice, _ in groups))
+    results: Dict[str, import_report.FileResult] = {}
     try:
-        written_report = report or os.path.join(work, "report.json")
-        options = ImportOptions(choice.backend, prototxt=prototxt, profile=profile, tolerance=tolerance,
-                                report=written_report, per_layer=per_layer, verify=verify, debug=debug,
-                                progress=sys.stderr.isatty(),
-                                runtime=choice.caffe.name if choice.caffe else None)
-        if choice.caffe is None:
-            status = import_here(files, str(out_dir), options, quiet)
-        else:
-            from .caffe_runner import run_import_stage
-            status = run_import_stage(files, str(out_dir), options, choice.caffe,
-                                      stdout=subprocess.DEVNULL if quiet else None)
-        imported = ImportReport(status, choice.backend, writer=choice.describe())
-        if os.path.exists(written_report):
-            imported.report = import_report.read(written_report)
+        for index, (choice, group) in enumerate(groups):
+            if choice.reason and not quiet:
+                print("backend: %s%s" % (choice.describe(), "" if len(groups) == 1 else ": " + ", ".join(group)),
+                      flush=True)
+            # One writer: the import stage keeps the report current file by file (an interrupted
+            # run leaves what was done); several: merged below.
+            group_report = report if report and len(groups) == 1 else os.path.join(work, "report-%d.json" % index)
+            options = ImportOptions(choice.backend, prototxt=prototxt, profile=profile, tolerance=tolerance,
+                                    report=group_report, per_layer=per_layer, verify=verify, debug=debug,
+                                    progress=sys.stderr.isatty(),
+                                    runtime=choice.caffe.name if choice.caffe else None)
             try:
-                verify_elsewhere(imported, written_report, tolerance, quiet)
+                status = run_import_stage(group, str(out_dir), options, choice, quiet)
+            except KeyboardInterrupt as interrupt:
+                written = _written(results)  # by the writers before this one
+                if not written:
+                    raise
+                said = interrupt.args[0] if interrupt.args else "interrupted; no output was written"
+                raise KeyboardInterrupt("interrupted; wrote the output of %s; then %s" % (
+                    ", ".join(written), said.replace("interrupted; ", "", 1))) from None
+            imported.status = max(imported.status, status)
+            if os.path.exists(group_report):
+                results.update(import_report.read(group_report).results)
+        if results:
+            imported.report = import_report.Report(tolerance, results)
+            try:
+                verify_elsewhere(imported, tolerance, quiet)
             except KeyboardInterrupt:
-                converted = [path for path, result in imported.report.results.items() if not result.error]
-                if not converted:
+                written = _written(results)
+                if not written:
                     raise
                 raise KeyboardInterrupt("interrupted; wrote the output of %s, not verified in every runtime" % (
-                    ", ".join(converted))) from None
+                    ", ".join(written))) from None
             if report:
                 import_report.write(report, imported.report)
     finally:
@@ -187,7 +194,19 @@ def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = Non
     return imported
 
 
-def verify_elsewhere(imported: ImportReport, report: str, tolerance: float, quiet: bool) -> None:
+def _written(results: Dict[str, import_report.FileResult]) -> List[str]:
+    return [path for path, result in results.items() if not result.error]
+
+
+def run_import_stage(files: List[str], out_dir: str, options: ImportOptions, choice: "runtimes.Choice",
+                     quiet: bool) -> int:
+    if choice.caffe is None:
+        return import_here(files, out_dir, options, quiet)
+    from .caffe_runner import run_import_stage as run_in_caffe
+    return run_in_caffe(files, out_dir, options, choice.caffe, stdout=subprocess.DEVNULL if quiet else None)
+
+
+def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> None:
     """Measure every converted file in each other runtime here that has all its layer types (one
     process per Caffe), into `imported.report`; a runtime over `tolerance` makes the status 1."""
     from . import runtimes
@@ -201,7 +220,7 @@ def verify_elsewhere(imported: ImportReport, report: str, tolerance: float, quie
         if not wanted:
             continue
         if runtime.is_caffe:
-            measured = measure_in(runtime, report, [result.file for result in wanted])
+            measured = measure_in(runtime, import_report.Report(tolerance, {result.file: result for result in wanted}))
         else:
             measured = {result.file: check_result(result) for result in wanted}
         for result in wanted:
@@ -237,7 +256,7 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = "bvl
     from .caffe.profiles import get_profile
 
     get_profile(profile)
-    choose_backend(backend, prototxt)  # what cannot work is refused before exporting
+    refuse_what_cannot_work(backend, prototxt)  # before exporting
     h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
     imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
                        per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True)

@@ -26,6 +26,7 @@ from .errors import ConversionError, signal_name
 from .import_options import ImportOptions
 
 if TYPE_CHECKING:
+    from .report import Report
     from .runtimes import Runtime
 
 # glog: "F1126 12:34:56.789012 12345 net.cpp:123] Check failed: ..." plus its stack dump.
@@ -135,17 +136,21 @@ def _run_import_stage(files: List[str], output: str, options: ImportOptions, caf
     return returncode
 
 
-def measure_in(caffe: "Runtime", report: str, files: List[str]) -> Dict[str, Dict]:
-    """{file: report.runtime_errors} of converted `files` of the import `report`, measured in
-    `caffe` (tf2caffe.caffe.pycaffe_check). A Caffe abort becomes a ConversionError."""
+def measure_in(caffe: "Runtime", converted: "Report") -> Dict[str, Dict]:
+    """{file: report.runtime_errors} of the `converted` files (an import report), measured in
+    `caffe` (tf2caffe.caffe.pycaffe_check, reading a copy of the report). A Caffe abort becomes a
+    ConversionError."""
     from . import report as import_report
-    written = import_report.read(report)
-    binds = [report] + [path for name in files
-                        for path in (name, written.results[name].prototxt, written.results[name].caffemodel)]
-    command = caffe.command(["-m", "tf2caffe.caffe.pycaffe_check", report] + list(files),
-                            [_seen_inside(path) for path in binds], os.getcwd())
-    completed = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               universal_newlines=True)
+    files = list(converted.results)
+    with tempfile.TemporaryDirectory(prefix="tf2caffe-check-") as folder:
+        report = os.path.join(folder, "report.json")
+        import_report.write(report, converted)
+        binds = [report] + [path for result in converted.results.values()
+                            for path in (result.file, result.prototxt, result.caffemodel)]
+        command = caffe.command(["-m", "tf2caffe.caffe.pycaffe_check", report] + files,
+                                [_seen_inside(path) for path in binds], os.getcwd())
+        completed = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, universal_newlines=True)
     if completed.returncode == 0:
         return json.loads(completed.stdout)
     lines = completed.stderr.splitlines()

@@ -18,7 +18,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from . import interrupts
 from .atomic import atomic_file
@@ -150,45 +150,47 @@ def why_opencv_only(types: Iterable[str]) -> str:
     return lacking(caffes, types) if caffes else "no Caffe environment found"
 
 
-def files_types(files: Sequence[str], profile: str, prototxt: Optional[str]) -> Optional[FrozenSet[str]]:
-    """The Caffe layer types the import stage will write for `files` (all of them), or None when
-    that cannot be told here (a file the import stage will refuse, and say why)."""
+def types_per_file(files: Sequence[str], profile: str,
+                   prototxt: Optional[str]) -> Dict[str, Optional[FrozenSet[str]]]:
+    """file -> the Caffe layer types the import stage will write for it, or None when that cannot
+    be told here (a file the import stage will refuse, and say why)."""
     if prototxt:
         try:
             with open(prototxt) as f:
-                return frozenset(re.findall(r'\btype\s*:\s*"([^"]+)"', f.read()))
+                types: Optional[FrozenSet[str]] = frozenset(re.findall(r'\btype\s*:\s*"([^"]+)"', f.read()))
         except OSError:
-            return None
+            types = None
+        return {path: types for path in files}
     return emitted_types(files, profile)
 
 
-def emitted_types(files: Sequence[str], profile: str) -> Optional[FrozenSet[str]]:
-    """The Caffe layer types of the nets emitted for the intermediate `files` (emit needs no
-    Caffe), or None if one cannot be emitted. Read in one forked child, like the import stage's
-    first read of each file: a corrupt file can crash the HDF5 library."""
+def emitted_types(files: Sequence[str], profile: str) -> Dict[str, Optional[FrozenSet[str]]]:
+    """file -> the Caffe layer types of the net emitted for it (emit needs no Caffe), or None if
+    it cannot be emitted. Read in one forked child, like the import stage's first read of each
+    file: a corrupt file can crash the HDF5 library (then the files from it on are None)."""
     read_end, write_end = os.pipe()
     # Held: a Ctrl-C during fork can be lost in an at-fork hook (see intermediate.check_readable).
     with interrupts.held():
         pid = os.fork()
         if pid == 0:
-            status = 1
             try:
                 os.close(read_end)
                 from . import intermediate
                 from .caffe import emit
-                types: Set[str] = set()
-                for path in files:
-                    model = intermediate.read(path)
-                    net, _ = emit.build_net(model, profile)
-                    types |= {layer.type for layer in net.layers}
-                os.write(write_end, " ".join(sorted(types)).encode())
-                status = 0
+                for index, path in enumerate(files):
+                    try:
+                        model = intermediate.read(path)
+                        net, _ = emit.build_net(model, profile)
+                        listed = " ".join(sorted({layer.type for layer in net.layers}))
+                    except Exception:  # the import stage meets it again, and reports it
+                        continue
+                    os.write(write_end, ("%d %s\n" % (index, listed)).encode())
             finally:
-                os._exit(status)  # whatever went wrong, the import stage will meet and report
+                os._exit(0)
     os.close(write_end)
     try:
         with os.fdopen(read_end, "rb") as pipe:
-            listed = pipe.read().decode()
+            lines = pipe.read().decode().splitlines()
     except KeyboardInterrupt:
         # Ctrl-C to this process alone (`kill -INT`): the child must not outlive it.
         os.kill(pid, signal.SIGKILL)
@@ -197,7 +199,11 @@ def emitted_types(files: Sequence[str], profile: str) -> Optional[FrozenSet[str]
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
         raise KeyboardInterrupt
-    return frozenset(listed.split()) if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else None
+    types: Dict[str, Optional[FrozenSet[str]]] = dict.fromkeys(files)
+    for line in lines:
+        index, _, listed = line.partition(" ")
+        types[files[int(index)]] = frozenset(listed.split())
+    return types
 
 
 @dataclass
@@ -248,3 +254,18 @@ def lacking(caffes: Sequence[Runtime], types: Iterable[str]) -> str:
         return "no Caffe here has %s" % ", ".join(next(iter(missing.values())))
     return "no Caffe here has all its layer types (%s)" % "; ".join(
         "%s lacks %s" % (name, ", ".join(names)) for name, names in missing.items() if names)
+
+
+def writers(files: Sequence[str], backend: Optional[str], profile: str,
+            prototxt: Optional[str]) -> List[Tuple[Choice, List[str]]]:
+    """Who writes each of `files` (`choose_writer`), as (choice, its files) in the order of each
+    writer's first file."""
+    types = {} if backend == "native" else types_per_file(files, profile, prototxt)
+    groups: Dict[Tuple[Optional[str], Optional[str]], Tuple[Choice, List[str]]] = {}
+    for path in files:
+        choice = choose_writer(backend, types.get(path))
+        if prototxt and choice.caffe is None and backend is None and available_caffes():
+            choice = Choice(available_caffes()[0], "a hand-written prototxt needs Caffe")
+        key = (choice.caffe.key if choice.caffe else None, choice.reason)
+        groups.setdefault(key, (choice, []))[1].append(path)
+    return list(groups.values())
