@@ -120,7 +120,6 @@ class OpenCV(Runtime):
 
 
 RUNTIMES: Dict[str, Runtime] = {runtime.key: runtime for runtime in (BullseyeCaffe(), SourceCaffe(), OpenCV())}
-BY_NAME: Dict[str, Runtime] = {runtime.name: runtime for runtime in RUNTIMES.values()}
 
 
 def caffe_order() -> List[Runtime]:
