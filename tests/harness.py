@@ -141,8 +141,8 @@ def _fill(result: Result, entry: Dict) -> None:
 def assert_exact(result: Result, tol: float = 1e-4, layer_tol: float = 1e-5) -> None:
     """The model converted, was written by the Caffe this run asks for (when it has the model's
     layer types) and verified in every runtime here that can run it, OpenCV included; in each,
-    every compared layer is within `tol`, and in each Caffe (or the only runtime) every mapped
-    layer within `layer_tol`; the message names the first layer that diverges."""
+    every compared layer is within `tol`, and in each Caffe (and the writer's runtime) every
+    mapped layer within `layer_tol`; the message names the first layer that diverges."""
     assert result.error is None, "%s: %s" % (result.name, result.error)
     can_run = [runtime.name for runtime in runtimes.available_runtimes() if runtime.runs(result.caffe_types)]
     assert "OpenCV" in can_run and sorted(result.runtimes) == sorted(can_run), (
@@ -153,8 +153,8 @@ def assert_exact(result: Result, tol: float = 1e-4, layer_tol: float = 1e-5) -> 
             assert result.verified_with == wanted.name, "%s: written by %s, not %s" % (
                 result.name, result.verified_with, wanted.name)
     for runtime, errors in result.runtimes.items():
-        # Layer by layer in every Caffe, and in OpenCV when it is the only runtime (its Winograd
-        # convolutions add about 5e-6 each: deep nets pass its logits, not every layer).
+        # Layer by layer in every Caffe and in the writer's runtime (OpenCV, for the native writer):
+        # OpenCV's Winograd convolutions add about 5e-6 each, so deep nets pass its logits only.
         per_layer = result.per_layer_in[runtime] if runtime in CAFFE_NAMES or runtime == result.verified_with else {}
         diverging = verify.first_over(per_layer, result.layer_order, layer_tol)
         assert diverging is None, "%s: layer '%s' diverges in %s: relative error %.3g > %g (%s)" % (
