@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from . import report as import_report
 from .errors import ConversionError, UnsupportedError
@@ -59,11 +59,6 @@ class ConvertReport:
         if self.result is None:
             return {}
         return {name: import_report.max_rel(errors["compared"]) for name, errors in self.result.runtimes.items()}
-
-    def failures(self) -> List[Tuple[str, str, float]]:
-        """(runtime, layer, relative error) over the tolerance."""
-        return [(runtime, layer, error) for runtime, errors in self.runtimes().items()
-                for layer, error in errors.items() if not error <= self.tolerance]
 
 
 @dataclass
@@ -219,10 +214,15 @@ def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> N
                   if runtime.name not in result.runtimes and runtime.runs(result.caffe_types)]
         if not wanted:
             continue
-        if runtime.is_caffe:
-            measured = measure_in(runtime, import_report.Report(tolerance, {result.file: result for result in wanted}))
-        else:
-            measured = {result.file: check_result(result) for result in wanted}
+        try:
+            if runtime.is_caffe:
+                measured = measure_in(runtime, import_report.Report(tolerance, {result.file: result
+                                                                                for result in wanted}))
+            else:
+                measured = {result.file: check_result(result) for result in wanted}
+        except ConversionError as error:
+            error.args = ("%s (the files were written)" % error,)
+            raise
         for result in wanted:
             result.add_runtime(runtime.name, measured[result.file], tolerance)
     for result in results:
@@ -230,6 +230,11 @@ def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> N
             imported.opencv_only[result.file] = runtimes.why_opencv_only(result.caffe_types)
         if not quiet:
             import_report.print_runtimes(result, tolerance, imported.opencv_only.get(result.file))
+        for runtime, layer, error in result.failures(tolerance):
+            if runtime != result.verified_with:  # whose failures the import stage reported itself
+                sys.stderr.write("tf2caffe: verification failed: %s: layer '%s' has relative error %.3g in %s > "
+                                 "tolerance %g (the files were written)\n" % (
+                                     result.file, layer, error, runtime, tolerance))
         if result.verified is False:
             imported.status = max(imported.status, 1)
 

@@ -7,7 +7,6 @@ instant.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List, Optional, Tuple
 
 from . import __version__
@@ -146,12 +145,6 @@ def print_convert(converted) -> None:
         print("top-1 accuracy: Caffe %.4f, TensorFlow %.4f (%d labelled inputs)" % (
             result.accuracy["caffe"], result.accuracy["tensorflow"], result.accuracy["count"]))
     print("wrote: %s, %s, %s" % (converted.h5, result.prototxt, result.caffemodel))
-    # The import stage reported its own runtime's failures already.
-    for runtime, name, error in converted.failures():
-        if runtime != result.verified_with:
-            sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g in %s > "
-                             "tolerance %g (the files were written)\n" % (
-                                 PROG, converted.h5, name, error, runtime, tolerance))
 
 
 def print_check(checked) -> None:

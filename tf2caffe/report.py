@@ -102,6 +102,11 @@ class FileResult:
         self.verified = bool(self.verified) and all(
             value <= tolerance for value in max_rel(errors["compared"]).values())
 
+    def failures(self, tolerance: float) -> List[Tuple[str, str, float]]:
+        """(runtime, compared layer, relative error) over `tolerance`, in every runtime."""
+        return [(runtime, layer, error) for runtime, errors in self.runtimes.items()
+                for layer, error in max_rel(errors["compared"]).items() if not error <= tolerance]
+
     def max_errors(self) -> Dict[str, Tuple[str, float]]:
         """runtime -> (its compared layer with the largest relative error, that error)."""
         return {name: worst(errors["compared"]) for name, errors in self.runtimes.items()}
