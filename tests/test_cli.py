@@ -141,7 +141,7 @@ def test_convert_with_a_type_no_caffe_has_verifies_in_opencv_only_and_says_so(tm
     assert errors.split()[0] == "OpenCV" and "," not in errors
     # bullseye's Caffe has Swish but not ReLU6, the source-built one ReLU6 but not Swish.
     said = "verified in OpenCV only: no Caffe here has " + (
-        "all its layer types (pycaffe-bullseye lacks ReLU6; pycaffe-source lacks Swish)"
+        "all its layer types: pycaffe-bullseye lacks ReLU6; pycaffe-source lacks Swish"
         if source_caffe_built() else "ReLU6")
     assert said in completed.stdout
 

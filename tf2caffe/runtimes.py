@@ -251,7 +251,7 @@ def lacking(caffes: Sequence[Runtime], types: Iterable[str]) -> str:
     missing = {caffe.name: caffe.missing(types) for caffe in caffes}
     if len({tuple(names) for names in missing.values()}) == 1:
         return "no Caffe here has %s" % ", ".join(next(iter(missing.values())))
-    return "no Caffe here has all its layer types (%s)" % "; ".join(
+    return "no Caffe here has all its layer types: %s" % "; ".join(
         "%s lacks %s" % (name, ", ".join(names)) for name, names in missing.items() if names)
 
 
