@@ -1,4 +1,4 @@
-"""The `tf2caffe` command: export (TensorFlow side), import (in the Caffe chroot), convert (both).
+"""The `tf2caffe` command: export (TensorFlow side), import (in a Caffe, or natively), convert (both).
 
 A thin shell over the Python API (`tf2caffe.api`): parses the options, calls the API and prints
 its reports. Imports TensorFlow only for `export` and `convert`, so `tf2caffe import --help` is
@@ -66,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
     add_import_arguments(imp)
     imp.set_defaults(run=run_import)
 
-    convert = sub.add_parser("convert", help="export + import + OpenCV check, with a short report",
-                             description="Export, import, check in OpenCV, and report.")
+    convert = sub.add_parser("convert", help="export + import (verified in every runtime here), with a short report",
+                             description="Export, import, verify in every runtime here that can run the net "
+                                         "(both Caffes, OpenCV), and report.")
     add_export_arguments(convert)
     convert.add_argument("--prototxt", metavar="P", help="hand-written prototxt to fill (see `import`)")
     add_target_arguments(convert)

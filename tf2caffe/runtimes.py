@@ -43,6 +43,11 @@ class Runtime:
         """The Caffe layer types it runs (only asked of an available runtime)."""
         raise NotImplementedError
 
+    def command(self, argv: Sequence[str], paths: Iterable[str], cwd: str) -> List[str]:
+        """A Caffe's: the command line that runs `python3 ARGV...` in it, with `paths` and `cwd`
+        visible at their real paths."""
+        raise NotImplementedError
+
     def missing(self, types: Iterable[str]) -> List[str]:
         """The types of a net that this runtime lacks."""
         return sorted(set(types) - self.layer_types())
