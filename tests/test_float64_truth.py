@@ -120,9 +120,10 @@ def test_float32_noise_is_not_a_conversion_error_but_a_wrong_conversion_is(tmp_p
 
     verified = results["with_truth"]
     assert verified.report["verified"] is True, verified.report
-    float64 = verified.report["float64"]["out"]
-    assert verified.pycaffe["out"] > 1e-4 and float64["tensorflow"] > 1e-4, (verified.per_layer, verified.report["float64"], verified.report["compared"])
-    assert float64["caffe"] <= FLOAT32_NOISE_MULTIPLE * float64["tensorflow"]
+    for runtime, errors in verified.runtimes.items():
+        float64 = verified.float64[runtime]["out"]
+        assert errors["out"] > 1e-4 and float64["tensorflow"] > 1e-4, (runtime, errors, float64)
+        assert float64["caffe"] <= FLOAT32_NOISE_MULTIPLE * float64["tensorflow"], (runtime, float64)
     harness.assert_exact(verified)
     assert results["without_truth"].report["verified"] is False
     assert results["wrong"].report["verified"] is False

@@ -6,11 +6,11 @@ numpy 1.19 (Caffe side) and numpy 2 (TensorFlow side), with no Caffe or OpenCV i
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import report
+from .. import intermediate, report
 from ..errors import ConversionError
 from ..intermediate import Model
 from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error, within
@@ -150,6 +150,33 @@ def check_not_degenerate(name: str, tf: np.ndarray, where: str) -> None:
         raise ConversionError("%s: the reference output of layer '%s' is degenerate (max - min = %.3g, "
                               "max |x| = %.3g): it cannot tell a correct conversion from a wrong one; "
                               "export with a different input or seed" % (where, name, spread, scale))
+
+
+def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], compared: Dict[str, Target],
+            run: Callable, where: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, float]], Dict[str, float]]:
+    """Run the reference input once through a runtime (`run(feeds, targets)` -> each target's
+    output) and measure it against TensorFlow's: (what was fetched, {compared layer:
+    report.layer_error}, {mapped layer: relative error}). A compared layer's shape must match;
+    a mapped layer's mismatch counts as infinite error. `inputs`: TF input layer -> Caffe blob."""
+    fetched = run(reference_feeds(model, inputs), dict(mapped, **compared))
+    expected = {name: in_caffe_layout(target, model.activation(name), where) for name, target in compared.items()}
+    for name, target in compared.items():
+        check_shapes_match(target, fetched[name], expected[name], where)
+    per_layer = {name: mapped_error(target, fetched[name], model.activation(name)) for name, target in mapped.items()}
+    return fetched, compare(fetched, expected), per_layer, float64_errors(dict(mapped, **compared), fetched, model)
+
+
+def measure_again(result: report.FileResult, run: Callable, where: str) -> Dict[str, Dict]:
+    """The compared and mapped layers of a converted file (its import report entry) measured in
+    another runtime: `report.runtime_errors`. `run` as for `measure`."""
+    targets = targets_from_json(result.targets)
+    model = intermediate.read(result.file)
+    try:
+        _, compared, per_layer, float64 = measure(model, result.inputs, {name: targets[name] for name in result.per_layer},
+                                         {name: targets[name] for name in result.compared}, run, where)
+    finally:
+        model.file.close()
+    return report.runtime_errors(compared, per_layer, float64)
 
 
 def compare(fetched: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
