@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from . import report as import_report
+from .caffe.profiles import DEFAULT_PROFILE, get_profile
 from .errors import ConversionError, UnsupportedError
 from .import_options import DEFAULT_TOLERANCE, ImportOptions
 
@@ -129,7 +130,7 @@ def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str]) -> 
     runtimes.choose_writer(backend, None)
 
 
-def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = None, profile: str = "bvlc",
+def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, per_layer: bool = False, backend: Optional[str] = None,
             verify: bool = True, report: Optional[str] = None, debug: bool = False,
             quiet: bool = False) -> ImportReport:
@@ -139,7 +140,6 @@ def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = Non
     here that can run it. Prints (unless `quiet`) the writers and the import stage's report per
     file, and writes the JSON report to `report`."""
     from . import runtimes
-    from .caffe.profiles import get_profile
 
     get_profile(profile)  # a bad name is refused before anything runs
     refuse_what_cannot_work(backend, prototxt)
@@ -253,12 +253,11 @@ def import_here(files: List[str], out_dir: str, options: ImportOptions, quiet: b
 
 # ---------------------------------------------------------------- convert
 
-def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = "bvlc",
+def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, backend: Optional[str] = None, verify: bool = True,
             debug: bool = False, per_layer: bool = False, **export_options) -> ConvertReport:
     """export + import (verified in every runtime here that can run the net) of one model.
     `export_options`: those of `export`."""
-    from .caffe.profiles import get_profile
 
     get_profile(profile)
     refuse_what_cannot_work(backend, prototxt)  # before exporting
@@ -276,11 +275,10 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = "bvl
     return converted
 
 
-def check(src, *, profile: str = "bvlc", debug: bool = False, **export_options) -> CheckReport:
+def check(src, *, profile: str = DEFAULT_PROFILE, debug: bool = False, **export_options) -> CheckReport:
     """Every layer of SRC that cannot be converted, all at once; writes nothing."""
     from . import intermediate
     from .caffe import emit
-    from .caffe.profiles import get_profile
 
     target = get_profile(profile)
     with tempfile.TemporaryDirectory(prefix="tf2caffe-check-") as folder:

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import intermediate, interrupts, report
 from .caffe import emit, verify
+from .caffe.profiles import get_profile
 from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from .errors import ConversionError, reported_errors
@@ -216,6 +217,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     with reported_errors(args.debug):
+        get_profile(args.profile)  # an unknown name is refused before any work
         if not os.path.isdir(args.output):
             try:
                 os.makedirs(args.output)

@@ -182,13 +182,16 @@ def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO
         out.write("  not verified (--no-verify)\n")
         out.flush()
         return
-    out.write("  %-32s %12s %12s (%s)\n" % ("compared layer", "max abs", "max rel", result.verified_with))
+    float64 = result.runtimes.get(result.verified_with, {}).get("float64", {})
+    truth = " %24s" % "vs float64: Caffe, TF" if float64 else ""
+    out.write("  %-32s %12s %12s%s (%s)\n" % ("compared layer", "max abs", "max rel", truth, result.verified_with))
     for name, errors in result.compared.items():
-        out.write("  %-32s %12.3g %12.3g\n" % (name, errors["max_abs"], errors["max_rel"]))
+        out.write("  %-32s %12.3g %12.3g%s\n" % (name, errors["max_abs"], errors["max_rel"],
+                                                _float64_columns(float64.get(name))))
     if result.per_layer:
-        out.write("  %-32s %12s\n" % ("mapped layer (%s)" % result.verified_with, "max rel"))
+        out.write("  %-32s %12s%s\n" % ("mapped layer (%s)" % result.verified_with, "max rel", truth))
         for name, error in result.per_layer.items():
-            out.write("  %-32s %12.3g\n" % (name, error))
+            out.write("  %-32s %12.3g%s\n" % (name, error, _float64_columns(float64.get(name))))
         out.write("  first layer over %g: %s\n" % (LAYER_TOLERANCE, result.first_over_layer_tolerance or "none"))
     if result.accuracy:
         out.write("  top-1 accuracy on %d labelled inputs: Caffe %.4f, TensorFlow %.4f, agreement %.4f\n" % (
@@ -198,6 +201,10 @@ def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO
         "verified" if result.verified else "VERIFICATION FAILED", result.worst_max_rel, result.worst_layer,
         tolerance))
     out.flush()
+
+
+def _float64_columns(errors: Optional[Dict[str, float]]) -> str:
+    return " %11.3g, %10.3g" % (errors["caffe"], errors["tensorflow"]) if errors else ""
 
 
 def print_runtimes(result: FileResult, tolerance: float, opencv_only: Optional[str] = None,

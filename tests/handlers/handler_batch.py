@@ -18,6 +18,16 @@ def chain(shape, *layers) -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
+def batch_norm(**options) -> keras.layers.BatchNormalization:
+    """BatchNormalization with random moving statistics (default ones would hide bugs)."""
+    init = keras.initializers
+    return keras.layers.BatchNormalization(
+        moving_mean_initializer=init.RandomNormal(0.0, 0.5),
+        moving_variance_initializer=init.RandomUniform(0.2, 2.0),
+        gamma_initializer=init.RandomNormal(1.0, 0.3), beta_initializer=init.RandomNormal(0.0, 0.3),
+        **options)
+
+
 def build(cases: Dict[str, Callable[[], keras.Model]], seed: int = 0) -> Dict[str, keras.Model]:
     """Each case's model, built with the same seed, so weights do not depend on case order."""
     models = {}
