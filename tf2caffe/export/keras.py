@@ -395,6 +395,10 @@ def _reshape(layer, call):
     return [Piece("", "reshape", dict(target_shape=list(layer.target_shape)), call.output)]
 
 
+def _permute(layer, call):
+    return [Piece("", "permute", dict(dims=[int(d) for d in layer.dims]), call.output)]
+
+
 def _identity(layer, call):
     return [Piece("", "identity", dict(reason="%s: identity at inference" % type(layer).__name__),
                   call.output)]
@@ -469,6 +473,7 @@ MAPPERS: Dict[str, Callable] = {
     "Concatenate": _concat,
     "Flatten": _flatten,
     "Reshape": _reshape,
+    "Permute": _permute,
     "Dropout": _identity,
     "SpatialDropout2D": _identity,
     "GaussianNoise": _identity,

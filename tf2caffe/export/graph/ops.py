@@ -373,6 +373,16 @@ def _reshape(m: Mapper, node):
         m.add(node, "reshape", [x], {"target_shape": after[1:]})
 
 
+def _transpose(m: Mapper, node):
+    x, perm = data_inputs(node)
+    if not m.constant(perm):
+        raise Unmappable("permutation computed from the input")
+    perm = [int(p) for p in np.asarray(m.value(perm)).reshape(-1)]
+    if perm[0] != 0:
+        raise Unmappable("permutation %s moves the batch axis" % perm)
+    m.add(node, "permute", [x], {"dims": perm[1:]})
+
+
 def _concat(m: Mapper, node):
     inputs = data_inputs(node)
     data, axis = inputs[:-1], inputs[-1]
@@ -408,7 +418,10 @@ def _repeat(m: Mapper, node):
     before = m.shape(x)
     axis = int(np.asarray(m.value(axis))) % (len(before) + 1)
     tile = m.only_user(node, ("Tile",))
-    merge = tile and m.only_user(tile, ("Reshape",))
+    if tile is None:
+        _reshape(m, node)  # a plain ExpandDims, e.g. (N, T, F) -> (N, T, F, 1)
+        return
+    merge = m.only_user(tile, ("Reshape",))
     if len(before) != 4 or axis not in (2, 3) or merge is None:
         raise Unmappable("expands a tensor other than for repeating rows or columns")
     multiples = list(np.asarray(m.value(data_inputs(tile)[1])).reshape(-1))
@@ -574,7 +587,8 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Reshape": _reshape, "Squeeze": _reshape, "ConcatV2": _concat, "LRN": _lrn,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
-           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow}
+           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow,
+           "Transpose": _transpose}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
 MAPPERS.update({op: _reduce for op in REDUCTIONS})

@@ -1,0 +1,78 @@
+"""Permute and reshapes whose element order differs between TensorFlow and Caffe.
+
+In every profile a Permute whose consumers are all flattens read by Dense layers (nets ported
+from Caffe: Permute((3, 1, 2)) -> Flatten -> Dense) emits nothing: its order goes into the
+Dense's weights. These cases run in bvlc, exact in pycaffe (bullseye) and OpenCV. Every other
+Permute, and a reshape whose element order differs, needs Caffe's Permute layer: refused in
+bvlc with the reason, and in the opencv and ssd profiles emitted as Permute (and Permute ->
+Reshape -> Permute), verified in OpenCV only (written natively: bullseye's pycaffe has no
+Permute).
+"""
+from __future__ import annotations
+
+import keras
+import pytest
+
+from handler_batch import build, chain, family_tests, opencv_only_errors
+
+L = keras.layers
+
+
+def conv(filters=5, kernel=1):
+    return L.Conv2D(filters, kernel, padding="same", bias_initializer=keras.initializers.RandomNormal(0.0, 0.5))
+
+
+def two_heads(shape, *layers):
+    """`layers` then Flatten, read by two Dense heads (both model outputs)."""
+    inputs = keras.Input(shape)
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    flat = L.Flatten()(x)
+    return keras.Model(inputs, [L.Dense(3)(flat), L.Dense(2)(flat)])
+
+
+CASES = {  # bvlc: pycaffe and OpenCV
+    "channels_first_flatten_dense": lambda: chain((3, 4, 5), conv(), L.Permute((3, 1, 2)), L.Flatten(), L.Dense(6)),
+    "swap_hw_flatten_dense": lambda: chain((3, 4, 5), conv(), L.Permute((2, 1, 3)), L.Flatten(), L.Dense(6)),
+    "any_order_flatten_dense": lambda: chain((3, 4, 5), conv(), L.Permute((2, 3, 1)), L.Flatten(), L.Dense(6)),
+    "permute_two_heads": lambda: two_heads((3, 4, 5), conv(), L.Permute((3, 1, 2))),
+    "sequence_permute_flatten_dense": lambda: chain((6, 4), L.Permute((2, 1)), L.Flatten(), L.Dense(3)),
+    "permute_reshape_to_vector_dense": lambda: chain((3, 4, 5), conv(), L.Permute((3, 2, 1)), L.Reshape((60,)),
+                                                     L.Dense(6)),
+    # (N, T, F) -> (N, T, F, 1) (ExpandDims): Caffe's orders agree, a plain Reshape
+    "sequence_to_image": lambda: chain((6, 4), L.Reshape((6, 4, 1)), conv(3, 3)),
+    "image_to_sequence": lambda: chain((3, 4, 1), conv(1, 3), L.Reshape((12, 1)), L.Flatten(), L.Dense(3)),
+}
+REFUSED = {
+    "permute_then_conv": (lambda: chain((3, 4, 5), conv(), L.Permute((2, 1, 3), name="swap"), conv()),
+                          "swap", "has no Permute layer"),
+    "permute_output": (lambda: chain((3, 4, 5), conv(), L.Permute((3, 1, 2), name="chw")), "chw", "has no Permute"),
+    "reshape_to_tokens": (lambda: chain((3, 4, 5), conv(), L.Reshape((12, 5), name="tokens"), L.Flatten(), L.Dense(2)),
+                          "tokens", "no Permute"),
+}
+
+results, test_exact, test_refused = family_tests(CASES, REFUSED, "layout")
+
+
+def test_folded_permute_emits_nothing(results):
+    assert results["channels_first_flatten_dense"].caffe_types == ["Input", "Convolution", "Flatten", "InnerProduct"]
+
+
+PERMUTE_CASES = {  # opencv and ssd profiles: OpenCV only
+    "permute_then_conv": lambda: chain((3, 4, 5), conv(), L.Permute((2, 1, 3)), conv()),
+    "permute_output": lambda: chain((3, 4, 5), conv(), L.Permute((3, 1, 2))),
+    "permute_cyclic_then_conv": lambda: chain((3, 4, 5), conv(), L.Permute((2, 3, 1)), conv(3, 3)),
+    "sequence_permute": lambda: chain((6, 4), L.Permute((2, 1)), L.Reshape((4, 6, 1)), conv(2, 3)),
+    "reshape_image_to_other_image": lambda: chain((3, 4, 5), conv(), L.Reshape((5, 4, 3)), conv(2, 3)),
+    "reshape_to_tokens": lambda: chain((3, 4, 5), conv(), L.Reshape((12, 5)), L.Flatten(), L.Dense(2)),
+    "tokens_to_image": lambda: chain((12, 5), L.Reshape((3, 4, 5)), conv(2, 3)),
+}
+
+
+@pytest.mark.parametrize("profile", ["opencv", "ssd"])
+@pytest.mark.parametrize("name", sorted(PERMUTE_CASES))
+def test_permute_layer_in_opencv(tmp_path, name, profile):
+    errors = opencv_only_errors(build({name: PERMUTE_CASES[name]})[name], name, profile, tmp_path)
+    assert errors and max(errors.values()) <= 1e-5, errors
+    assert 'type: "Permute"' in (tmp_path / (name + ".prototxt")).read_text()
