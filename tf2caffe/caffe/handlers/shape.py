@@ -236,15 +236,28 @@ class Reshape(Handler):
             ctx.produce(layer, name)
         else:
             steps = Chain(ctx, layer)
-            shape_in, shape_out = ctx.input_tf_shape(layer), list(layer.output_shape)
-            if len(shape_in) == 4:
-                steps.then("to_tf_order", "Permute", {"permute_param": {"order": [0, 2, 3, 1]}}, shape_in)
-            steps.then("reshape", "Reshape", {"reshape_param": {"shape": shape_param([0] + shape_out[1:])}},
-                       shape_out)
-            if len(shape_out) == 4:
-                steps.then("to_caffe_order", "Permute", {"permute_param": {"order": [0, 3, 1, 2]}},
-                           nchw(shape_out))
+            reshape_steps(steps, ctx.input_tf_shape(layer), layer.output_shape, permuted=True)
             steps.produce()
+
+
+def same_element_order(shape_in, shape_out) -> bool:
+    """Whether Caffe holds tensors of TensorFlow shapes `shape_in` and `shape_out` (same number
+    of elements) in the same element order, so that a Caffe Reshape turns one into the other."""
+    orders = [FlatOrder.of(shape, held_axes(len(shape))).indices() for shape in (shape_in, shape_out)]
+    return bool(np.array_equal(*orders))
+
+
+def reshape_steps(steps, shape_in, shape_out, permuted) -> None:
+    """Append to chain `steps` the reshape of its blob (TensorFlow shape `shape_in`) to
+    `shape_out`: one Reshape, or (`permuted`) Permute to TensorFlow's order, Reshape, Permute
+    back to Caffe's."""
+    shape_in, shape_out = list(shape_in), list(shape_out)
+    if permuted and len(shape_in) == 4:
+        steps.then("to_tf_order", "Permute", {"permute_param": {"order": [0, 2, 3, 1]}}, shape_in)
+    target = shape_out if permuted else nchw(shape_out)
+    steps.then("reshape", "Reshape", {"reshape_param": {"shape": shape_param([0] + target[1:])}}, target)
+    if permuted and len(shape_out) == 4:
+        steps.then("to_caffe_order", "Permute", {"permute_param": {"order": [0, 3, 1, 2]}}, nchw(shape_out))
 
 
 @register("permute")

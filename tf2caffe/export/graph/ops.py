@@ -383,6 +383,46 @@ def _transpose(m: Mapper, node):
     m.add(node, "permute", [x], {"dims": perm[1:]})
 
 
+def _taken(node, index: np.ndarray, bounds) -> np.ndarray:
+    """What StridedSlice/Slice `node` takes from `index` (TensorFlow applies the masks itself, in
+    a graph of its own)."""
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        if node.op == "Slice":
+            return session.run(tf.slice(index, *bounds))
+        masks = {key: int(node.attr[key].i) for key in (
+            "begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
+        return session.run(tf.raw_ops.StridedSlice(input=index, begin=bounds[0], end=bounds[1],
+                                                   strides=bounds[2], **masks))
+
+
+def _slice(m: Mapper, node):
+    """StridedSlice or Slice with constant bounds: each axis's begin, end and stride are read off
+    the op applied to that axis's index tensor, so every mask means what TensorFlow says."""
+    x, bounds = data_inputs(node)[0], data_inputs(node)[1:]
+    if not all(m.constant(b) for b in bounds):
+        raise Unmappable("bounds computed from the input")
+    shape = m.shape(x)
+    bounds = [np.asarray(m.value(b)) for b in bounds]
+    config = {"begin": [], "end": [], "strides": []}
+    for axis, size in enumerate(shape):
+        index = np.broadcast_to(np.arange(size, dtype=np.int32).reshape(
+            [-1 if a == axis else 1 for a in range(len(shape))]), shape)
+        taken = _taken(node, index, bounds).reshape(-1)
+        _, first = np.unique(taken, return_index=True)
+        taken = taken[np.sort(first)]
+        step = int(taken[1] - taken[0]) if len(taken) > 1 else 1
+        if step < 1 or not np.array_equal(taken, taken[0] + step * np.arange(len(taken))):
+            raise Unmappable("takes %s along axis %d, not a forward stride" % (taken.tolist(), axis))
+        if axis == 0:
+            if len(taken) != size:
+                raise Unmappable("slices the batch axis")
+            continue
+        config["begin"].append(int(taken[0]))
+        config["end"].append(int(taken[-1]) + 1)
+        config["strides"].append(step)
+    m.add(node, "slice", [x], config)
+
+
 def _concat(m: Mapper, node):
     inputs = data_inputs(node)
     data, axis = inputs[:-1], inputs[-1]
@@ -588,7 +628,7 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
            "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow,
-           "Transpose": _transpose}
+           "Transpose": _transpose, "StridedSlice": _slice, "Slice": _slice}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
 MAPPERS.update({op: _reduce for op in REDUCTIONS})
