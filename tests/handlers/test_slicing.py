@@ -1,5 +1,5 @@
-"""`slice` from frozen graphs' StridedSlice and Slice: channels, H and W, strides, shrink and new
-axes, 2-D and 3-D tensors. bvlc cases run exact in pycaffe (bullseye) and OpenCV; a slice whose
+"""`slice` from frozen graphs' StridedSlice, Slice, Split and SplitV: channels, H and W, strides,
+shrink and new axes, 2-D and 3-D tensors. bvlc cases run exact in pycaffe (bullseye) and OpenCV; a slice whose
 dropped axis changes Caffe's element order is refused in bvlc and, in the opencv and ssd
 profiles, ends with Permute -> Reshape -> Permute (OpenCV only: pycaffe has no Permute)."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ def out(y):
     return [tf.identity(y, name="out")]
 
 
-# name -> (input shape, build(images) -> outputs, expected (begin, end, strides))
+# name -> (input shape, build(images) -> outputs, expected (begin, end, strides) of each slice)
 CASES = {
     "channels": (IMAGE, lambda x: out(conv(x, 6, "c")[..., 2:5]), ([0, 0, 2], [7, 8, 5], [1, 1, 1])),
     "channels_strided": (IMAGE, lambda x: out(conv(x, 8, "c")[..., 1:8:3]), ([0, 0, 1], [7, 8, 8], [1, 1, 3])),
@@ -33,6 +33,11 @@ CASES = {
                           ([1, 0], [6, 9], [1, 2])),
     "sequence_strided": (SEQUENCE, lambda x: out(tf.nn.relu(x[:, 1::2, 2:8:3])), ([1, 2], [6, 6], [2, 3])),
     "vector_strided": (VECTOR, lambda x: out(tf.nn.relu(x[:, 2:9:2])), ([2], [9], [2])),
+    # YOLOv4-tiny's route: the second half of the channels
+    "split_halves": (IMAGE, lambda x: out(conv(tf.split(conv(x, 8, "c"), 2, axis=-1)[1], 4, "d")),
+                     ([0, 0, 4], [7, 8, 8], [1, 1, 1])),
+    "splitv_columns": (IMAGE, lambda x: out(tf.concat(tf.split(conv(x, 4, "c"), [3, 1, 4], axis=2)[::2], 2)),
+                       ([0, 0, 0], [7, 3, 4], [1, 1, 1]), ([0, 4, 0], [7, 8, 4], [1, 1, 1])),
 }
 # A dropped H axis leaves (N, W, C), which Caffe holds as (N, C, W): the order differs.
 PERMUTED = {"shrink_row": (IMAGE, lambda x: out(conv(x, 4, "c")[:, 2]), ([2, 0, 0], [3, 8, 4], [1, 1, 1]))}
@@ -46,7 +51,7 @@ def intermediate(name, tmp_path, shape, build):
 def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slicing")
     models = {name: intermediate(name, folder, shape, build)
-              for name, (shape, build, _) in dict(CASES, **PERMUTED).items()}
+              for name, (shape, build, *_) in dict(CASES, **PERMUTED).items()}
     return models, convert_intermediate_batch(models, folder / "caffe")
 
 
@@ -54,8 +59,9 @@ def results(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_exact(results, name):
     models, converted = results
-    (layer,) = [layer for layer in models[name].layers if layer.type == "slice"]
-    assert [layer.config[key] for key in ("begin", "end", "strides")] == list(CASES[name][2])
+    slices = [tuple(layer.config[key] for key in ("begin", "end", "strides"))
+              for layer in models[name].layers if layer.type == "slice"]
+    assert slices == [tuple(expected) for expected in CASES[name][2:]]
     assert_exact(converted[name])
 
 

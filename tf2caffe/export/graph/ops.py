@@ -423,6 +423,40 @@ def _slice(m: Mapper, node):
     m.add(node, "slice", [x], config)
 
 
+class _Output(NamedTuple):
+    """Output `name` ('split:1') of a multi-output op, standing in for a node in `Mapper.add`."""
+    name: str
+
+
+def _split(m: Mapper, node):
+    """Split/SplitV: one slice layer per output some op reads, along the split axis."""
+    inputs = data_inputs(node)
+    x, axis = (inputs[1], inputs[0]) if node.op == "Split" else (inputs[0], inputs[2])
+    if not m.constant(axis):
+        raise Unmappable("axis computed from the input")
+    shape = m.shape(x)
+    axis = int(np.asarray(m.value(axis))) % len(shape)
+    if axis == 0:
+        raise Unmappable("splits the batch axis")
+    used = {split_input(i)[1] for user in m.users[node.name] for i in data_inputs(m.nodes[user])
+            if split_input(i)[0] == node.name}
+    if node.name in m.outputs:
+        used.add(0)
+    begin = 0
+    for port in range(int(node.attr["num_split"].i)):
+        key = m.port_key("%s:%d" % (node.name, port))
+        if key not in m.values:
+            m.values[key] = m.session.run(m.session.graph.get_tensor_by_name("%s:%d" % (node.name, port)),
+                                          m.feed_dict)
+        size = m.values[key].shape[axis]
+        if port in used:
+            config = {"begin": [0] * (len(shape) - 1), "end": list(shape[1:]), "strides": [1] * (len(shape) - 1)}
+            config["begin"][axis - 1], config["end"][axis - 1] = begin, begin + size
+            m.add(node if port == 0 else _Output(key), "slice", [x], config,
+                  name=None if port == 0 else "%s/%d" % (node.name, port))
+        begin += size
+
+
 def _concat(m: Mapper, node):
     inputs = data_inputs(node)
     data, axis = inputs[:-1], inputs[-1]
@@ -628,7 +662,8 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
            "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow,
-           "Transpose": _transpose, "StridedSlice": _slice, "Slice": _slice}
+           "Transpose": _transpose, "StridedSlice": _slice, "Slice": _slice,
+           "Split": _split, "SplitV": _split}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
 MAPPERS.update({op: _reduce for op in REDUCTIONS})
