@@ -476,13 +476,15 @@ def _lrn(m: Mapper, node):
 def _resize(m: Mapper, node):
     x, _ = data_inputs(node)
     before, after = m.shape(x), list(m.values[node.name].shape)
+    if node.op == "ResizeBilinear":
+        mode = ("align_corners" if node.attr["align_corners"].b else
+                "half_pixel" if node.attr["half_pixel_centers"].b else "asymmetric")
+        m.add(node, "resize_bilinear", [x], {"size": after[1:3], "mode": mode})
+        return
     factors = [a // b for a, b in zip(after[1:3], before[1:3])]
     if [b * f for b, f in zip(before[1:3], factors)] != after[1:3] or node.attr["align_corners"].b:
-        raise Unmappable("resize %s -> %s is not an integer upsampling" % (before[1:3], after[1:3]))
-    interpolation = "nearest" if node.op == "ResizeNearestNeighbor" else "bilinear"
-    if interpolation == "bilinear" and not node.attr["half_pixel_centers"].b:
-        raise Unmappable("bilinear resize without half-pixel centers (TF1's legacy sampling)")
-    m.add(node, "upsample2d", [x], {"size": factors, "interpolation": interpolation})
+        raise Unmappable("nearest resize %s -> %s is not an integer upsampling" % (before[1:3], after[1:3]))
+    m.add(node, "upsample2d", [x], {"size": factors, "interpolation": "nearest"})
 
 
 def _repeat(m: Mapper, node):

@@ -1,0 +1,67 @@
+"""`resize_bilinear` from frozen graphs' ResizeBilinear in TensorFlow's three samplings (TF2's
+half-pixel centres, TF1's align_corners and its legacy asymmetric default), up and down, to sizes
+that are no multiple of the input: exact in bvlc in pycaffe (bullseye) and OpenCV. In the opencv
+profile align_corners is one Interp layer, checked in OpenCV only (pycaffe has no Interp).
+Keras's bilinear UpSampling2D is tested with the other upsamplings in test_conv.py."""
+from __future__ import annotations
+
+import pytest
+import tensorflow as tf
+
+from handler_batch import opencv_only_errors
+from harness import assert_exact, convert_intermediate_batch
+from test_graph_export import conv, frozen_pb
+from tf2caffe.export import graph
+
+v1 = tf.compat.v1
+IMAGE = (None, 7, 9, 3)
+
+
+def resized(size, align_corners=False, half_pixel_centers=False):
+    def build(x):
+        y = v1.image.resize_bilinear(conv(x, 4, "c"), size, align_corners=align_corners,
+                                     half_pixel_centers=half_pixel_centers)
+        return [tf.identity(conv(y, 3, "d"), name="out")]
+    return build
+
+
+# name -> (build, expected config)
+CASES = {
+    "half_pixel_up": (resized((13, 20), half_pixel_centers=True), {"size": [13, 20], "mode": "half_pixel"}),
+    "half_pixel_x2": (resized((14, 18), half_pixel_centers=True), {"size": [14, 18], "mode": "half_pixel"}),
+    "half_pixel_down": (resized((4, 5), half_pixel_centers=True), {"size": [4, 5], "mode": "half_pixel"}),
+    "tf2_image_resize": (lambda x: [tf.identity(tf.image.resize(conv(x, 4, "c"), (11, 30)), name="out")],
+                         {"size": [11, 30], "mode": "half_pixel"}),
+    "align_corners_x4": (resized((25, 33), align_corners=True), {"size": [25, 33], "mode": "align_corners"}),
+    "align_corners_any": (resized((10, 16), align_corners=True), {"size": [10, 16], "mode": "align_corners"}),
+    "asymmetric_up": (resized((12, 20)), {"size": [12, 20], "mode": "asymmetric"}),
+    "asymmetric_down": (resized((5, 4)), {"size": [5, 4], "mode": "asymmetric"}),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resize")
+    return {name: graph.source_to_intermediate(frozen_pb(folder, name, build, IMAGE), per_layer=True)
+            for name, (build, _) in CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def results(models, tmp_path_factory):
+    return convert_intermediate_batch(models, tmp_path_factory.mktemp("resize_caffe"))
+
+
+@pytest.mark.chroot
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_exact(models, results, name):
+    (layer,) = [layer for layer in models[name].layers if layer.type == "resize_bilinear"]
+    assert layer.config == CASES[name][1]
+    assert_exact(results[name])
+
+
+@pytest.mark.parametrize("name", ["align_corners_x4", "align_corners_any"])
+def test_align_corners_is_one_interp_in_opencv(models, tmp_path, name):
+    errors = opencv_only_errors(models[name], name, "opencv", tmp_path)
+    assert errors and max(errors.values()) <= 1e-5, errors
+    prototxt = (tmp_path / (name + ".prototxt")).read_text()
+    assert prototxt.count('type: "Interp"') == 1 and "InnerProduct" not in prototxt
