@@ -162,6 +162,7 @@ ACTIVATIONS = {
     "softplus": ("softplus", {}),
     "softsign": ("softsign", {}),
     "silu": ("swish", {}),
+    "mish": ("mish", {}),
     # Keras 3: relu6(x + 3) / 6 (Keras 2 used 0.2 x + 0.5), so the slope is recorded.
     "hard_sigmoid": ("hard_sigmoid", {"slope": 1.0 / 6.0, "offset": 0.5}),
 }

@@ -52,7 +52,8 @@ def emit_bilinear(layer, ctx, size: Sequence[int], mode: str) -> None:
     out_h, out_w = (int(d) for d in size)
     steps = Chain(ctx, layer)
     if uses_interp(mode, ctx.profile):
-        steps.then("interp", "Interp", {"interp_param": {"height": out_h, "width": out_w}}, [n, channels, out_h, out_w])
+        steps.then("interp", "Interp", {"interp_param": {"height": out_h, "width": out_w}},
+                   [n, channels, out_h, out_w])
         steps.produce()
         return
     rows, columns = interpolation_matrix(h, out_h, mode), interpolation_matrix(w, out_w, mode)
@@ -61,8 +62,8 @@ def emit_bilinear(layer, ctx, size: Sequence[int], mode: str) -> None:
         steps.then("rows", "Convolution", {"convolution_param": {
             "num_output": channels * out_h, "group": channels, "kernel_h": h, "kernel_w": 1,
             "bias_term": False}}, [n, channels * out_h, 1, w], [kernel])
-        steps.then("rows_reshape", "Reshape", {"reshape_param": {"shape": shape_param([0, channels, out_h, w])}},
-                   [n, channels, out_h, w])
+        steps.then("rows_reshape", "Reshape", {"reshape_param": {
+            "shape": shape_param([0, channels, out_h, w])}}, [n, channels, out_h, w])
     if not np.array_equal(columns, np.eye(w)):
         steps.then("columns", "InnerProduct", {"inner_product_param": {
             "num_output": out_w, "axis": 3, "bias_term": False}}, [n, channels, out_h, out_w],

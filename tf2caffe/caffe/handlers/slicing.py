@@ -67,8 +67,9 @@ class Slice(Handler):
         kept = kept_shape(layer, shape_in)
         steps = Chain(ctx, layer)
         cuts, strides = {}, {}
-        for axis, (b, e, s) in enumerate(zip(layer.config["begin"], layer.config["end"], layer.config["strides"]), 1):
-            b, e, s, count = int(b), int(e), int(s), kept[axis]
+        bounds = zip(layer.config["begin"], layer.config["end"], layer.config["strides"])
+        for axis, (b, _, s) in enumerate(bounds, 1):
+            b, s, count = int(b), int(s), kept[axis]
             cuts[caffe_axis(axis, rank)] = (b, shape_in[axis] - (b + (count - 1) * s + 1))
             if s > 1 and count > 1:
                 strides[caffe_axis(axis, rank)] = s
@@ -90,7 +91,8 @@ class Slice(Handler):
                 weights = np.zeros((picked, c, 1, 1), np.float32)
                 weights[np.arange(picked), np.arange(picked) * strides[1]] = 1.0
                 steps.then("stride_c", "Convolution", {"convolution_param": {
-                    "num_output": picked, "kernel_size": 1, "bias_term": False}}, [n, picked, h, w], [weights])
+                    "num_output": picked, "kernel_size": 1, "bias_term": False}},
+                    [n, picked, h, w], [weights])
             if rank < 4:
                 steps.then("from_image", "Reshape", {"reshape_param": {"shape": shape_param(
                     [0] + nchw(kept)[1:])}}, nchw(kept))
