@@ -189,3 +189,51 @@ def test_yolo_v4_with_opencv_mish(tmp_path):
     assert errors and max(errors.values()) <= 1e-5, errors
     prototxt = (tmp_path / "yolo_v4.prototxt").read_text()
     assert 'type: "Mish"' in prototxt and "BNLL" not in prototxt
+
+
+def readme_decode():
+    """The README's YOLO decoding snippet, executed."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("<!-- yolo-decode:start -->")[1].split("<!-- yolo-decode:end -->")[0]
+    namespace = {}
+    exec(block.strip().strip("`").removeprefix("python"), namespace)
+    return namespace["decode"]
+
+
+def tf_decode(head, anchors, stride, scale_xy=1.05):
+    """YOLOv4's decoding as TensorFlow implementations write it, on a (N, H, W, A·(5 + classes)) head."""
+    import tensorflow as tf
+    n, h, w, _ = head.shape
+    t = tf.reshape(head, (n, h, w, len(anchors), -1))
+    grid = tf.cast(tf.stack(tf.meshgrid(tf.range(w), tf.range(h)), -1)[None, :, :, None, :], tf.float32)
+    xy = (tf.sigmoid(t[..., :2]) * scale_xy - 0.5 * (scale_xy - 1) + grid) * stride
+    wh = tf.exp(t[..., 2:4]) * tf.constant(anchors, tf.float32)
+    boxes = tf.reshape(tf.concat([xy, wh], -1), (n, -1, 4))
+    return boxes.numpy(), tf.reshape(tf.sigmoid(t[..., 4]), (n, -1)).numpy(), \
+        tf.reshape(tf.sigmoid(t[..., 5:]), (n, h * w * len(anchors), -1)).numpy()
+
+
+# yolov4-tiny.cfg's anchors per head (the 2x2 head, then the 4x4 one) and their strides at 64 x 64
+TINY_HEADS = ((([81, 82], [135, 169], [344, 319]), 32), (([10, 14], [23, 27], [37, 58]), 16))
+
+
+def test_readme_yolo_decoding_matches_tensorflow(results):
+    """The converted YOLOv4-tiny's heads, run in OpenCV and decoded by the README's snippet, give
+    TensorFlow's decoding of TensorFlow's heads."""
+    from tf2caffe import intermediate, opencv_check, report
+    from tf2caffe.caffe import verify
+    result = results["yolo_v4_tiny"]
+    entry = report.FileResult.from_json(result.report)
+    model = intermediate.read(entry.file)
+    try:
+        feeds = verify.reference_feeds(model, entry.inputs)
+        expected = {name: model.activation(name) for name in model.outputs}
+    finally:
+        model.file.close()
+    targets = verify.targets_from_json({name: entry.targets[name] for name in model.outputs})
+    heads = opencv_check.run(opencv_check.load(entry.prototxt, entry.caffemodel), feeds, targets, "yolo")
+    decode = readme_decode()
+    for name, (anchors, stride) in zip(model.outputs, TINY_HEADS):
+        for ours, theirs in zip(decode(heads[name], anchors, stride), tf_decode(expected[name], anchors, stride)):
+            assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max(), name

@@ -10,7 +10,7 @@ from ..layout import hwcn_to_nchw_blocks
 from ..netspec import LazyBlob
 from . import Handler, register
 from .chain import Chain
-from .resize import BILINEAR_LAYERS, emit_bilinear
+from .resize import MATRIX_LAYERS, emit_bilinear
 from .spatial import align, caffe_conv_count, effective_kernel, tf_pads, tf_window_count, window_params
 
 
@@ -301,7 +301,7 @@ class Crop2D(Handler):
 class UpSample2D(Handler):
     config_keys = ("size", "interpolation")
     notes = 'interpolation "nearest" or "bilinear" (half-pixel centres, as Keras samples)'
-    caffe_layers = ("Deconvolution",) + BILINEAR_LAYERS
+    caffe_layers = ("Deconvolution",) + MATRIX_LAYERS
     summary = ("nearest: Deconvolution group = C, kernel = stride = factor, weights ones, no bias; "
                "bilinear: as resize_bilinear with half-pixel centres")
 

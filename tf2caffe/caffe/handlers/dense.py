@@ -33,8 +33,9 @@ class Dense(Handler):
     config_keys = ("units",)
     array_layouts = {"kernel": "(in, out)", "bias?": "(out)"}
     notes = "the input is 2-D"
-    summary = ("InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W; "
-               "before a reshape to (H, W, C) the columns and bias are")
+    summary = ("InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W "
+               "(after a folded Permute, to the order Caffe holds); before a reshape to (H, W, C) "
+               "the columns and bias are")
     caffe_layers = ("InnerProduct",)
 
     def array_shapes(self, layer, model):

@@ -71,7 +71,8 @@ def emit_bilinear(layer, ctx, size: Sequence[int], mode: str) -> None:
     steps.produce()
 
 
-BILINEAR_LAYERS = ("Convolution", "Reshape", "InnerProduct", "Interp")
+# The Caffe layers of the interpolation matrices (Interp: only for align_corners).
+MATRIX_LAYERS = ("Convolution", "Reshape", "InnerProduct")
 
 
 @register("resize_bilinear")
@@ -81,7 +82,7 @@ class ResizeBilinear(Handler):
              "(TF1's legacy sampling)")
     summary = ("per axis a fixed interpolation matrix: H by a grouped full-height Convolution and a "
                "Reshape, W by an InnerProduct over axis 3; align_corners in the opencv profile: Interp")
-    caffe_layers = BILINEAR_LAYERS
+    caffe_layers = MATRIX_LAYERS + ("Interp",)
 
     def check(self, layer, model, profile) -> Optional[str]:
         if layer.config["mode"] not in MODES:
