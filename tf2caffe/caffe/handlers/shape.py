@@ -118,7 +118,7 @@ def _describe(model, flattening) -> str:
     if flattening.type == "dense":
         return ("the Dense layer '%s' (its output emitted in C,H,W order for the reshape to %s)"
                 % (flattening.name, list(unflattened_shape(model, flattening))))
-    return "the flatten of a %d-D tensor ('%s')" % (len(model.layer(flattening.inputs[0]).output_shape),
+    return "the Flatten of a %d-D tensor ('%s')" % (len(model.layer(flattening.inputs[0]).output_shape),
                                                      flattening.name)
 
 
