@@ -76,6 +76,9 @@ CASES.update({
     "upsample_then_conv": lambda: image(L.UpSampling2D(2), L.Conv2D(12, 3, padding="same"), size=(7, 8)),
     "upsample_bilinear": lambda: image(L.UpSampling2D(2, interpolation="bilinear"), size=(7, 8)),
     "upsample_bilinear_2x3": lambda: image(L.UpSampling2D((2, 3), interpolation="bilinear"), size=(7, 8)),
+    "resizing_bilinear": lambda: image(L.Resizing(11, 19), size=(7, 8)),
+    "resizing_bilinear_down": lambda: image(L.Resizing(4, 5), size=(7, 8)),
+    "resizing_nearest": lambda: image(L.Resizing(11, 19, interpolation="nearest"), size=(7, 8)),
 })
 CASES.update({
     "transpose_k%d_s%d_%s" % (k, s, padding): (

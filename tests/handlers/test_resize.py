@@ -1,6 +1,7 @@
-"""`resize_bilinear` from frozen graphs' ResizeBilinear in TensorFlow's three samplings (TF2's
-half-pixel centres, TF1's align_corners and its legacy asymmetric default), up and down, to sizes
-that are no multiple of the input: exact in bvlc in pycaffe (bullseye) and OpenCV. In the opencv
+"""`resize_bilinear` and `resize_nearest` from frozen graphs' ResizeBilinear and
+ResizeNearestNeighbor in TensorFlow's three samplings (TF2's half-pixel centres, TF1's
+align_corners and its legacy asymmetric default), up and down, to sizes that are no multiple of
+the input: exact in bvlc in pycaffe (bullseye) and OpenCV. In the opencv
 profile align_corners is one Interp layer, checked in OpenCV only (pycaffe has no Interp).
 Keras's bilinear UpSampling2D is tested with the other upsamplings in test_conv.py."""
 from __future__ import annotations
@@ -17,15 +18,18 @@ v1 = tf.compat.v1
 IMAGE = (None, 7, 9, 3)
 
 
-def resized(size, align_corners=False, half_pixel_centers=False):
+def resized(size, align_corners=False, half_pixel_centers=False, method=v1.image.resize_bilinear):
     def build(x):
-        y = v1.image.resize_bilinear(conv(x, 4, "c"), size, align_corners=align_corners,
-                                     half_pixel_centers=half_pixel_centers)
+        y = method(conv(x, 4, "c"), size, align_corners=align_corners, half_pixel_centers=half_pixel_centers)
         return [tf.identity(conv(y, 3, "d"), name="out")]
     return build
 
 
-# name -> (build, expected config)
+def nearest(size, **sampling):
+    return resized(size, method=v1.image.resize_nearest_neighbor, **sampling)
+
+
+# name -> (build, expected config); the resize_nearest ones are NEAREST
 CASES = {
     "half_pixel_up": (resized((13, 20), half_pixel_centers=True), {"size": [13, 20], "mode": "half_pixel"}),
     "half_pixel_x2": (resized((14, 18), half_pixel_centers=True), {"size": [14, 18], "mode": "half_pixel"}),
@@ -36,7 +40,12 @@ CASES = {
     "align_corners_any": (resized((10, 16), align_corners=True), {"size": [10, 16], "mode": "align_corners"}),
     "asymmetric_up": (resized((12, 20)), {"size": [12, 20], "mode": "asymmetric"}),
     "asymmetric_down": (resized((5, 4)), {"size": [5, 4], "mode": "asymmetric"}),
+    "nearest_half_pixel": (nearest((13, 20), half_pixel_centers=True), {"size": [13, 20], "mode": "half_pixel"}),
+    "nearest_half_pixel_down": (nearest((4, 6), half_pixel_centers=True), {"size": [4, 6], "mode": "half_pixel"}),
+    "nearest_align_corners": (nearest((14, 18), align_corners=True), {"size": [14, 18], "mode": "align_corners"}),
+    "nearest_asymmetric": (nearest((10, 20)), {"size": [10, 20], "mode": "asymmetric"}),
 }
+NEAREST = {name for name in CASES if name.startswith("nearest")}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +63,8 @@ def results(models, tmp_path_factory):
 @pytest.mark.chroot
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_exact(models, results, name):
-    (layer,) = [layer for layer in models[name].layers if layer.type == "resize_bilinear"]
+    kind = "resize_nearest" if name in NEAREST else "resize_bilinear"
+    (layer,) = [layer for layer in models[name].layers if layer.type == kind]
     assert layer.config == CASES[name][1]
     assert_exact(results[name])
 

@@ -413,16 +413,16 @@ def _upsample2d(layer, call):
 
 def _resizing(layer, call):
     require_channels_last(layer)
-    if layer.interpolation != "bilinear" or layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio:
-        raise Unmappable("only plain bilinear resizing is supported (got interpolation '%s'%s)" % (
+    if layer.interpolation not in ("bilinear", "nearest") or layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio:
+        raise Unmappable("only plain bilinear or nearest resizing is supported (got interpolation '%s'%s)" % (
             layer.interpolation, ", cropping or padding to the aspect ratio"
             if layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio else ""))
     if layer.antialias and any(int(o) < int(i) for o, i in zip((layer.height, layer.width),
                                                                 call.inputs[0].shape[1:3])):
         raise Unmappable("antialiased downsampling")
     # keras.ops.image.resize samples with half-pixel centres.
-    return [Piece("", "resize_bilinear", dict(size=[int(layer.height), int(layer.width)], mode="half_pixel"),
-                  call.output)]
+    kind = "resize_%s" % layer.interpolation
+    return [Piece("", kind, dict(size=[int(layer.height), int(layer.width)], mode="half_pixel"), call.output)]
 
 
 def _number_or_list(value):

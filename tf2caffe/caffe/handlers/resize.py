@@ -1,4 +1,4 @@
-"""Bilinear resizing to any size, in TensorFlow's three samplings.
+"""Bilinear and nearest resizing to any size, in TensorFlow's three samplings.
 
 TensorFlow's bilinear resize is separable: along each axis, output i reads the input at
 s(i) = (i + 0.5)·in/out - 0.5 (half_pixel: TF2's tf.image.resize, Keras's UpSampling2D),
@@ -10,6 +10,8 @@ its two neighbours floor(s) and ceil(s), both clamped into the axis. So each axi
 - W: an InnerProduct over axis 3 (each row's W values), weights (out_w, W).
 Each output is w0·a + w1·b plus zero terms: exact to float32 rounding. With align_corners and the
 opencv profile one OpenCV Interp layer does both axes (PSPNet's resize samples the same way).
+Nearest resizing is the same with one-hot rows: output i copies input floor(s(i)) (align_corners:
+round(s(i))), clamped; an integer upsampling stays upsample2d's Deconvolution.
 """
 from __future__ import annotations
 
@@ -24,19 +26,25 @@ from .chain import Chain
 MODES = ("half_pixel", "align_corners", "asymmetric")
 
 
-def interpolation_matrix(size_in: int, size_out: int, mode: str) -> np.ndarray:
-    """(size_out, size_in): output i = sum_k m[i, k]·input k along one axis, as TensorFlow samples."""
+def interpolation_matrix(size_in: int, size_out: int, mode: str, nearest: bool = False) -> np.ndarray:
+    """(size_out, size_in): output i = sum_k m[i, k]·input k along one axis, as TensorFlow samples
+    (tensorflow/core/kernels/image/resize_bilinear_op.cc, resize_nearest_neighbor_op.cc)."""
     i = np.arange(size_out, dtype=np.float64)
     if mode == "align_corners":
         source = i * ((size_in - 1) / (size_out - 1)) if size_out > 1 else 0.0 * i
     elif mode == "half_pixel":
-        source = (i + 0.5) * (size_in / size_out) - 0.5
+        # nearest samples at (i + 0.5)·scale, without the bilinear -0.5
+        source = (i + 0.5) * (size_in / size_out) - (0.0 if nearest else 0.5)
     else:
         source = i * (size_in / size_out)
-    lower = np.floor(source)
-    lerp = source - lower
     matrix = np.zeros((size_out, size_in))
     rows = np.arange(size_out)
+    if nearest:
+        picked = np.round(source) if mode == "align_corners" else np.floor(source)
+        matrix[rows, np.clip(picked, 0, size_in - 1).astype(int)] = 1.0
+        return matrix
+    lower = np.floor(source)
+    lerp = source - lower
     np.add.at(matrix, (rows, np.clip(lower, 0, size_in - 1).astype(int)), 1.0 - lerp)
     np.add.at(matrix, (rows, np.clip(np.ceil(source), 0, size_in - 1).astype(int)), lerp)
     return matrix
@@ -46,17 +54,19 @@ def uses_interp(mode: str, profile) -> bool:
     return mode == "align_corners" and profile.allows("Interp")
 
 
-def emit_bilinear(layer, ctx, size: Sequence[int], mode: str) -> None:
-    """The Caffe layers resizing `layer`'s 4-D input to `size` (out_h, out_w) bilinearly."""
+def emit_bilinear(layer, ctx, size: Sequence[int], mode: str, nearest: bool = False) -> None:
+    """The Caffe layers resizing `layer`'s 4-D input to `size` (out_h, out_w) bilinearly (or by
+    nearest neighbours)."""
     n, channels, h, w = ctx.bottom(layer).shape
     out_h, out_w = (int(d) for d in size)
     steps = Chain(ctx, layer)
-    if uses_interp(mode, ctx.profile):
+    if uses_interp(mode, ctx.profile) and not nearest:
         steps.then("interp", "Interp", {"interp_param": {"height": out_h, "width": out_w}},
                    [n, channels, out_h, out_w])
         steps.produce()
         return
-    rows, columns = interpolation_matrix(h, out_h, mode), interpolation_matrix(w, out_w, mode)
+    rows, columns = (interpolation_matrix(size_in, size_out, mode, nearest)
+                     for size_in, size_out in ((h, out_h), (w, out_w)))
     if not np.array_equal(rows, np.eye(h)):
         kernel = np.tile(rows.astype(np.float32), (channels, 1)).reshape(channels * out_h, 1, h, 1)
         steps.then("rows", "Convolution", {"convolution_param": {
@@ -83,6 +93,7 @@ class ResizeBilinear(Handler):
     summary = ("per axis a fixed interpolation matrix: H by a grouped full-height Convolution and a "
                "Reshape, W by an InnerProduct over axis 3; align_corners in the opencv profile: Interp")
     caffe_layers = MATRIX_LAYERS + ("Interp",)
+    nearest = False
 
     def check(self, layer, model, profile) -> Optional[str]:
         if layer.config["mode"] not in MODES:
@@ -92,4 +103,13 @@ class ResizeBilinear(Handler):
         return None
 
     def emit(self, layer, ctx):
-        emit_bilinear(layer, ctx, layer.config["size"], layer.config["mode"])
+        emit_bilinear(layer, ctx, layer.config["size"], layer.config["mode"], self.nearest)
+
+
+@register("resize_nearest")
+class ResizeNearest(ResizeBilinear):
+    notes = ResizeBilinear.notes + "; to a size that is no integer multiple of the input"
+    summary = ("per axis a one-hot interpolation matrix, as resize_bilinear's (an integer "
+               "upsampling is upsample2d)")
+    caffe_layers = MATRIX_LAYERS
+    nearest = True

@@ -476,15 +476,17 @@ def _lrn(m: Mapper, node):
 def _resize(m: Mapper, node):
     x, _ = data_inputs(node)
     before, after = m.shape(x), list(m.values[node.name].shape)
+    mode = ("align_corners" if node.attr["align_corners"].b else
+            "half_pixel" if node.attr["half_pixel_centers"].b else "asymmetric")
     if node.op == "ResizeBilinear":
-        mode = ("align_corners" if node.attr["align_corners"].b else
-                "half_pixel" if node.attr["half_pixel_centers"].b else "asymmetric")
         m.add(node, "resize_bilinear", [x], {"size": after[1:3], "mode": mode})
         return
     factors = [a // b for a, b in zip(after[1:3], before[1:3])]
-    if [b * f for b, f in zip(before[1:3], factors)] != after[1:3] or node.attr["align_corners"].b:
-        raise Unmappable("nearest resize %s -> %s is not an integer upsampling" % (before[1:3], after[1:3]))
-    m.add(node, "upsample2d", [x], {"size": factors, "interpolation": "nearest"})
+    # An integer upsampling copies each input f times, in the half-pixel and legacy samplings alike.
+    if [b * f for b, f in zip(before[1:3], factors)] == after[1:3] and mode != "align_corners":
+        m.add(node, "upsample2d", [x], {"size": factors, "interpolation": "nearest"})
+    else:
+        m.add(node, "resize_nearest", [x], {"size": after[1:3], "mode": mode})
 
 
 def _repeat(m: Mapper, node):
