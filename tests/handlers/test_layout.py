@@ -59,6 +59,19 @@ def test_folded_permute_emits_nothing(results):
     assert results["channels_first_flatten_dense"].caffe_types == ["Input", "Convolution", "Flatten", "InnerProduct"]
 
 
+def ssd_heads():
+    inputs = keras.Input((6, 8, 3))
+    small = conv(4, 3)(inputs)
+    large = conv(6, 3)(L.MaxPooling2D()(small))
+    return keras.Model(inputs, L.Concatenate()([L.Flatten()(small), L.Flatten()(large)]))
+
+
+def two_outputs():
+    inputs = keras.Input((3, 4, 5))
+    flat = L.ReLU()(L.Flatten()(conv()(inputs)))
+    return keras.Model(inputs, [flat, L.Dense(3)(flat)])
+
+
 PERMUTE_CASES = {  # opencv and ssd profiles: OpenCV only
     "permute_then_conv": lambda: chain((3, 4, 5), conv(), L.Permute((2, 1, 3)), conv()),
     "permute_output": lambda: chain((3, 4, 5), conv(), L.Permute((3, 1, 2))),
@@ -67,6 +80,10 @@ PERMUTE_CASES = {  # opencv and ssd profiles: OpenCV only
     "reshape_image_to_other_image": lambda: chain((3, 4, 5), conv(), L.Reshape((5, 4, 3)), conv(2, 3)),
     "reshape_to_tokens": lambda: chain((3, 4, 5), conv(), L.Reshape((12, 5)), L.Flatten(), L.Dense(2)),
     "tokens_to_image": lambda: chain((12, 5), L.Reshape((3, 4, 5)), conv(2, 3)),
+    # SSD's heads: each flattened in TensorFlow's order (Permute first), concatenated, an output
+    "flatten_concat_heads": ssd_heads,
+    "flatten_output": lambda: chain((3, 4, 5), conv(), L.Flatten()),
+    "flatten_relu_output_and_dense": two_outputs,
 }
 
 

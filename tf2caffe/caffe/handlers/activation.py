@@ -152,7 +152,7 @@ class Activation(Handler):
             return "ReLU with a negative negative_slope and a max_value is not supported"
         if function == "softmax" and _softmax_axis(layer, len(layer.output_shape)) is None:
             return "softmax over several axes (%s) has no Caffe equivalent" % layer.config["axis"]
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         chain = Chain(ctx, layer)
@@ -185,7 +185,7 @@ class PReLU(Handler):
         if _prelu_slopes(layer, model) is None:
             return ("slopes vary over H or W; Caffe's PReLU has one slope per channel "
                     "(use shared_axes=[1, 2])")
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)

@@ -47,7 +47,7 @@ class Dense(Handler):
         shape = model.layer(layer.inputs[0]).output_shape
         if len(shape) != 2:
             return "Dense on a %d-D input (only 2-D inputs are supported)" % len(shape)
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)

@@ -36,7 +36,7 @@ class Identity(Handler):
     caffe_layers = ()
 
     def check(self, layer, model, profile):
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)

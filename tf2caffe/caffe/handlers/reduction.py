@@ -164,7 +164,7 @@ class Reduce(Handler):
                 return ("reducing axes %s of %s leaves a 3-D tensor that Caffe holds in C,H,W order "
                         "and TensorFlow in H,W,C (BVLC Caffe has no Permute); keepdims would keep "
                         "it 4-D" % (layer.config["axes"], shape))
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
@@ -225,7 +225,7 @@ class L2Normalize(Handler):
         problem = _axes_problem(layer, model)
         if problem or len(layer.output_shape) == 2:
             return problem  # over every feature: any order will do
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)

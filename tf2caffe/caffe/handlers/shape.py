@@ -21,7 +21,8 @@ a reshape whose element order differs (Permute to TensorFlow's order, Reshape, P
 """
 from __future__ import annotations
 
-from typing import Optional
+import weakref
+from typing import FrozenSet, Optional
 
 import numpy as np
 
@@ -65,20 +66,21 @@ def held_axes_of(model, name):
     return held_axes(len(layer.output_shape))
 
 
-def flattening_of(model, name):
+def flattening_of(model, name, permuted=frozenset()):
     """The layer that leaves 2-D tensor `name` in an order other than TensorFlow's (a Flatten or
     Reshape of a 4-D tensor, or a Dense emitted for a later reshape, see `unflattened_shape`);
-    None when Caffe holds TensorFlow's order."""
+    None when Caffe holds TensorFlow's order (also after the flattens named in `permuted`, which
+    Permute to it first)."""
     layer = model.layer(name)
     if len(layer.output_shape) != 2:
         return None
     if layer.type in ("flatten", "reshape"):
         source = model.layer(layer.inputs[0])
         if len(source.output_shape) > 2:
-            return None if source_order(model, source).is_identity() else layer
-        return flattening_of(model, layer.inputs[0])
+            return None if source_order(model, source).is_identity() or name in permuted else layer
+        return flattening_of(model, layer.inputs[0], permuted)
     if layer.type in FEATURE_WISE:
-        return flattening_of(model, layer.inputs[0])
+        return flattening_of(model, layer.inputs[0], permuted)
     if layer.type == "dense" and unflattened_shape(model, layer) is not None:
         return layer
     return None
@@ -122,21 +124,51 @@ def _describe(model, flattening) -> str:
                                                      flattening.name)
 
 
-def order_problem(layer, model) -> Optional[str]:
-    """Why `layer` would see or expose a flattened tensor in the wrong order (None if fine)."""
-    own = flattening_of(model, layer.name)
+def order_problem(layer, model, profile=None) -> Optional[str]:
+    """Why `layer` would see or expose a flattened tensor in the wrong order (None if fine), in
+    `profile` (None: one without Permute)."""
+    found = _order_problem(layer, model, permuted_flattens(model, profile))
+    return found[1] if found else None
+
+
+def _order_problem(layer, model, permuted):
+    """(the layer leaving the order at fault, why) for `order_problem`, or None."""
+    own = flattening_of(model, layer.name, permuted)
     if own is not None and layer.name in model.outputs:
-        return ("model output comes from %s: TensorFlow orders it H,W,C, Caffe C,H,W, and BVLC "
-                "Caffe has no Permute" % _describe(model, own))
+        return own, ("model output comes from %s: TensorFlow orders it H,W,C, Caffe C,H,W, and BVLC "
+                     "Caffe has no Permute" % _describe(model, own))
     if layer.type in ORDER_AWARE:
         return None
-    sources = [flattening_of(model, name) for name in layer.inputs]
+    sources = [flattening_of(model, name, permuted) for name in layer.inputs]
     hwc = {None if f is None else flat_order(model, f) for f in sources}
-    if hwc == {None} or (layer.type in FEATURE_WISE and len(hwc) == 1):
+    if hwc <= {None} or (layer.type in FEATURE_WISE and len(hwc) == 1):
         return None
     flatten = next(f for f in sources if f is not None)
-    return ("an input ordered by %s: Caffe holds it C,H,W where TensorFlow has H,W,C, and BVLC "
-            "Caffe (no Permute) cannot reorder it for this %s layer" % (_describe(model, flatten), layer.type))
+    return flatten, ("an input ordered by %s: Caffe holds it C,H,W where TensorFlow has H,W,C, and BVLC "
+                     "Caffe (no Permute) cannot reorder it for this %s layer" % (_describe(model, flatten),
+                                                                                 layer.type))
+
+
+_PERMUTED = weakref.WeakKeyDictionary()  # model -> {profile name: permuted_flattens}
+
+
+def permuted_flattens(model, profile) -> FrozenSet[str]:
+    """The flattens emitted as Permute (to TensorFlow's order) + Flatten: where the profile has
+    Permute, each flatten whose order some layer could not take otherwise (a Concat, a model
+    output: SSD's heads); found pass by pass, as permuting one may leave another at fault."""
+    if profile is None or not profile.allows("Permute"):
+        return frozenset()
+    known = _PERMUTED.setdefault(model, {})
+    if profile.name not in known:
+        permuted = frozenset()
+        while True:
+            faults = {found[0].name for found in (_order_problem(layer, model, permuted) for layer in model.layers)
+                      if found and found[0].type in ("flatten", "reshape")}
+            if faults <= permuted:
+                break
+            permuted |= faults
+        known[profile.name] = permuted
+    return known[profile.name]
 
 
 def caffe_axis(axis, rank) -> int:
@@ -158,21 +190,29 @@ def emit_flatten(layer, ctx) -> None:
         ctx.produce(layer, bottom.name, bottom.shape, bottom.flattened_from)
         return
     name = ctx.name(layer)
-    ctx.add(CaffeLayer(name, "Flatten", [bottom.name], [name]))
     shape = ctx.input_tf_shape(layer)
-    order = FlatOrder.of(shape, bottom.axes or held_axes(len(shape)))
+    held = bottom.axes or held_axes(len(shape))
+    order = FlatOrder.of(shape, held)
+    source = bottom.name
+    if not order.is_identity() and layer.name in permuted_flattens(ctx.model, ctx.profile):
+        source = ctx.name(layer, "to_tf_order")
+        ctx.add(CaffeLayer(source, "Permute", [bottom.name], [source],
+                           {"permute_param": {"order": list(inverse(held))}}))
+        order = FlatOrder.of(shape, range(len(shape)))
+    ctx.add(CaffeLayer(name, "Flatten", [source], [name]))
     ctx.produce(layer, name, flattened_from=None if order.is_identity() else order)
 
 
 @register("flatten")
 class Flatten(Handler):
-    summary = "Flatten; a following Dense takes TensorFlow's H,W,C order into its weights"
-    caffe_layers = ("Flatten",)
+    summary = ("Flatten; a following Dense takes TensorFlow's H,W,C order into its weights; where "
+               "anything else needs TensorFlow's order, Permute first if the profile has it")
+    caffe_layers = ("Flatten", "Permute")
 
     def check(self, layer, model, profile):
         if len(model.layer(layer.inputs[0]).output_shape) not in (2, 3, 4):
             return "only 2-D to 4-D inputs are supported"
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         emit_flatten(layer, ctx)
@@ -191,7 +231,7 @@ def reshape_form(layer, model, profile):
     if len(shape_out) == 2:
         return "flatten", None
     target = FlatOrder.of(shape_out, held_axes(len(shape_out)))
-    flatten = flattening_of(model, source.name)
+    flatten = flattening_of(model, source.name, permuted_flattens(model, profile))
     if flatten is not None:
         if flat_order(model, flatten) == target:
             return "reshape", None
@@ -220,7 +260,7 @@ class Reshape(Handler):
 
     def check(self, layer, model, profile):
         _, reason = reshape_form(layer, model, profile)
-        return reason or order_problem(layer, model)
+        return reason or order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)

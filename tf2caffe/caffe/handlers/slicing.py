@@ -59,7 +59,7 @@ class Slice(Handler):
         if not same_element_order(kept, layer.output_shape) and not profile.allows("Permute"):
             return ("reshaping the slice %s to %s: Caffe's element order differs and the '%s' profile "
                     "has no Permute" % (kept[1:], layer.output_shape[1:], profile.name))
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         shape_in = ctx.input_tf_shape(layer)
