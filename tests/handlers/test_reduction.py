@@ -118,3 +118,13 @@ def test_l2_normalize_over_other_axes_stays_composed(tmp_path):
                                 "ssd", tmp_path)
     assert errors and max(errors.values()) <= 1e-5, errors
     assert "Normalize" not in (tmp_path / "l2_spatial.prototxt").read_text()
+
+
+@pytest.mark.parametrize("profile", ["ssd", "opencv"])
+def test_order_changing_reduction_permutes_where_the_profile_can(tmp_path, profile):
+    """(N, H, W, C) reduced over H is (N, W, C), which Caffe holds as (N, C, W): refused in bvlc
+    (REFUSED), Permute then Reshape where the profile has Permute (OpenCV only)."""
+    model = reduction("rows_dropped", IMAGE, ("max", [1], False))
+    errors = opencv_only_errors(model, "rows_dropped", profile, tmp_path)
+    assert errors and max(errors.values()) <= 1e-5, errors
+    assert 'type: "Permute"' in (tmp_path / "rows_dropped.prototxt").read_text()
