@@ -480,7 +480,6 @@ def test_atrous_convolutions_become_dilated_convolutions(tmp_path):
     assert model.activation("out").shape == (1, 3, 5, 4)
 
 
-@pytest.mark.chroot
 def test_transpose_and_expand_dims(tmp_path):
     """A Transpose to channels-first before a flatten and a MatMul (a head ported from Caffe) is a
     permute folded into the dense; ExpandDims of a sequence (N, T, F) -> (N, T, F, 1) is a

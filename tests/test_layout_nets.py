@@ -23,7 +23,7 @@ import pytest
 from harness import assert_exact, convert_intermediate_batch, convert_keras_batch
 from test_zoo import randomise_statistics
 
-pytestmark = [pytest.mark.slow, pytest.mark.chroot]
+pytestmark = pytest.mark.slow
 L = keras.layers
 
 

@@ -60,7 +60,6 @@ def results(models, tmp_path_factory):
     return convert_intermediate_batch(models, tmp_path_factory.mktemp("resize_caffe"))
 
 
-@pytest.mark.chroot
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_exact(models, results, name):
     kind = "resize_nearest" if name in NEAREST else "resize_bilinear"

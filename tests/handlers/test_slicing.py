@@ -48,32 +48,31 @@ def intermediate(name, tmp_path, shape, build):
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slicing")
-    models = {name: intermediate(name, folder, shape, build)
-              for name, (shape, build, *_) in dict(CASES, **PERMUTED).items()}
-    return models, convert_intermediate_batch(models, folder / "caffe")
+    return {name: intermediate(name, folder, shape, build)
+            for name, (shape, build, *_) in dict(CASES, **PERMUTED).items()}
 
 
-@pytest.mark.chroot
+@pytest.fixture(scope="module")
+def converted(models, tmp_path_factory):
+    return convert_intermediate_batch(models, tmp_path_factory.mktemp("slicing_caffe"))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_exact(results, name):
-    models, converted = results
+def test_exact(models, converted, name):
     slices = [tuple(layer.config[key] for key in ("begin", "end", "strides"))
               for layer in models[name].layers if layer.type == "slice"]
     assert slices == [tuple(expected) for expected in CASES[name][2:]]
     assert_exact(converted[name])
 
 
-@pytest.mark.chroot
-def test_order_changing_slice_is_refused_in_bvlc(results):
-    _, converted = results
+def test_order_changing_slice_is_refused_in_bvlc(converted):
     assert_refused(converted["shrink_row"], "strided_slice", "has no Permute")
 
 
 @pytest.mark.parametrize("profile", ["opencv", "ssd"])
-def test_order_changing_slice_in_opencv(results, tmp_path, profile):
-    models, _ = results
+def test_order_changing_slice_in_opencv(models, tmp_path, profile):
     errors = opencv_only_errors(models["shrink_row"], "shrink_row", profile, tmp_path)
     assert errors and max(errors.values()) <= 1e-5, errors
     assert 'type: "Permute"' in (tmp_path / "shrink_row.prototxt").read_text()
