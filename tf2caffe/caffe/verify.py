@@ -77,10 +77,13 @@ def generated_targets(model: Model, blobs: Dict[str, Blob],
     for layer in model.layers:
         if layer.name in blobs and layer.type != "input":
             last_owner[blobs[layer.name].name] = layer.name
+    # A layer that emits nothing after an input (a Permute folded into a later Dense) holds the
+    # input blob, which OpenCV cannot fetch (its inputs are no layers) and which is the input anyway.
+    input_blobs = {blobs[name].name for name in model.inputs if name in blobs}
     targets = {}
     for layer in model.layers:
         blob = blobs.get(layer.name)
-        if layer.type == "input" or blob is None or blob.name not in writers:
+        if layer.type == "input" or blob is None or blob.name not in writers or blob.name in input_blobs:
             continue
         if write_count[blob.name] == 1 or last_owner[blob.name] == layer.name:
             caffe_layer, index = writers[blob.name]
