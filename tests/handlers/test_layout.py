@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import pytest
 
-from handler_batch import build, chain, family_tests, opencv_only_errors
+from handler_batch import batch_norm, build, chain, family_tests, opencv_only_errors
 
 L = keras.layers
 
@@ -37,6 +37,8 @@ CASES = {  # bvlc: pycaffe and OpenCV
     "swap_hw_flatten_dense": lambda: chain((3, 4, 5), conv(), L.Permute((2, 1, 3)), L.Flatten(), L.Dense(6)),
     "any_order_flatten_dense": lambda: chain((3, 4, 5), conv(), L.Permute((2, 3, 1)), L.Flatten(), L.Dense(6)),
     "permute_two_heads": lambda: two_heads((3, 4, 5), conv(), L.Permute((3, 1, 2))),
+    "permute_flatten_dropout_bn_dense": lambda: chain((3, 4, 5), conv(), L.Permute((3, 1, 2)), L.Flatten(),
+                                                      L.Dropout(0.5), batch_norm(), L.Dense(6)),
     "sequence_permute_flatten_dense": lambda: chain((6, 4), L.Permute((2, 1)), L.Flatten(), L.Dense(3)),
     "permute_reshape_to_vector_dense": lambda: chain((3, 4, 5), conv(), L.Permute((3, 2, 1)), L.Reshape((60,)),
                                                      L.Dense(6)),

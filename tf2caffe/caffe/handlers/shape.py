@@ -48,12 +48,19 @@ def permutation(layer):
 
 
 def permute_folds(model, layer) -> bool:
-    """Whether permute `layer` emits nothing: every consumer flattens it for Dense layers only."""
+    """Whether permute `layer` emits nothing: every consumer flattens it for Dense layers only
+    (through Dropout, activations, batch norm: layers that take any feature order)."""
     consumers = model.consumers(layer.name)
-    flattens = [c for c in consumers if c.type in ("flatten", "reshape") and len(c.output_shape) == 2]
-    return (layer.name not in model.outputs and bool(consumers) and len(flattens) == len(consumers)
-            and all(f.name not in model.outputs and model.consumers(f.name)
-                    and all(d.type == "dense" for d in model.consumers(f.name)) for f in flattens))
+    return (layer.name not in model.outputs and bool(consumers) and all(
+        c.type in ("flatten", "reshape") and len(c.output_shape) == 2 and _read_by_dense_only(model, c.name)
+        for c in consumers))
+
+
+def _read_by_dense_only(model, name) -> bool:
+    consumers = model.consumers(name)
+    return name not in model.outputs and bool(consumers) and all(
+        c.type == "dense" or (c.type in FEATURE_WISE and len(c.inputs) == 1 and _read_by_dense_only(model, c.name))
+        for c in consumers)
 
 
 def held_axes_of(model, name):
