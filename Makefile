@@ -1,10 +1,13 @@
 # tf2caffe: TensorFlow/tflearn -> Caffe.
 #   make                 export then import MODEL (default vgg19)
 #   make env             create both environments (cached in ~/.cache/tf2caffe)
-#   make env CAFFE=source  also build the second Caffe, compiled from source (tf2caffe/source_caffe.py)
-#   make test            lint, then the whole test suite (what CI runs)
+#   make env CAFFE=source  the same with the second Caffe, compiled from source
+#                        (tf2caffe/source_caffe.py), as the Caffe that writes: the fallback
+#                        for the day Debian bullseye's packages are gone
+#   make test            lint, build both Caffes, then the whole test suite, and the handler
+#                        and zoo tests again written by the other Caffe (what CI runs)
 #   make test-fast       lint, then the tests marked neither chroot, containers nor slow
-#                        (handlers with the native backend): the edit loop, under a minute
+#                        (handlers written natively, verified in OpenCV): the edit loop, under a minute
 #   make lint            ruff, and vermin's Python 3.9 floor for the code the Caffe chroot runs
 #   make convert SRC=... OUT=...
 #   make bench           VGG-19 224x224 benchmark, by hand (not in CI) -> bench/results.md
@@ -23,22 +26,27 @@ REQS     := requirements.txt export/requirements.txt
 DEBS     := import/debian-packages.txt
 ENVS_PY  := tf2caffe/environments.py
 
-# bullseye: Debian's packaged Caffe (the import stage's). source: also BVLC Caffe + SSD layers
-# compiled from the PyPI sdist into a cached venv (minutes the first time).
+# The Caffe that writes converted nets (tf2caffe/runtimes.py; each net is also verified in the
+# other Caffe when that is built, and in OpenCV). bullseye: Debian's packaged Caffe in a chroot.
+# source: BVLC Caffe + SSD layers compiled from the PyPI sdist into a cached venv (minutes the
+# first time). tf2caffe reads the choice from TF2CAFFE_CAFFE.
 CAFFE ?= bullseye
 ifeq ($(filter $(CAFFE),bullseye source),)
 $(error CAFFE must be bullseye or source, not '$(CAFFE)')
 endif
+export TF2CAFFE_CAFFE := $(CAFFE)
+OTHER_CAFFE := $(filter-out $(CAFFE),bullseye source)
+# python3 -m tf2caffe.environments COMMAND that builds each Caffe
+ENVIRONMENT_OF_bullseye := caffe
+ENVIRONMENT_OF_source := caffe-source
 
-.PHONY: all env caffe-env export import convert test test-fast lint bench clean
+.PHONY: all env caffe-env both-caffes export import convert test test-fast lint bench clean
 
 all: export import
 
 env: $(REQS) $(DEBS) $(ENVS_PY)
-	$(PYTHON) -m tf2caffe.environments all
-ifeq ($(CAFFE),source)
-	$(PYTHON) -m tf2caffe.environments caffe-source
-endif
+	$(PYTHON) -m tf2caffe.environments tf
+	$(PYTHON) -m tf2caffe.environments $(ENVIRONMENT_OF_$(CAFFE))
 
 # The TF side: .venv (linked to the cached TensorFlow venv) and its console script.
 $(TF2CAFFE): $(REQS) $(ENVS_PY)
@@ -47,7 +55,12 @@ $(TF2CAFFE): $(REQS) $(ENVS_PY)
 
 # The Caffe side lives in the cache only, so there is no file to depend on.
 caffe-env: $(DEBS) $(ENVS_PY)
+	$(PYTHON) -m tf2caffe.environments $(ENVIRONMENT_OF_$(CAFFE))
+
+# Both Caffes, for the tests: every net is verified in both.
+both-caffes: $(DEBS) $(ENVS_PY)
 	$(PYTHON) -m tf2caffe.environments caffe
+	$(PYTHON) -m tf2caffe.environments caffe-source
 
 # The stage commands, run locally or (RUNTIME=docker) in the stage's image with the working
 # folder mounted at /work: paths must then be inside it and relative.
@@ -105,14 +118,16 @@ lint: $(TF2CAFFE)
 	.venv/bin/python -c "import sys, vermin; sys.exit(vermin.main())" -q --no-tips --violations \
 	  -t=3.9- $(CHROOT_PYTHON)
 
-test: env lint
+# The handler and zoo tests run twice: written by each Caffe (and verified in both, and OpenCV).
+test: env both-caffes lint
 	.venv/bin/python -m pytest -ra -p no:cacheprovider tests
+	TF2CAFFE_CAFFE=$(OTHER_CAFFE) .venv/bin/python -m pytest -ra -p no:cacheprovider tests/handlers tests/test_zoo.py
 
-# The conversions of the handler suites run with the native backend (written without Caffe,
-# measured in OpenCV only); `make test` measures them in pycaffe too. Test files are spread over
-# the CPUs, each whole in one process (its module fixture converts all its cases at once).
+# The conversions of the handler suites use no Caffe (written natively, measured in OpenCV
+# only); `make test` measures them in both Caffes too. Test files are spread over the CPUs,
+# each whole in one process (its module fixture converts all its cases at once).
 test-fast: $(TF2CAFFE) lint
-	TF2CAFFE_TEST_BACKEND=native .venv/bin/python -m pytest -q -p no:cacheprovider \
+	TF2CAFFE_CAFFE=none .venv/bin/python -m pytest -q -p no:cacheprovider \
 	  -m "not chroot and not containers and not slow" -n auto --dist loadfile tests
 
 bench: $(TF2CAFFE) caffe-env

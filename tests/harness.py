@@ -1,13 +1,18 @@
-"""Convert small Keras models end to end and measure them in pycaffe and OpenCV.
+"""Convert small Keras models end to end and measure them in every runtime here.
 
     results = convert_keras_batch({"conv_same": model_a, "conv_valid": model_b}, tmp_path)
     for result in results.values():
         assert_exact(result)
 
 Each model is exported in-process, all of them are imported by ONE `tf2caffe import` (one Caffe
-subprocess: starting the chroot and pycaffe costs about a second), then each `.caffemodel` is run
-through OpenCV's independent Caffe reader. `convert_h5_batch` does the import and OpenCV steps for
-intermediates already written (graph-level exports). TensorFlow-side only.
+subprocess: starting the chroot and pycaffe costs about a second), which verifies each in every
+runtime here that has its layer types (tf2caffe/runtimes.py: both Caffes, OpenCV's independent
+reader). `convert_h5_batch` does the import for intermediates already written (graph-level
+exports). TensorFlow-side only.
+
+TF2CAFFE_CAFFE chooses the Caffe that writes the nets, as it does for `tf2caffe`: bullseye (the
+default), source (`make test` runs the handler and zoo tests so too), or none (`make test-fast`:
+written natively, measured in OpenCV only).
 """
 from __future__ import annotations
 
@@ -18,27 +23,31 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from tf2caffe import intermediate, opencv_check
-from tf2caffe.report import FileResult
+from tf2caffe import intermediate, runtimes
 from tf2caffe.caffe import verify
+from tf2caffe.measure import within
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# `make test-fast` sets native: the conversions then run without the Caffe chroot (written
-# natively, measured in OpenCV only); unset, `tf2caffe import` chooses (pycaffe where it exists).
-TEST_BACKEND = os.environ.get("TF2CAFFE_TEST_BACKEND")
+# The Caffe the run asks to write with; None: tf2caffe's default.
+CAFFE = os.environ.get(runtimes.CAFFE_ENV) or None
+CAFFE_NAMES = {runtime.name for runtime in runtimes.RUNTIMES.values() if runtime.is_caffe}
 
 
 class Result:
-    """One converted model: errors per compared layer (pycaffe, OpenCV), per mapped layer
-    (pycaffe), the prototxt and the Caffe layer types it uses; `error` when it did not convert."""
+    """One converted model: per runtime it was verified in, the errors per compared layer and per
+    mapped layer; the prototxt and the Caffe layer types it uses; `error` when it did not convert."""
 
     def __init__(self, name: str, h5: Path):
         self.name = name
         self.h5 = h5
         self.error: Optional[str] = None
-        self.pycaffe: Dict[str, float] = {}
-        self.opencv: Dict[str, float] = {}
-        self.per_layer: Dict[str, float] = {}
+        self.verified_with: Optional[str] = None  # the runtime that wrote it
+        self.runtimes: Dict[str, Dict[str, float]] = {}  # runtime -> compared layer -> relative error
+        self.per_layer_in: Dict[str, Dict[str, float]] = {}  # runtime -> mapped layer -> relative error
+        self.per_layer: Dict[str, float] = {}  # the writer's
+        # runtime -> layer -> {"caffe", "tensorflow"}: errors against the float64 truth, where the
+        # export computed one
+        self.float64: Dict[str, Dict[str, Dict[str, float]]] = {}
         self.layer_order: List[str] = []
         self.prototxt = ""
         self.caffe_types: List[str] = []
@@ -47,8 +56,7 @@ class Result:
         self.report: Dict = {}
 
     def __repr__(self):
-        return "Result(%r, pycaffe=%r, opencv=%r, error=%r)" % (
-            self.name, self.pycaffe, self.opencv, self.error)
+        return "Result(%r, runtimes=%r, error=%r)" % (self.name, self.runtimes, self.error)
 
 
 def import_files(h5_files: List[Path], out_dir: Path, per_layer: bool = True,
@@ -57,8 +65,6 @@ def import_files(h5_files: List[Path], out_dir: Path, per_layer: bool = True,
     out_dir/report.json."""
     command = [sys.executable, "-m", "tf2caffe", "import", *map(str, h5_files), "-o", str(out_dir),
                "--profile", profile, "--report", str(out_dir / "report.json"), *extra]
-    if TEST_BACKEND:
-        command += ["--backend", TEST_BACKEND]
     if per_layer:
         command.append("--per-layer")
     return subprocess.run(command, cwd=str(PROJECT_ROOT), stdout=subprocess.PIPE,
@@ -67,7 +73,7 @@ def import_files(h5_files: List[Path], out_dir: Path, per_layer: bool = True,
 
 def convert_keras_batch(models: Dict[str, object], tmp_dir, per_layer: bool = True,
                         profile: str = "bvlc", seed: int = 0) -> Dict[str, Result]:
-    """Export, import (one Caffe subprocess for all) and check in OpenCV each named Keras model."""
+    """Export and import (one Caffe subprocess for all, verified in every runtime) each named Keras model."""
     from tf2caffe.export.keras import model_to_intermediate  # imports TensorFlow
 
     return convert_intermediate_batch(
@@ -78,7 +84,7 @@ def convert_keras_batch(models: Dict[str, object], tmp_dir, per_layer: bool = Tr
 def convert_intermediate_batch(models: Dict[str, intermediate.Model], tmp_dir, per_layer: bool = True,
                                profile: str = "bvlc") -> Dict[str, Result]:
     """Like `convert_keras_batch` for intermediate models built by hand (layers no Keras layer
-    exports): write each, import all in one Caffe subprocess, then OpenCV."""
+    exports): write each, import all in one Caffe subprocess."""
     tmp_dir = Path(tmp_dir).resolve()
     tmp_dir.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -92,7 +98,7 @@ def convert_h5_batch(files: Dict[str, Path], tmp_dir, per_layer: bool = True,
                      profile: str = "bvlc", extra: List[str] = ()) -> Dict[str, Result]:
     """Import each named, already written `.h5` (with per-layer activations if `per_layer`) in
     ONE Caffe subprocess (`extra`: more import options, e.g. --prototxt), report at
-    tmp_dir/report.json, then check each in OpenCV."""
+    tmp_dir/report.json."""
     tmp_dir = Path(tmp_dir).resolve()  # report keys are the paths the chroot sees: real ones
     tmp_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -125,33 +131,47 @@ def _fill(result: Result, entry: Dict) -> None:
     result.error = entry.get("error")
     if result.error:
         return
-    result.pycaffe = {name: errors["max_rel"] for name, errors in entry["compared"].items()}
+    result.verified_with = entry["verified_with"]
+    result.runtimes = {runtime: {name: errors["max_rel"] for name, errors in measured["compared"].items()}
+                       for runtime, measured in entry["runtimes"].items()}
+    result.per_layer_in = {runtime: dict(measured["per_layer"]) for runtime, measured in entry["runtimes"].items()}
     result.per_layer = dict(entry["per_layer"])
+    result.float64 = {runtime: dict(measured.get("float64") or {}) for runtime, measured in entry["runtimes"].items()}
     result.caffe_types = list(entry["layers"]["caffe_types"])
     result.accuracy = entry.get("accuracy")
     result.files = dict(entry["files"])
     result.prototxt = Path(result.files["prototxt"]).read_text()
-    try:
-        opencv = opencv_check.check_result(FileResult.from_json(entry))
-    except Exception as error:  # OpenCV refusing the model is a test failure, not a crash
-        result.error = "OpenCV: %s: %s" % (type(error).__name__, " ".join(str(error).split()))
-        return
-    result.opencv = {name: errors["max_rel"] for name, errors in opencv.items()}
 
 
 def assert_exact(result: Result, tol: float = 1e-4, layer_tol: float = 1e-5) -> None:
-    """The model converted, and every compared layer (pycaffe and OpenCV) and every mapped layer
-    (pycaffe) is within tolerance; the message names the first layer that diverges."""
+    """The model converted, was written by the Caffe this run asks for (when it has the model's
+    layer types) and verified in every runtime here that can run it, OpenCV included; in each,
+    every compared layer is within `tol`, and in each Caffe (and the writer's runtime) every
+    mapped layer within `layer_tol` (judged against the float64 truth where the export computed
+    one: measure.within); the message names the first layer that diverges."""
     assert result.error is None, "%s: %s" % (result.name, result.error)
-    assert result.pycaffe, "%s: nothing was compared in pycaffe" % result.name
-    assert result.opencv, "%s: nothing was compared in OpenCV" % result.name
-    diverging = verify.first_over(result.per_layer, result.layer_order, layer_tol)
-    assert diverging is None, "%s: layer '%s' diverges in pycaffe: relative error %.3g > %g (%s)" % (
-        result.name, diverging, result.per_layer[diverging], layer_tol, _table(result.per_layer))
-    for backend, errors in (("pycaffe", result.pycaffe), ("OpenCV", result.opencv)):
+    can_run = [runtime.name for runtime in runtimes.available_runtimes() if runtime.runs(result.caffe_types)]
+    assert "OpenCV" in can_run and sorted(result.runtimes) == sorted(can_run), (
+        "%s: verified in %s, not in every runtime that can run it: %s" % (result.name, list(result.runtimes), can_run))
+    if CAFFE != runtimes.NO_CAFFE:
+        wanted = runtimes.caffe_order()[0]
+        if wanted.runs(result.caffe_types):
+            assert result.verified_with == wanted.name, "%s: written by %s, not %s" % (
+                result.name, result.verified_with, wanted.name)
+    for runtime, errors in result.runtimes.items():
+        # Layer by layer in every Caffe and in the writer's runtime (OpenCV, for the native writer):
+        # OpenCV's Winograd convolutions add about 5e-6 each, so deep nets pass its logits only.
+        per_layer = result.per_layer_in[runtime] if runtime in CAFFE_NAMES or runtime == result.verified_with else {}
+        float64 = result.float64.get(runtime, {})
+        diverging = verify.first_over(per_layer, result.layer_order, layer_tol, float64)
+        assert diverging is None, "%s: layer '%s' diverges in %s: relative error %.3g > %g (%s)" % (
+            result.name, diverging, runtime, per_layer[diverging], layer_tol, _table(per_layer))
         for name, value in errors.items():
-            assert value <= tol, "%s: %s relative error %.3g > %g on layer '%s' (per layer: %s)" % (
-                result.name, backend, value, tol, name, _table(result.per_layer))
+            truth = float64.get(name)
+            assert within(value, tol, truth), "%s: %s relative error %.3g > %g on layer '%s'%s (per layer: %s)" % (
+                result.name, runtime, value, tol, name,
+                " (against the float64 truth: %(caffe).3g, TensorFlow float32 %(tensorflow).3g)" % truth
+                if truth else "", _table(per_layer))
 
 
 def _table(errors: Dict[str, float]) -> str:

@@ -9,8 +9,7 @@ import pytest
 import intermediate_models
 from harness import assert_exact, convert_keras_batch
 
-from tf2caffe import cli, intermediate, opencv_check
-from tf2caffe.report import FileResult
+from tf2caffe import cli, intermediate, runtimes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +66,7 @@ def test_the_api_refuses_an_unknown_profile_before_any_work(tmp_path, call):
 
 
 @pytest.mark.chroot
-def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
+def test_import_runs_in_the_chroot_and_every_runtime_agrees(tmp_path):
     files = [intermediate_models.write(intermediate_models.mlp(name, seed=seed), tmp_path)
              for seed, name in enumerate(["first", "second"])]
     report = tmp_path / "out" / "report.json"
@@ -81,10 +80,12 @@ def test_import_runs_in_the_chroot_and_opencv_agrees(tmp_path):
     assert sorted(results) == ["first.h5", "second.h5"]
     for entry in results.values():
         assert entry["verified"]
-        entry["file"] = str(tmp_path / entry["file"])
-        entry["files"] = {kind: str(tmp_path / path) for kind, path in entry["files"].items()}
-        for errors in opencv_check.check_result(FileResult.from_json(entry)).values():
-            assert errors["max_rel"] <= 1e-6
+        # Verified in every runtime here (the source-built Caffe's when it is built), OpenCV too.
+        assert {"pycaffe-bullseye", "OpenCV"} <= set(entry["runtimes"])
+        for runtime in entry["runtimes"].values():
+            for errors in runtime["compared"].values():
+                assert errors["max_rel"] <= 1e-6
+            assert runtime["per_layer"] and max(runtime["per_layer"].values()) <= 1e-6
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "first.caffemodel", "first.prototxt", "report.json", "second.caffemodel", "second.prototxt"]
     assert len(files) == 2
@@ -115,8 +116,65 @@ def test_convert_writes_the_model_and_a_short_report(tmp_path):
     small_cnn().save(str(tmp_path / "cnn.keras"))
     completed = tf2caffe("convert", tmp_path / "cnn.keras", "-o", tmp_path / "out")
     assert completed.returncode == 0, completed.stderr
-    assert "max relative error: pycaffe" in completed.stdout and "OpenCV" in completed.stdout
+    assert "max relative error: pycaffe-bullseye" in completed.stdout and "OpenCV" in completed.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn.caffemodel", "cnn.h5", "cnn.prototxt"]
+
+
+def with_flavour_activations(*activations):
+    """small_cnn with ReLU6 and/or Swish (layer types of the opencv profile) after its convolution."""
+    import keras
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    for activation in activations:
+        x = keras.layers.Activation(activation)(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(5)(x)
+    return keras.Model(inputs, outputs)
+
+
+def source_caffe_built():
+    return runtimes.RUNTIMES["source"].available()
+
+
+@pytest.mark.chroot
+@pytest.mark.skipif(not source_caffe_built(), reason="the source-built Caffe is not built (make env CAFFE=source)")
+def test_convert_opencv_profile_relu6_verifies_in_the_source_caffe_and_opencv(tmp_path):
+    with_flavour_activations("relu6").save(str(tmp_path / "relu6.keras"))
+    completed = tf2caffe("convert", tmp_path / "relu6.keras", "-o", tmp_path / "out", "--profile", "opencv")
+    assert completed.returncode == 0, completed.stderr
+    assert "(written by pycaffe-source (it has every layer type of the net))" in completed.stdout
+    errors = completed.stdout.split("max relative error: ", 1)[1].split(" (compared")[0]
+    assert [part.split()[0] for part in errors.split(", ")] == ["pycaffe-source", "OpenCV"]
+    assert "ReLU6" in (tmp_path / "out" / "relu6.prototxt").read_text()
+
+
+@pytest.mark.chroot
+@pytest.mark.skipif(not source_caffe_built(), reason="the source-built Caffe is not built (make env CAFFE=source)")
+def test_api_convert_reports_every_runtime_it_verified_in(tmp_path):
+    import tf2caffe
+    with_flavour_activations("relu6").save(str(tmp_path / "relu6.keras"))
+    converted = tf2caffe.convert(str(tmp_path / "relu6.keras"), str(tmp_path / "out"), profile="opencv")
+    assert converted.status == 0 and converted.opencv_only is None
+    assert converted.result.verified_with == "pycaffe-source"
+    assert list(converted.runtimes()) == ["pycaffe-source", "OpenCV"]
+    for errors in converted.runtimes().values():
+        assert max(errors.values()) <= 1e-5, converted.runtimes()
+
+
+@pytest.mark.chroot
+def test_convert_with_a_type_no_caffe_has_verifies_in_opencv_only_and_says_so(tmp_path):
+    with_flavour_activations("relu6", "swish").save(str(tmp_path / "both.keras"))
+    completed = tf2caffe("convert", tmp_path / "both.keras", "-o", tmp_path / "out", "--profile", "opencv")
+    assert completed.returncode == 0, completed.stderr
+    assert "(written by native (no Caffe here has " in completed.stdout
+    errors = completed.stdout.split("max relative error: ", 1)[1].split(" (compared")[0]
+    assert errors.split()[0] == "OpenCV" and "," not in errors
+    # bullseye's Caffe has Swish but not ReLU6, the source-built one ReLU6 but not Swish.
+    said = "verified in OpenCV only: no Caffe here has " + (
+        "all its layer types: pycaffe-bullseye lacks ReLU6; pycaffe-source lacks Swish"
+        if source_caffe_built() else "ReLU6")
+    assert said in completed.stdout
 
 
 @pytest.mark.chroot

@@ -3,7 +3,8 @@ stops with exit 130 and the one line `tf2caffe: interrupted; no output was writt
 folder is as it was (no partial output, no scratch folder) and no process of the import is left.
 
 Ctrl-C in a terminal sends SIGINT to the command's whole process group (the Caffe child included);
-`kill -INT PID` sends it to the command alone, which must pass it on. Each test tries both.
+`kill -INT PID` sends it to the command alone, which must pass it on. Each test tries both, with
+the import stage in each Caffe (bullseye's chroot, the source-built Caffe's venv).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from test_bad_input import PROJECT_ROOT, Workspace, assert_untouched
-from tf2caffe import intermediate
+from tf2caffe import intermediate, runtimes
 from tf2caffe.intermediate import Layer, Model
 
 pytestmark = [pytest.mark.chroot, pytest.mark.slow]
@@ -84,11 +85,13 @@ def _as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_import(ws: Workspace) -> subprocess.Popen:
-    """`tf2caffe import` in its own process group (as a shell's foreground job)."""
+def start_import(ws: Workspace, caffe: str) -> subprocess.Popen:
+    """`tf2caffe import` with the import stage in `caffe`, in its own process group (as a shell's
+    foreground job)."""
     return subprocess.Popen([sys.executable, "-m", "tf2caffe", *ws.import_args()], cwd=str(PROJECT_ROOT),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True, start_new_session=True, preexec_fn=_as_in_a_terminal)
+                            universal_newlines=True, start_new_session=True, preexec_fn=_as_in_a_terminal,
+                            env=dict(os.environ, **{runtimes.CAFFE_ENV: caffe}))
 
 
 def interrupt(command: subprocess.Popen, to_group: bool) -> None:
@@ -149,7 +152,7 @@ def processes_mentioning(text: str) -> List[str]:
 
 def import_stages(ws: Workspace, commands: List[str]) -> int:
     """How many processes run this workspace's import stage (2 while a child reads the file)."""
-    return sum(command.startswith("python3 -m tf2caffe.import_stage %s " % ws.h5) for command in commands)
+    return sum(" -m tf2caffe.import_stage %s " % ws.h5 in command for command in commands)
 
 
 def scratch_prototxt(ws: Workspace) -> bool:
@@ -172,15 +175,18 @@ MOMENTS = {
 }
 
 
-def test_interrupted_at_every_moment_under_load(tmp_path, big_h5):
+@pytest.mark.parametrize("caffe", runtimes.CAFFES)
+def test_interrupted_at_every_moment_under_load(tmp_path, big_h5, caffe):
     """One run per moment and per way (Ctrl-C, `kill -INT`), all at once, with every CPU busy."""
+    if not runtimes.RUNTIMES[caffe].available():
+        pytest.skip("the %s Caffe is not built" % caffe)
     runs = []
     with busy_cpus():
         try:
             for moment, reached in MOMENTS.items():
                 for to_group in (True, False):
                     ws = workspace(tmp_path / ("%s_%s" % (moment, "ctrl_c" if to_group else "kill")), big_h5)
-                    runs.append((moment, reached, to_group, ws, start_import(ws)))
+                    runs.append((moment, reached, to_group, ws, start_import(ws, caffe)))
             started = time.monotonic()
             waiting = list(runs)
             while waiting:

@@ -182,13 +182,11 @@ def test_exact(results, name):
     assert_exact(results[name])
 
 
-# In the opencv profile YOLOv4's Mish is OpenCV's Mish layer (pycaffe has none: OpenCV only).
+# In the opencv profile YOLOv4's Mish is OpenCV's Mish layer (no Caffe here has it: OpenCV only).
 def test_yolo_v4_with_opencv_mish(tmp_path):
-    from handlers.handler_batch import opencv_only_errors
-    errors = opencv_only_errors(build(yolo_v4), "yolo_v4", "opencv", tmp_path)
-    assert errors and max(errors.values()) <= 1e-5, errors
-    prototxt = (tmp_path / "yolo_v4.prototxt").read_text()
-    assert 'type: "Mish"' in prototxt and "BNLL" not in prototxt
+    result = convert_keras_batch({"yolo_v4": build(yolo_v4)}, tmp_path, profile="opencv")["yolo_v4"]
+    assert_exact(result)
+    assert "Mish" in result.caffe_types and "BNLL" not in result.caffe_types
 
 
 def readme_decode():

@@ -3,12 +3,13 @@
     import tf2caffe
     tf2caffe.export("model.keras", "out")          # -> ExportReport(h5="out/model.h5")
     tf2caffe.import_(["out/model.h5"], "out")      # -> ImportReport(status, backend, report)
-    tf2caffe.convert("model.keras", "out")         # -> ConvertReport: export + import + OpenCV
+    tf2caffe.convert("model.keras", "out")         # -> ConvertReport: export + import
     tf2caffe.check("model.keras")                  # -> CheckReport: every layer that cannot convert
 
 Problems the user can act on raise ConversionError (one line naming the file/layer). TensorFlow
-is imported only by the functions that read a TensorFlow model; the import stage runs in the
-Caffe environment (pycaffe backend, `caffe_runner`) or in this process (native backend).
+is imported only by the functions that read a TensorFlow model; the import stage runs in a
+Caffe environment (pycaffe backend, `caffe_runner`) or in this process (native backend), and
+each net is then verified in every other runtime that can run it (`runtimes`).
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from . import report as import_report
 from .caffe.profiles import DEFAULT_PROFILE, get_profile
 from .errors import ConversionError, UnsupportedError
 from .import_options import DEFAULT_TOLERANCE, ImportOptions
+
+if TYPE_CHECKING:
+    from . import runtimes
 
 
 @dataclass
@@ -37,27 +41,25 @@ class ExportReport:
 class ImportReport:
     status: int  # 0 all verified, 1 some verification failed (files written), 2 some file did not convert
     backend: str
-    report: Optional[import_report.Report] = None  # read back when a report path was given
+    report: Optional[import_report.Report] = None  # None: the import stage wrote no report
+    writer: str = ""  # the runtime that wrote the files ("pycaffe-bullseye", "native"), and why
+    opencv_only: Dict[str, str] = field(default_factory=dict)  # file verified in OpenCV alone -> why
 
 
 @dataclass
 class ConvertReport:
     h5: str
-    status: int  # as ImportReport's, OpenCV's verdict included
+    status: int  # as ImportReport's
     tolerance: float
     result: Optional[import_report.FileResult] = None  # None: the import stage wrote no report
-    # OpenCV's errors when the import stage verified in another runtime (pycaffe)
-    opencv: Optional[Dict[str, Dict[str, float]]] = None
-    opencv_failures: List[Tuple[str, float]] = field(default_factory=list)  # (layer, relative error)
+    writer: str = ""  # as ImportReport's
+    opencv_only: Optional[str] = None  # why it was verified in OpenCV alone, if it was
 
-    def measured(self) -> Dict[str, Dict[str, float]]:
-        """runtime -> {compared layer: relative error}, for every runtime that ran the model."""
-        runtimes = {}
-        if self.result is not None and self.result.verified_with:
-            runtimes[self.result.verified_with] = import_report.max_rel(self.result.compared)
-        if self.opencv is not None:
-            runtimes["OpenCV"] = import_report.max_rel(self.opencv)
-        return runtimes
+    def runtimes(self) -> Dict[str, Dict[str, float]]:
+        """runtime -> {compared layer: relative error}, for every runtime the model was verified in."""
+        if self.result is None:
+            return {}
+        return {name: import_report.max_rel(errors["compared"]) for name, errors in self.result.runtimes.items()}
 
 
 @dataclass
@@ -118,43 +120,123 @@ def tensorflow_banner_hidden():
 
 # ---------------------------------------------------------------- import
 
-def choose_backend(backend: Optional[str], prototxt: Optional[str] = None) -> Tuple[str, Optional[str]]:
-    """(backend, why it was chosen): `backend`, or the default (pycaffe if the Caffe environment
-    has been built, else native), with the reason when it was the default. Refuses what the
-    native backend cannot do before any work starts."""
-    reason = None
-    if backend is None:
-        from . import environments
-        if environments.built_caffe_root() is not None:
-            backend, reason = "pycaffe", "the Caffe environment exists"
-        else:
-            backend, reason = "native", "no Caffe environment found"
-    if backend == "native" and prototxt:
+def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str]) -> None:
+    """Refuse, before any work starts, what the native backend cannot do, and pycaffe without a
+    Caffe."""
+    from . import runtimes
+    if prototxt and (backend == "native" or (backend is None and not runtimes.available_caffes())):
         from .caffe.backends import PROTOTXT_NEEDS_PYCAFFE
         raise ConversionError(PROTOTXT_NEEDS_PYCAFFE % prototxt)
-    return backend, reason
+    runtimes.choose_writer(backend, None)
 
 
 def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, per_layer: bool = False, backend: Optional[str] = None,
             verify: bool = True, report: Optional[str] = None, debug: bool = False,
             quiet: bool = False) -> ImportReport:
-    """Intermediate files -> `out_dir/<stem>.prototxt` and `.caffemodel`, verified against
-    TensorFlow's reference outputs. The import stage prints a report per file (unless `quiet`)
-    and writes the JSON report to `report` (read back into the result)."""
-    get_profile(profile)  # an unknown name is refused before any work
-    backend, _ = choose_backend(backend, prototxt)
-    options = ImportOptions(backend, prototxt=prototxt, profile=profile, tolerance=tolerance, report=report,
-                            per_layer=per_layer, verify=verify, debug=debug, progress=sys.stderr.isatty())
-    files = [str(path) for path in files]
-    if backend == "native":
-        status = import_here(files, str(out_dir), options, quiet)
-    else:
-        from .caffe_runner import run_import_stage
-        status = run_import_stage(files, str(out_dir), options,
-                                  stdout=subprocess.DEVNULL if quiet else None)
-    written = import_report.read(report) if report and os.path.exists(report) else None
-    return ImportReport(status, backend, written)
+    """Intermediate files -> `out_dir/<stem>.prototxt` and `.caffemodel`, each written by pycaffe
+    in the first Caffe here that has all its layer types, else natively (`runtimes.writers`;
+    `backend` forces one), and verified against TensorFlow's reference outputs in every runtime
+    here that can run it. Prints (unless `quiet`) the writers and the import stage's report per
+    file, and writes the JSON report to `report`."""
+    from . import runtimes
+
+    get_profile(profile)  # a bad name is refused before anything runs
+    refuse_what_cannot_work(backend, prototxt)
+    groups = runtimes.writers([str(path) for path in files], backend, profile, prototxt)
+    work = tempfile.mkdtemp(prefix="tf2caffe-import-")
+    imported = ImportReport(0, ",".join(sorted({choice.backend for choice, _ in groups})),
+                            writer="; ".join(choice.describe() for choice, _ in groups))
+    results: Dict[str, import_report.FileResult] = {}
+    try:
+        for index, (choice, group) in enumerate(groups):
+            if choice.reason and not quiet:
+                print("backend: %s%s" % (choice.describe(), "" if len(groups) == 1 else ": " + ", ".join(group)),
+                      flush=True)
+            # One writer: the import stage keeps the report current file by file (an interrupted
+            # run leaves what was done); several: merged below.
+            group_report = report if report and len(groups) == 1 else os.path.join(work, "report-%d.json" % index)
+            options = ImportOptions(choice.backend, prototxt=prototxt, profile=profile, tolerance=tolerance,
+                                    report=group_report, per_layer=per_layer, verify=verify, debug=debug,
+                                    progress=sys.stderr.isatty(),
+                                    runtime=choice.caffe.name if choice.caffe else None)
+            try:
+                status = run_import_stage(group, str(out_dir), options, choice, quiet)
+            except KeyboardInterrupt as interrupt:
+                written = _written(results)  # by the writers before this one
+                if not written:
+                    raise
+                said = interrupt.args[0] if interrupt.args else "interrupted; no output was written"
+                raise KeyboardInterrupt("interrupted; wrote the output of %s; then %s" % (
+                    ", ".join(written), said.replace("interrupted; ", "", 1))) from None
+            imported.status = max(imported.status, status)
+            if os.path.exists(group_report):
+                results.update(import_report.read(group_report).results)
+        if results:
+            imported.report = import_report.Report(tolerance, results)
+            try:
+                verify_elsewhere(imported, tolerance, quiet)
+            except KeyboardInterrupt:
+                written = _written(results)
+                if not written:
+                    raise
+                raise KeyboardInterrupt("interrupted; wrote the output of %s, not verified in every runtime" % (
+                    ", ".join(written))) from None
+            if report:
+                import_report.write(report, imported.report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return imported
+
+
+def _written(results: Dict[str, import_report.FileResult]) -> List[str]:
+    return [path for path, result in results.items() if not result.error]
+
+
+def run_import_stage(files: List[str], out_dir: str, options: ImportOptions, choice: "runtimes.Choice",
+                     quiet: bool) -> int:
+    if choice.caffe is None:
+        return import_here(files, out_dir, options, quiet)
+    from .caffe_runner import run_import_stage as run_in_caffe
+    return run_in_caffe(files, out_dir, options, choice.caffe, stdout=subprocess.DEVNULL if quiet else None)
+
+
+def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> None:
+    """Measure every converted file in each other runtime here that has all its layer types (one
+    process per Caffe), into `imported.report`; a runtime over `tolerance` makes the status 1."""
+    from . import runtimes
+    from .caffe_runner import measure_in
+    from .opencv_check import check_result
+
+    results = [result for result in imported.report.results.values() if not result.error and result.verified_with]
+    for runtime in runtimes.available_runtimes():
+        wanted = [result for result in results
+                  if runtime.name not in result.runtimes and runtime.runs(result.caffe_types)]
+        if not wanted:
+            continue
+        try:
+            if runtime.is_caffe:
+                measured = measure_in(runtime, import_report.Report(tolerance, {result.file: result
+                                                                                for result in wanted}))
+            else:
+                measured = {result.file: check_result(result) for result in wanted}
+        except ConversionError as error:
+            error.args = ("%s (the files were written)" % error,)
+            raise
+        for result in wanted:
+            result.add_runtime(runtime.name, measured[result.file], tolerance)
+    for result in results:
+        if list(result.runtimes) == [runtimes.RUNTIMES[runtimes.OPENCV].name]:
+            imported.opencv_only[result.file] = runtimes.why_opencv_only(result.caffe_types)
+        if not quiet:
+            import_report.print_runtimes(result, tolerance, imported.opencv_only.get(result.file))
+        for runtime, layer, error in result.failures(tolerance):
+            if runtime != result.verified_with:  # whose failures the import stage reported itself
+                sys.stderr.write("tf2caffe: verification failed: %s: layer '%s' has relative error %.3g in %s > "
+                                 "tolerance %g (the files were written)\n" % (
+                                     result.file, layer, error, runtime, tolerance))
+        if result.verified is False:
+            imported.status = max(imported.status, 1)
 
 
 def import_here(files: List[str], out_dir: str, options: ImportOptions, quiet: bool) -> int:
@@ -174,33 +256,22 @@ def import_here(files: List[str], out_dir: str, options: ImportOptions, quiet: b
 def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, backend: Optional[str] = None, verify: bool = True,
             debug: bool = False, per_layer: bool = False, **export_options) -> ConvertReport:
-    """export + import + (after pycaffe) the OpenCV check of one model. `export_options`: those
-    of `export`."""
-    get_profile(profile)  # an unknown name is refused before any work
-    backend, _ = choose_backend(backend, prototxt)
+    """export + import (verified in every runtime here that can run the net) of one model.
+    `export_options`: those of `export`."""
+
+    get_profile(profile)
+    refuse_what_cannot_work(backend, prototxt)  # before exporting
     h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
-    work = tempfile.mkdtemp(prefix=".tf2caffe-convert-", dir=str(out_dir))
-    try:
-        imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
-                           per_layer=per_layer, backend=backend, verify=verify,
-                           report=os.path.join(work, "report.json"), debug=debug, quiet=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    converted = ConvertReport(h5, imported.status, tolerance)
+    imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
+                       per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True)
+    converted = ConvertReport(h5, imported.status, tolerance, writer=imported.writer,
+                              opencv_only=imported.opencv_only.get(h5))
     if imported.report is None:
         converted.status = imported.status or 2
         return converted
     converted.result = next(iter(imported.report.results.values()))  # the only file
     if converted.result.error:
         converted.status = imported.status or 2
-        return converted
-    if converted.result.verified_with == "pycaffe":  # the native backend measured OpenCV already
-        from . import opencv_check
-        converted.opencv = opencv_check.check_result(converted.result)
-        converted.opencv_failures = [(name, error)
-                                     for name, error in import_report.max_rel(converted.opencv).items()
-                                     if not error <= tolerance]
-    converted.status = 1 if converted.opencv_failures or converted.result.verified is False else 0
     return converted
 
 
@@ -209,7 +280,7 @@ def check(src, *, profile: str = DEFAULT_PROFILE, debug: bool = False, **export_
     from . import intermediate
     from .caffe import emit
 
-    target = get_profile(profile)  # before any work: an unknown name is refused at once
+    target = get_profile(profile)
     with tempfile.TemporaryDirectory(prefix="tf2caffe-check-") as folder:
         try:
             model = intermediate.read(export(src, folder, per_layer=False, debug=debug, **export_options).h5)

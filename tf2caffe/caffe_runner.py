@@ -1,13 +1,16 @@
-"""The Caffe-environment runner: `python3 -m tf2caffe.import_stage` in the Caffe chroot.
+"""The Caffe-environment runner: `python3 -m tf2caffe.import_stage` in a Caffe (runtimes.py):
+bullseye's chroot or the source-built Caffe's venv.
 
-Binds the files and folders the import stage needs into the chroot, relays its stderr (progress
-bars included) without glog's lines, and turns Caffe's process-killing CHECK failures and crashes
-into one ConversionError naming the file Caffe was working on. A Ctrl-C stops the stage and says
-which files were written.
+Makes the files and folders the import stage needs visible in the chroot, relays its stderr
+(progress bars included) without glog's lines, and turns Caffe's process-killing CHECK failures
+and crashes into one ConversionError naming the file Caffe was working on. A Ctrl-C stops the
+stage and says which files were written. `measure_in` runs tf2caffe.caffe.pycaffe_check the same
+way, to verify written files in another Caffe.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -16,11 +19,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from . import interrupts
 from .errors import ConversionError, signal_name
 from .import_options import ImportOptions
+
+if TYPE_CHECKING:
+    from .report import Report
+    from .runtimes import Runtime
 
 # glog: "F1126 12:34:56.789012 12345 net.cpp:123] Check failed: ..." plus its stack dump.
 GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]*\] ?(.*)$")
@@ -37,14 +44,15 @@ def _seen_inside(path: Optional[str]) -> Optional[str]:
     return path if real == absolute else real
 
 
-def run_import_stage(files: List[str], output: str, options: ImportOptions, stdout=None) -> int:
-    """Run the import stage in the Caffe chroot; returns its exit status. A Caffe abort becomes
+def run_import_stage(files: List[str], output: str, options: ImportOptions, caffe: "Runtime",
+                     stdout=None) -> int:
+    """Run the import stage in `caffe` (a runtimes.Runtime); returns its exit status. A Caffe abort becomes
     a ConversionError naming the file Caffe was working on. Output folders it had to create are
     removed again if nothing was written in them. `stdout`: where the stage's own report lines
     go (default: ours)."""
     new_folders = _missing_folders(os.path.abspath(output))
     try:
-        return _run_import_stage(files, output, options, stdout)
+        return _run_import_stage(files, output, options, caffe, stdout)
     finally:
         for folder in new_folders:
             try:
@@ -62,9 +70,7 @@ def _missing_folders(path: str) -> List[str]:
     return missing
 
 
-def _run_import_stage(files: List[str], output: str, options: ImportOptions, stdout) -> int:
-    from . import environments
-
+def _run_import_stage(files: List[str], output: str, options: ImportOptions, caffe: "Runtime", stdout) -> int:
     files = [_seen_inside(path) for path in files]
     output = _seen_inside(output)
     options = dataclasses.replace(options, prototxt=_seen_inside(options.prototxt),
@@ -90,9 +96,9 @@ def _run_import_stage(files: List[str], output: str, options: ImportOptions, std
             except OSError as error:
                 raise ConversionError("%s: cannot write in the output folder: %s" % (output, error.strerror))
             status_read, status_write = os.pipe()
-        argv = ["python3", "-m", "tf2caffe.import_stage"] + options.argv(files, output)
+        argv = ["-m", "tf2caffe.import_stage"] + options.argv(files, output)
         argv += ["--scratch", scratch, "--status-fd", str(status_write)]
-        command = environments.caffe_command(argv, environments.PROJECT_ROOT, binds, os.getcwd())
+        command = caffe.command(argv, binds, os.getcwd())
         # The child runs in a process group of its own, which `_stop` signals whole: a Ctrl-C
         # that reached the shell setting up the chroot (dash -c defers SIGINT to the next
         # command) or a process between fork and exec would otherwise be lost, and the import run
@@ -128,6 +134,37 @@ def _run_import_stage(files: List[str], output: str, options: ImportOptions, std
             raise ConversionError("%s: Caffe refused the net: %s" % (where, fatal))
         raise ConversionError("%s: Caffe crashed (killed by %s)" % (where, signal_name(-returncode)))
     return returncode
+
+
+def measure_in(caffe: "Runtime", converted: "Report") -> Dict[str, Dict]:
+    """{file: report.runtime_errors} of the `converted` files (an import report), measured in
+    `caffe` (tf2caffe.caffe.pycaffe_check, reading a copy of the report). A Caffe abort becomes a
+    ConversionError."""
+    from . import report as import_report
+    files = list(converted.results)
+    with tempfile.TemporaryDirectory(prefix="tf2caffe-check-") as folder:
+        report = os.path.join(folder, "report.json")
+        import_report.write(report, converted)
+        binds = [report] + [path for result in converted.results.values()
+                            for path in (result.file, result.prototxt, result.caffemodel)]
+        command = caffe.command(["-m", "tf2caffe.caffe.pycaffe_check", report] + files,
+                                [_seen_inside(path) for path in binds], os.getcwd())
+        completed = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, universal_newlines=True)
+    if completed.returncode == 0:
+        return json.loads(completed.stdout)
+    lines = completed.stderr.splitlines()
+    glog = [match for match in map(GLOG_LINE.match, lines) if match]
+    fatal = next((match.group(2).strip() for match in glog if match.group(1) == "F"), None)
+    said = [line for line in lines if not (GLOG_LINE.match(line) or GLOG_NOISE.match(line) or not line.strip())]
+    where = ", ".join(files)
+    if fatal:
+        raise ConversionError("%s: %s refused the net: %s" % (where, caffe.name, fatal))
+    if completed.returncode < 0:
+        raise ConversionError("%s: %s crashed (killed by %s)" % (where, caffe.name, signal_name(-completed.returncode)))
+    # Its own one-line error ("tf2caffe: error: ..."), which names the file.
+    raise ConversionError("in %s: %s" % (caffe.name, said[-1].split("error: ", 1)[-1] if said else
+                                         "exit status %d" % completed.returncode))
 
 
 def _report_folder(report: str) -> str:

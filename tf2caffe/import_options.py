@@ -29,9 +29,11 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("native", "pycaffe"),
-                   help="pycaffe: write and verify with Caffe itself (in its environment); native: write "
-                        "the files without Caffe and verify with OpenCV (default: pycaffe if the Caffe "
-                        "environment exists, else native)")
+                   help="who writes the files: pycaffe (Caffe itself, in its environment) or native "
+                        "(without Caffe). Default: pycaffe in the first Caffe here that has every layer "
+                        "type of the net (TF2CAFFE_CAFFE=bullseye|source|none says which to prefer), else "
+                        "native. Either way the net is verified in every runtime here that can run it: "
+                        "both Caffes and OpenCV")
     p.add_argument("--no-verify", action="store_true",
                    help="write the files without running the reference input through them")
 
@@ -59,6 +61,7 @@ class ImportOptions:
     verify: bool = True
     debug: bool = False
     progress: bool = False  # progress bars on stderr even when it is not a terminal
+    runtime: Optional[str] = None  # the runtime the stage runs in, as reports name it (runtimes.py)
 
     def argv(self, files: List[str], output: str) -> List[str]:
         """The import stage's command line for `files` -> `output`."""
@@ -68,6 +71,8 @@ class ImportOptions:
             argv += ["--prototxt", self.prototxt]
         if self.report:
             argv += ["--report", self.report]
+        if self.runtime:
+            argv += ["--runtime", self.runtime]
         for flag, wanted in (("--per-layer", self.per_layer), ("--no-verify", not self.verify),
                              ("--debug", self.debug), ("--progress", self.progress)):
             if wanted:

@@ -29,9 +29,9 @@ import numpy as np
 
 from . import intermediate, interrupts, report
 from .caffe import emit, verify
+from .caffe.profiles import get_profile
 from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
-from .caffe.profiles import get_profile
 from .errors import ConversionError, reported_errors
 from .import_options import add_import_arguments
 
@@ -80,7 +80,7 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend: Ba
 
         result = report.FileResult(
             path, model=model.name, backend=backend.name,
-            verified_with=None if args.no_verify else backend.verifier,
+            verified_with=None if args.no_verify else args.runtime or backend.verifier,
             tensorflow_layers=len(model.layers), caffe_layers=len(described.layer_tops),
             caffe_types=described.types, inputs=described.inputs, prototxt=prototxt_out,
             caffemodel=caffemodel_out, targets=verify.targets_to_json(compared))
@@ -116,31 +116,31 @@ def verify_in(result: report.FileResult, backend: Backend, written, model, targe
     """Run the reference input once in the backend's runtime and measure the compared layers (and,
     with --per-layer or when the file has every layer's activation, every mapped layer) into
     `result`."""
-    path = model.source
-    feeds = verify.reference_feeds(model, {name: result.inputs[name] for name in model.inputs})
     every_layer = all(layer.name in model.reference_activations
                       for layer in model.layers if layer.type != "input")
     mapped = {}
     if args.per_layer or every_layer:
         mapped = {name: target for name, target in targets.items() if name in model.reference_activations}
-    fetched = backend.run(written=written, prototxt=result.prototxt, caffemodel=result.caffemodel, feeds=feeds,
-                          targets=dict(mapped, **compared))
-    expected = {name: verify.in_caffe_layout(target, model.activation(name), path)
-                for name, target in compared.items()}
-    for name, target in compared.items():
-        verify.check_shapes_match(target, fetched[name], expected[name], path)
-    result.compared = verify.compare(fetched, expected)
+
+    def run(feeds, wanted):
+        return backend.run(written=written, prototxt=result.prototxt, caffemodel=result.caffemodel, feeds=feeds,
+                           targets=wanted)
+
+    fetched, result.compared, per_layer, float64 = verify.measure(
+        model, {name: result.inputs[name] for name in model.inputs}, mapped, compared, run, model.source)
     if mapped:
-        result.per_layer = {
-            name: verify.mapped_error(target, fetched[name], model.activation(name))
-            for name, target in mapped.items()}
-        result.first_over_layer_tolerance = verify.first_over(result.per_layer, verify.names_in_order(model))
+        result.per_layer = per_layer
+        result.first_over_layer_tolerance = verify.first_over(result.per_layer, verify.names_in_order(model),
+                                                              float64=float64)
         result.targets = verify.targets_to_json(dict(mapped, **compared))
+    errors = report.runtime_errors(result.compared, result.per_layer, float64)
+    result.runtimes = {result.verified_with: errors}
     if model.labels is not None:
         output = model.compared_layers()[0]
-        result.accuracy = verify.accuracy(fetched[output], expected[output], model.labels)
+        result.accuracy = verify.accuracy(fetched[output], verify.in_caffe_layout(
+            compared[output], model.activation(output), model.source), model.labels)
     result.worst_layer, result.worst_max_rel = report.worst(result.compared)
-    result.verified = bool(result.worst_max_rel <= args.tolerance)
+    result.verified = all(report.passes(errors, layer, args.tolerance) for layer in result.compared)
 
 
 def commit(renames) -> None:
@@ -209,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scratch", help=argparse.SUPPRESS)
     p.add_argument("--status-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
+    # Which runtime this is, as reports name it (tf2caffe/runtimes.py): which Caffe, for pycaffe.
+    p.add_argument("--runtime", help=argparse.SUPPRESS)
     return p
 
 

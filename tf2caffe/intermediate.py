@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from typing import Callable, List, NoReturn
+from typing import Callable, List, NoReturn, Optional
 from urllib.parse import quote, unquote
 
 import h5py
@@ -68,7 +68,7 @@ class Model:
     """A whole model: ordered layers (inputs before their consumers) plus the reference data."""
 
     def __init__(self, name, layers, outputs, attrs=None, reference_inputs=None,
-                 reference_activations=None, labels=None):
+                 reference_activations=None, labels=None, reference_float64=None):
         self.name = name
         self.layers = list(layers)
         self.outputs = list(outputs)
@@ -76,6 +76,9 @@ class Model:
         self.reference_inputs = dict(reference_inputs or {})
         self.reference_activations = reference_activations if reference_activations is not None else {}
         self.labels = labels
+        # The same layers computed in float64 from the same weights and input, where the
+        # exporter could: the truth that TensorFlow's float32 and Caffe's both round.
+        self.reference_float64 = dict(reference_float64 or {})
         self.source = ""
         self._by_name = {layer.name: layer for layer in self.layers}
 
@@ -105,6 +108,13 @@ class Model:
     def activation(self, name) -> np.ndarray:
         return _values(self.reference_activations[name], "%sreference activation '%s'" % (_at(self.source), name))
 
+    def truth(self, name) -> Optional[np.ndarray]:
+        """The layer's float64 activation, or None where the export has none."""
+        if name not in self.reference_float64:
+            return None
+        return _values(self.reference_float64[name], "%sfloat64 reference activation '%s'" % (
+            _at(self.source), name), np.float64)
+
     def reference_input(self, name) -> np.ndarray:
         return _values(self.reference_inputs[name], "%sreference input '%s'" % (_at(self.source), name))
 
@@ -114,6 +124,8 @@ class Model:
             self.reference_input(name)
         for name in self.reference_activations:
             self.activation(name)
+        for name in self.reference_float64:
+            self.truth(name)
         for layer in self.layers:
             for role in layer.arrays:
                 layer.array(role)
@@ -123,8 +135,8 @@ def _at(source):
     return "%s: " % source if source else ""
 
 
-def _values(data, what: str) -> np.ndarray:
-    """A dataset's (or in-memory array's) values as float32: readable, floating point, finite."""
+def _values(data, what: str, dtype=np.float32) -> np.ndarray:
+    """A dataset's (or in-memory array's) values as `dtype`: readable, floating point, finite."""
     try:
         value = np.asarray(data[()])
     except (OSError, RuntimeError, TypeError, ValueError) as error:
@@ -137,7 +149,7 @@ def _values(data, what: str) -> np.ndarray:
     # of isfinite's temporary; only an overflowing sum needs the element-wise look.
     if not np.isfinite(value.sum()) and not np.all(np.isfinite(value)):
         raise IntermediateError("%s contains NaN or Inf" % what)
-    return value.astype(np.float32, copy=False)
+    return value.astype(dtype, copy=False)
 
 
 def _key(name):
@@ -178,6 +190,10 @@ def write(path, model: Model) -> None:
         activations = reference.create_group("activations")
         for name, value in model.reference_activations.items():
             activations.create_dataset(_key(name), data=np.asarray(value, dtype=np.float32))
+        if model.reference_float64:
+            truths = reference.create_group("float64")
+            for name, value in model.reference_float64.items():
+                truths.create_dataset(_key(name), data=np.asarray(value, dtype=np.float64))
         if model.labels is not None:
             reference.create_dataset("labels", data=np.asarray(model.labels, dtype=np.int64))
 
@@ -343,6 +359,17 @@ def _read(f, path) -> Model:
                 raise IntermediateError("%s: reference activation for unknown layer '%s'" % (path, name))
             activations[name] = _float_dataset(reference["activations"], key, "%s: reference activation '%s'" % (
                 path, name))
+    truths = {}
+    if "float64" in reference:
+        for key in reference["float64"]:
+            name = unquote(key)
+            what = "%s: float64 reference activation '%s'" % (path, name)
+            if name not in activations:
+                raise IntermediateError("%s has no float32 reference activation beside it" % what)
+            truths[name] = _float_dataset(reference["float64"], key, what)
+            if truths[name].shape != activations[name].shape:
+                raise IntermediateError("%s has shape %s, the float32 one %s" % (
+                    what, list(truths[name].shape), list(activations[name].shape)))
     attrs = {key: _attr_value(value) for key, value in f.attrs.items()
              if key not in ("outputs", "layer_order")}
     labels = None
@@ -352,7 +379,7 @@ def _read(f, path) -> Model:
             raise IntermediateError("%s: reference labels are not an integer dataset" % path)
         labels = labels[()]
     model = Model(_text(f.attrs.get("model_name", os.path.basename(path))), layers, outputs, attrs,
-                  reference_inputs, activations, labels)
+                  reference_inputs, activations, labels, truths)
     model.source = path
     model.file = f
     for name in model.compared_layers():

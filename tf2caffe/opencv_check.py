@@ -66,18 +66,18 @@ def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
     `inputs` maps each TF input layer to its Caffe input blob."""
     model = intermediate.read(h5_path)
     try:
-        feeds = verify.reference_feeds(model, inputs)
-        expected = {name: verify.in_caffe_layout(target, model.activation(name), h5_path)
-                    for name, target in targets.items()}
+        return verify.measure(model, inputs, {}, targets, _runner(prototxt, caffemodel), "%s (OpenCV)" % prototxt)[1]
     finally:
         model.file.close()
-    fetched = run(load(prototxt, caffemodel), feeds, targets, prototxt)
-    for name, target in targets.items():
-        verify.check_shapes_match(target, fetched[name], expected[name], "%s (OpenCV)" % prototxt)
-    return verify.compare(fetched, expected)
 
 
-def check_result(result: report.FileResult) -> Dict[str, Dict[str, float]]:
-    """OpenCV errors (`report.layer_error`s) of the compared layers of one file of an import report."""
-    targets = verify.targets_from_json({name: result.targets[name] for name in result.compared})
-    return check(result.file, result.prototxt, result.caffemodel, result.inputs, targets)
+def check_result(result: report.FileResult) -> Dict[str, Dict]:
+    """The compared and mapped layers of one file of an import report, measured in OpenCV:
+    `report.runtime_errors`."""
+    return verify.measure_again(result, _runner(result.prototxt, result.caffemodel),
+                                "%s (OpenCV)" % result.prototxt)
+
+
+def _runner(prototxt: str, caffemodel: str):
+    net = load(prototxt, caffemodel)
+    return lambda feeds, targets: run(net, feeds, targets, prototxt)

@@ -14,15 +14,29 @@ from typing import Dict, List, Optional, TextIO, Tuple
 
 from .atomic import atomic_file
 from .errors import ConversionError
-from .measure import LAYER_TOLERANCE
+from .measure import LAYER_TOLERANCE, within
 
 FORMAT_NAME = "tf2caffe-import-report"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `runtimes`
 
 
 def layer_error(max_abs: float, max_rel: float) -> Dict[str, float]:
     """One compared layer's errors, as the report holds them."""
     return {"max_abs": max_abs, "max_rel": max_rel}
+
+
+def runtime_errors(compared: Dict[str, Dict[str, float]], per_layer: Dict[str, float],
+                   float64: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, Dict]:
+    """What one runtime measured of a converted file: its compared layers' `layer_error`s, its
+    mapped layers' relative errors ({} without per-layer activations) and, where the export
+    computed the float64 truth, {layer: {"caffe", "tensorflow"}}: this runtime's and TensorFlow
+    float32's relative errors against it (verify.float64_errors; {} without)."""
+    return {"compared": compared, "per_layer": per_layer, "float64": float64 or {}}
+
+
+def passes(errors: Dict[str, Dict], layer: str, tolerance: float) -> bool:
+    """One runtime's verdict on one compared layer (measure.within, with the float64 truth)."""
+    return within(errors["compared"][layer]["max_rel"], tolerance, errors.get("float64", {}).get(layer))
 
 
 def max_rel(errors: Dict[str, Dict[str, float]]) -> Dict[str, float]:
@@ -51,7 +65,9 @@ class FileResult:
     error: Optional[str] = None
     model: str = ""
     backend: str = ""
-    verified_with: Optional[str] = None  # "pycaffe", "OpenCV"; None: not verified (--no-verify)
+    # The runtime that wrote and first measured it (runtimes.py names: "pycaffe-bullseye",
+    # "pycaffe-source", "OpenCV"); None: not verified (--no-verify)
+    verified_with: Optional[str] = None
     tensorflow_layers: int = 0
     caffe_layers: int = 0
     caffe_types: List[str] = field(default_factory=list)  # one per Caffe layer
@@ -63,7 +79,10 @@ class FileResult:
     first_over_layer_tolerance: Optional[str] = None
     accuracy: Optional[Dict[str, float]] = None
     targets: Dict[str, Dict] = field(default_factory=dict)  # verify.Target.to_json per layer
-    verified: Optional[bool] = None
+    # runtime -> runtime_errors, for every runtime the net was measured in (verified_with first:
+    # its numbers are also `compared` and `per_layer`)
+    runtimes: Dict[str, Dict] = field(default_factory=dict)
+    verified: Optional[bool] = None  # every compared layer within tolerance in every runtime
     worst_layer: Optional[str] = None
     worst_max_rel: Optional[float] = None
     seconds: Optional[float] = None
@@ -80,10 +99,24 @@ class FileResult:
             "inputs": self.inputs, "files": {"prototxt": self.prototxt, "caffemodel": self.caffemodel},
             "compared": self.compared, "per_layer": self.per_layer,
             "first_over_layer_tolerance": self.first_over_layer_tolerance, "accuracy": self.accuracy,
-            "targets": self.targets, "verified": self.verified,
+            "targets": self.targets, "runtimes": self.runtimes, "verified": self.verified,
             "worst": None if self.worst_max_rel is None else {"layer": self.worst_layer,
                                                                "max_rel": self.worst_max_rel},
             "seconds": self.seconds, "stage_seconds": self.stage_seconds}
+
+    def add_runtime(self, name: str, errors: Dict[str, Dict], tolerance: float) -> None:
+        """Another runtime's `runtime_errors`; `verified` stays true only if it is within `tolerance`."""
+        self.runtimes[name] = errors
+        self.verified = bool(self.verified) and all(passes(errors, layer, tolerance) for layer in errors["compared"])
+
+    def failures(self, tolerance: float) -> List[Tuple[str, str, float]]:
+        """(runtime, compared layer, relative error) over `tolerance`, in every runtime."""
+        return [(runtime, layer, error) for runtime, errors in self.runtimes.items()
+                for layer, error in max_rel(errors["compared"]).items() if not passes(errors, layer, tolerance)]
+
+    def max_errors(self) -> Dict[str, Tuple[str, float]]:
+        """runtime -> (its compared layer with the largest relative error, that error)."""
+        return {name: worst(errors["compared"]) for name, errors in self.runtimes.items()}
 
     @classmethod
     def from_json(cls, data: Dict) -> "FileResult":
@@ -97,6 +130,10 @@ class FileResult:
             prototxt=files["prototxt"], caffemodel=files["caffemodel"], compared=dict(data["compared"]),
             per_layer=dict(data["per_layer"]), first_over_layer_tolerance=data["first_over_layer_tolerance"],
             accuracy=data["accuracy"], targets=dict(data["targets"]), verified=data["verified"],
+            # version 1 measured in one runtime only
+            runtimes=dict(data["runtimes"]) if "runtimes" in data else (
+                {data["verified_with"]: runtime_errors(dict(data["compared"]), dict(data["per_layer"]))}
+                if data["verified_with"] else {}),
             worst_layer=worst_entry.get("layer"), worst_max_rel=worst_entry.get("max_rel"),
             seconds=data.get("seconds"), stage_seconds=dict(data.get("stage_seconds") or {}))
 
@@ -145,13 +182,16 @@ def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO
         out.write("  not verified (--no-verify)\n")
         out.flush()
         return
-    out.write("  %-32s %12s %12s (%s)\n" % ("compared layer", "max abs", "max rel", result.verified_with))
+    float64 = result.runtimes.get(result.verified_with, {}).get("float64", {})
+    truth = " %24s" % "vs float64: Caffe, TF" if float64 else ""
+    out.write("  %-32s %12s %12s%s (%s)\n" % ("compared layer", "max abs", "max rel", truth, result.verified_with))
     for name, errors in result.compared.items():
-        out.write("  %-32s %12.3g %12.3g\n" % (name, errors["max_abs"], errors["max_rel"]))
+        out.write("  %-32s %12.3g %12.3g%s\n" % (name, errors["max_abs"], errors["max_rel"],
+                                                _float64_columns(float64.get(name))))
     if result.per_layer:
-        out.write("  %-32s %12s\n" % ("mapped layer (%s)" % result.verified_with, "max rel"))
+        out.write("  %-32s %12s%s\n" % ("mapped layer (%s)" % result.verified_with, "max rel", truth))
         for name, error in result.per_layer.items():
-            out.write("  %-32s %12.3g\n" % (name, error))
+            out.write("  %-32s %12.3g%s\n" % (name, error, _float64_columns(float64.get(name))))
         out.write("  first layer over %g: %s\n" % (LAYER_TOLERANCE, result.first_over_layer_tolerance or "none"))
     if result.accuracy:
         out.write("  top-1 accuracy on %d labelled inputs: Caffe %.4f, TensorFlow %.4f, agreement %.4f\n" % (
@@ -160,4 +200,22 @@ def print_file_result(result: FileResult, tolerance: float, out: Optional[TextIO
     out.write("  %s: max relative error %.3g (%s), tolerance %g\n" % (
         "verified" if result.verified else "VERIFICATION FAILED", result.worst_max_rel, result.worst_layer,
         tolerance))
+    out.flush()
+
+
+def _float64_columns(errors: Optional[Dict[str, float]]) -> str:
+    return " %11.3g, %10.3g" % (errors["caffe"], errors["tensorflow"]) if errors else ""
+
+
+def print_runtimes(result: FileResult, tolerance: float, opencv_only: Optional[str] = None,
+                   out: Optional[TextIO] = None) -> None:
+    """After the import stage's lines: every runtime the file was verified in, with its largest
+    error; or why OpenCV alone."""
+    out = out or sys.stdout
+    errors = ", ".join("%s %.3g" % (runtime, error) for runtime, (_, error) in result.max_errors().items())
+    if opencv_only:
+        out.write("%s: verified in OpenCV only: %s; max relative error %s (tolerance %g)\n" % (
+            result.file, opencv_only, "%.3g" % result.max_errors()["OpenCV"][1], tolerance))
+    else:
+        out.write("%s: verified in %s (tolerance %g)\n" % (result.file, errors, tolerance))
     out.flush()

@@ -1,16 +1,12 @@
 """Shared by the handler-family tests: build seeded Keras cases, convert them in one batch."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import keras
 import pytest
 
 from harness import Result, assert_exact, convert_keras_batch
-# Re-exported for test_conv.py, which imports it from here.
-from tf2caffe import intermediate, opencv_check
-from tf2caffe.caffe import emit, native_backend, verify
 
 
 def chain(shape, *layers) -> keras.Model:
@@ -50,23 +46,6 @@ def assert_refused(result: Result, layer: str, reason: str) -> None:
     assert result.error is not None, "%s: converted, but should have been refused" % result.name
     message = result.error
     assert "'%s'" % layer in message and reason in message, "%s: unexpected error: %s" % (result.name, message)
-
-
-def opencv_only_errors(model, name: str, profile: str, tmp_dir: Path) -> Dict[str, float]:
-    """Relative error per mapped layer in OpenCV of a net emitted for `profile`, written without
-    Caffe (for layer types pycaffe lacks, such as ReLU6). `model`: a Keras model, or an
-    intermediate one with per-layer activations."""
-    if isinstance(model, keras.Model):
-        from tf2caffe.export.keras import model_to_intermediate
-        model = model_to_intermediate(model, name, per_layer=True)
-    h5, prototxt, caffemodel = (str(tmp_dir / (name + suffix)) for suffix in (".h5", ".prototxt", ".caffemodel"))
-    intermediate.write(h5, model)
-    net, blobs = emit.build_net(model, profile)
-    native_backend.save(net, prototxt, caffemodel)
-    targets = verify.generated_targets(model, blobs, [(layer.name, layer.tops) for layer in net.layers])
-    inputs = {layer: blobs[layer].name for layer in model.inputs}
-    errors = opencv_check.check(h5, prototxt, caffemodel, inputs, targets)
-    return {layer: value["max_rel"] for layer, value in errors.items()}
 
 
 def family_tests(cases: Dict[str, Callable[[], keras.Model]],

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from handler_batch import build, family_tests, opencv_only_errors
+from handler_batch import build, family_tests
+from harness import assert_exact, convert_intermediate_batch, convert_keras_batch
 from tf2caffe.intermediate import Layer, Model
 
 L = keras.layers
@@ -60,7 +61,8 @@ REFUSED = {
         alpha_initializer=keras.initializers.RandomUniform(-0.5, 0.5), name="prelu_hwc")),
                        "prelu_hwc", "vary over H or W"),
 }
-# Emitted for the opencv profile as single layers pycaffe does not know: checked in OpenCV only.
+# Emitted for the opencv profile as single layers: verified in each runtime that has the layer
+# (the source-built Caffe has ReLU6, bullseye's Swish, OpenCV both).
 OPENCV_PROFILE = {
     "relu6": ("ReLU6", CASES["relu6"]),
     "relu_max_value_6": ("ReLU6", CASES["relu_max_value_6"]),
@@ -78,13 +80,17 @@ def test_relu6_composed_from_bvlc_layers(results):
     assert "ReLU6" not in types and types.count("ReLU") == 2 and types.count("Power") >= 2
 
 
+@pytest.fixture(scope="module")
+def opencv_profile_results(tmp_path_factory):
+    return convert_keras_batch(build({name: make for name, (_, make) in OPENCV_PROFILE.items()}),
+                               tmp_path_factory.mktemp("activation_opencv"), profile="opencv")
+
+
 @pytest.mark.parametrize("name", sorted(OPENCV_PROFILE))
-def test_opencv_profile(tmp_path, name):
-    caffe_type, make = OPENCV_PROFILE[name]
-    model = build({name: make})[name]
-    errors = opencv_only_errors(model, name, "opencv", tmp_path)
-    assert errors and max(errors.values()) <= 1e-5, errors
-    assert caffe_type in (tmp_path / (name + ".prototxt")).read_text()
+def test_opencv_profile(opencv_profile_results, name):
+    result = opencv_profile_results[name]
+    assert_exact(result)
+    assert OPENCV_PROFILE[name][0] in result.caffe_types
 
 
 def keras2_hard_sigmoid() -> Model:
@@ -102,11 +108,11 @@ def keras2_hard_sigmoid() -> Model:
 
 
 @pytest.mark.parametrize("profile, caffe_types", [("opencv", ["HardSigmoid"]), ("bvlc", ["Power", "ReLU"])])
-def test_keras2_hard_sigmoid_in_opencv(tmp_path, profile, caffe_types):
-    """OpenCV's own HardSigmoid where the profile has it, else the BVLC composition (OpenCV here;
-    the composition is checked in pycaffe by the Keras 3 case)."""
-    errors = opencv_only_errors(keras2_hard_sigmoid(), "hard", profile, tmp_path)
-    assert errors and max(errors.values()) <= 1e-5, errors
-    prototxt = (tmp_path / "hard.prototxt").read_text()
+def test_keras2_hard_sigmoid(tmp_path, profile, caffe_types):
+    """OpenCV's own HardSigmoid where the profile has it, else the BVLC composition; exact in every
+    runtime that has the layers."""
+    result = convert_intermediate_batch({"hard": keras2_hard_sigmoid()}, tmp_path, profile=profile)["hard"]
+    assert_exact(result)
+    prototxt = result.prototxt
     assert all('type: "%s"' % kind in prototxt for kind in caffe_types), prototxt
     assert ("HardSigmoid" in prototxt) == (profile == "opencv")

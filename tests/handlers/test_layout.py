@@ -5,15 +5,16 @@ from Caffe: Permute((3, 1, 2)) -> Flatten -> Dense) emits nothing: its order goe
 Dense's weights. These cases run in bvlc, exact in pycaffe (bullseye) and OpenCV. Every other
 Permute, and a reshape whose element order differs, needs Caffe's Permute layer: refused in
 bvlc with the reason, and in the opencv and ssd profiles emitted as Permute (and Permute ->
-Reshape -> Permute), verified in OpenCV only (written natively: bullseye's pycaffe has no
-Permute).
+Reshape -> Permute), verified in every runtime that has Permute (OpenCV, the source-built
+Caffe; bullseye's pycaffe has none).
 """
 from __future__ import annotations
 
 import keras
 import pytest
 
-from handler_batch import batch_norm, build, chain, family_tests, opencv_only_errors
+from handler_batch import batch_norm, build, chain, family_tests
+from harness import assert_exact, convert_keras_batch
 
 L = keras.layers
 
@@ -89,9 +90,13 @@ PERMUTE_CASES = {  # opencv and ssd profiles: OpenCV only
 }
 
 
-@pytest.mark.parametrize("profile", ["opencv", "ssd"])
+@pytest.fixture(scope="module", params=["opencv", "ssd"])
+def permuted(request, tmp_path_factory):
+    return convert_keras_batch(build(PERMUTE_CASES), tmp_path_factory.mktemp("permute_" + request.param),
+                               profile=request.param)
+
+
 @pytest.mark.parametrize("name", sorted(PERMUTE_CASES))
-def test_permute_layer_in_opencv(tmp_path, name, profile):
-    errors = opencv_only_errors(build({name: PERMUTE_CASES[name]})[name], name, profile, tmp_path)
-    assert errors and max(errors.values()) <= 1e-5, errors
-    assert 'type: "Permute"' in (tmp_path / (name + ".prototxt")).read_text()
+def test_permute_layer(permuted, name):
+    assert_exact(permuted[name])
+    assert "Permute" in permuted[name].caffe_types

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from handler_batch import assert_refused, build, chain, opencv_only_errors
-from harness import assert_exact, convert_intermediate_batch
+from handler_batch import assert_refused, build, chain
+from harness import assert_exact, convert_intermediate_batch, convert_keras_batch
 from tf2caffe.intermediate import Layer, Model
 
 L = keras.layers
@@ -105,26 +105,25 @@ NORMALIZE_LAYER = {"l2_channels": False, "l2_all": True}
 
 @pytest.mark.parametrize("profile", ["ssd", "opencv"])
 @pytest.mark.parametrize("name", sorted(NORMALIZE_LAYER))
-def test_l2_normalize_is_one_normalize_layer_in_opencv(tmp_path, name, profile):
-    errors = opencv_only_errors(build({name: L2_CASES[name]})[name], name, profile, tmp_path)
-    assert errors and max(errors.values()) <= 1e-5, errors
-    prototxt = (tmp_path / (name + ".prototxt")).read_text()
+def test_l2_normalize_is_one_normalize_layer(tmp_path, name, profile):
+    result = convert_keras_batch(build({name: L2_CASES[name]}), tmp_path, profile=profile)[name]
+    assert_exact(result)
+    prototxt = result.prototxt
     assert prototxt.count('type: "Normalize"') == 1 and "Eltwise" not in prototxt
     assert "across_spatial: %s" % str(NORMALIZE_LAYER[name]).lower() in prototxt
 
 
 def test_l2_normalize_over_other_axes_stays_composed(tmp_path):
-    errors = opencv_only_errors(build({"l2_spatial": L2_CASES["l2_spatial"]})["l2_spatial"], "l2_spatial",
-                                "ssd", tmp_path)
-    assert errors and max(errors.values()) <= 1e-5, errors
-    assert "Normalize" not in (tmp_path / "l2_spatial.prototxt").read_text()
+    result = convert_keras_batch(build({"l2_spatial": L2_CASES["l2_spatial"]}), tmp_path, profile="ssd")["l2_spatial"]
+    assert_exact(result)
+    assert "Normalize" not in result.prototxt
 
 
 @pytest.mark.parametrize("profile", ["ssd", "opencv"])
 def test_order_changing_reduction_permutes_where_the_profile_can(tmp_path, profile):
     """(N, H, W, C) reduced over H is (N, W, C), which Caffe holds as (N, C, W): refused in bvlc
-    (REFUSED), Permute then Reshape where the profile has Permute (OpenCV only)."""
+    (REFUSED), Permute then Reshape where the profile has Permute."""
     model = reduction("rows_dropped", IMAGE, ("max", [1], False))
-    errors = opencv_only_errors(model, "rows_dropped", profile, tmp_path)
-    assert errors and max(errors.values()) <= 1e-5, errors
-    assert 'type: "Permute"' in (tmp_path / "rows_dropped.prototxt").read_text()
+    result = convert_intermediate_batch({"rows_dropped": model}, tmp_path, profile=profile)["rows_dropped"]
+    assert_exact(result)
+    assert 'type: "Permute"' in result.prototxt

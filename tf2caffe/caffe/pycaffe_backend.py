@@ -38,9 +38,12 @@ def known_layer_types() -> List[str]:
     return list(caffe.layer_type_list())
 
 
-def load(prototxt: str) -> "caffe.Net":
+def load(prototxt: str, caffemodel: Optional[str] = None) -> "caffe.Net":
+    """The net of `prototxt` (in the TEST phase), with the weights of `caffemodel` if given."""
     caffe.set_mode_cpu()
-    return caffe.Net(prototxt, caffe.TEST)
+    if caffemodel is None:
+        return caffe.Net(prototxt, caffe.TEST)
+    return caffe.Net(prototxt, caffe.TEST, weights=caffemodel)
 
 
 def blob_role(layer_type: str, index: int) -> str:

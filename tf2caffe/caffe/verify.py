@@ -6,14 +6,14 @@ numpy 1.19 (Caffe side) and numpy 2 (TensorFlow side), with no Caffe or OpenCV i
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import report
+from .. import intermediate, report
 from ..errors import ConversionError
 from ..intermediate import Model
-from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error
+from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error, within
 from .emit import Blob, nchw
 from .layout import FlatOrder
 
@@ -159,16 +159,59 @@ def check_not_degenerate(name: str, tf: np.ndarray, where: str) -> None:
                               "export with a different input or seed" % (where, name, spread, scale))
 
 
+def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], compared: Dict[str, Target],
+            run: Callable, where: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, float]], Dict[str, float]]:
+    """Run the reference input once through a runtime (`run(feeds, targets)` -> each target's
+    output) and measure it against TensorFlow's: (what was fetched, {compared layer:
+    report.layer_error}, {mapped layer: relative error}). A compared layer's shape must match;
+    a mapped layer's mismatch counts as infinite error. `inputs`: TF input layer -> Caffe blob."""
+    fetched = run(reference_feeds(model, inputs), dict(mapped, **compared))
+    expected = {name: in_caffe_layout(target, model.activation(name), where) for name, target in compared.items()}
+    for name, target in compared.items():
+        check_shapes_match(target, fetched[name], expected[name], where)
+    per_layer = {name: mapped_error(target, fetched[name], model.activation(name)) for name, target in mapped.items()}
+    return fetched, compare(fetched, expected), per_layer, float64_errors(dict(mapped, **compared), fetched, model)
+
+
+def measure_again(result: report.FileResult, run: Callable, where: str) -> Dict[str, Dict]:
+    """The compared and mapped layers of a converted file (its import report entry) measured in
+    another runtime: `report.runtime_errors`. `run` as for `measure`."""
+    targets = targets_from_json(result.targets)
+    model = intermediate.read(result.file)
+    try:
+        _, compared, per_layer, float64 = measure(model, result.inputs, {name: targets[name] for name in result.per_layer},
+                                         {name: targets[name] for name in result.compared}, run, where)
+    finally:
+        model.file.close()
+    return report.runtime_errors(compared, per_layer, float64)
+
+
 def compare(fetched: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
     """{layer: report.layer_error} for every layer in `expected` (Caffe layout on both sides)."""
     return {name: report.layer_error(max_abs_error(fetched[name], value), relative_error(fetched[name], value))
             for name, value in expected.items()}
 
 
-def first_over(errors: Dict[str, float], order: Sequence[str], limit: float = LAYER_TOLERANCE) -> Optional[str]:
-    """The first layer in model order whose error exceeds `limit` (where divergence starts)."""
+def float64_errors(targets: Dict[str, Target], fetched: Dict[str, np.ndarray],
+                   model: Model) -> Dict[str, Dict[str, float]]:
+    """{layer: {"caffe": ..., "tensorflow": ...}}: Caffe's and TensorFlow float32's relative errors
+    against the float64 truth, for the layers the export computed one for."""
+    errors = {}
+    for name, target in targets.items():
+        truth = model.truth(name)
+        if truth is not None:
+            errors[name] = {"caffe": mapped_error(target, fetched[name], truth),
+                            "tensorflow": relative_error(model.activation(name), truth)}
+    return errors
+
+
+def first_over(errors: Dict[str, float], order: Sequence[str], limit: float = LAYER_TOLERANCE,
+               float64: Optional[Dict[str, Dict[str, float]]] = None) -> Optional[str]:
+    """The first layer in model order over `limit` (where divergence starts), judged against the
+    float64 truth where there is one (measure.within)."""
+    float64 = float64 or {}
     for name in order:
-        if name in errors and not errors[name] <= limit:
+        if name in errors and not within(errors[name], limit, float64.get(name)):
             return name
     return None
 

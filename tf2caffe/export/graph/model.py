@@ -9,6 +9,7 @@ import tensorflow as tf
 from ... import __version__, intermediate
 from ...errors import ConversionError, UnsupportedError
 from ...measure import relative_error
+from .float64 import float64_run
 from .freeze import freeze
 from .inference import CONTROL_FLOW_OPS
 from .load import load_source, model_stem
@@ -62,6 +63,11 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
         reference_inputs={mapper.layer_input(node_of_tensor(i)): feeds[i] for i in inputs})
     recorded = [layer.name for layer in layers] if per_layer else model.compared_layers()
     model.reference_activations = {layer: values[mapper.tensor_of[layer]] for layer in recorded}
+    truths, why_not = float64_run(graph_def, feeds, [mapper.tensor_of[layer] for layer in recorded])
+    if truths is None:
+        model.attrs["float64_reference"] = "none: %s" % why_not
+    else:
+        model.reference_float64 = {layer: truths[mapper.tensor_of[layer]] for layer in recorded}
     return model
 
 
