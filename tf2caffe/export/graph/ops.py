@@ -362,7 +362,8 @@ def _reshape(m: Mapper, node):
     if before == after:
         m.layer_of[node.name] = m.layer_input(x)
         return
-    squeeze_dims = [d % len(before) for d in _attr_list(node, "squeeze_dims")]
+    # (reading an attribute a node lacks would add it to the node: Reshape has no squeeze_dims)
+    squeeze_dims = [d % len(before) for d in _attr_list(node, "squeeze_dims")] if node.op == "Squeeze" else []
     if node.op == "Squeeze" and (not squeeze_dims or 0 in squeeze_dims) and before[0] == 1:
         raise Unmappable("squeezes the batch axis too (pass squeeze axes)")
     if not after or after[0] != before[0]:
