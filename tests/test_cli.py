@@ -238,9 +238,9 @@ def test_check_only_lists_export_and_import_refusals_together(tmp_path, capsys):
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
     x = keras.layers.LayerNormalization(name="layer_norm")(x)
-    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="bilinear_up")(x)
+    x = keras.layers.Conv2D(4, 1)(keras.layers.Permute((2, 1, 3), name="swap")(x))
     keras.Model(inputs, x).save(str(tmp_path / "two_bad.keras"))
     status, stdout = check_only(tmp_path / "two_bad.keras", tmp_path / "out", capsys)
     assert status == 2
     assert "'layer_norm' (LayerNormalization)" in stdout
-    assert "'bilinear_up' (upsample2d)" in stdout
+    assert "'swap' (permute)" in stdout

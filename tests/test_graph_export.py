@@ -480,6 +480,29 @@ def test_atrous_convolutions_become_dilated_convolutions(tmp_path):
     assert model.activation("out").shape == (1, 3, 5, 4)
 
 
+def test_transpose_and_expand_dims(tmp_path):
+    """A Transpose to channels-first before a flatten and a MatMul (a head ported from Caffe) is a
+    permute folded into the dense; ExpandDims of a sequence (N, T, F) -> (N, T, F, 1) is a
+    reshape. Both exact in bvlc."""
+    import harness
+
+    def head(x):
+        y = tf.transpose(conv(x, 4, "c"), [0, 3, 1, 2], name="chw")
+        return [tf.matmul(tf.reshape(y, [-1, 4 * 8 * 8]), v1.get_variable("w", [256, 3]), name="out")]
+
+    def sequence(x):
+        return [tf.nn.relu(conv(tf.expand_dims(x, -1, name="image"), 2, "c"), name="out")]
+    models = {name: graph.source_to_intermediate(frozen_pb(tmp_path, name, build, shape))
+              for name, build, shape in (("transpose_head", head, (None, 8, 8, 3)),
+                                         ("expand_sequence", sequence, (None, 6, 5)))}
+    chw = models["transpose_head"].layer("chw")
+    assert (chw.type, chw.config) == ("permute", {"dims": [3, 1, 2]})
+    image = models["expand_sequence"].layer("image")
+    assert (image.type, image.config) == ("reshape", {"target_shape": [6, 5, 1]})
+    for result in harness.convert_intermediate_batch(models, tmp_path / "caffe").values():
+        harness.assert_exact(result)
+
+
 def test_conditionals_on_the_input_are_refused(tmp_path):
     def build(x):
         y = conv(x, 4, "c")

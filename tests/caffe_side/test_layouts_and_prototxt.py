@@ -7,6 +7,7 @@ from caffe.proto import caffe_pb2
 
 from tf2caffe.caffe import handwritten, verify
 from tf2caffe.caffe.emit import Blob, nchw
+from tf2caffe.caffe.layout import FlatOrder
 from tf2caffe.caffe.netspec import CaffeLayer, NetSpec, Quoted, shape_param
 from tf2caffe.errors import ConversionError
 from tf2caffe.measure import relative_error
@@ -28,7 +29,7 @@ def test_to_caffe_matches_caffe_flatten_of_an_nchw_tensor(tmp_path):
     net.blobs["data"].data[...] = Blob("data", nchw(nhwc.shape)).to_caffe(nhwc)
     net.forward()
     tf_flat = nhwc.reshape(2, -1)  # TensorFlow flattens H, W, C
-    np.testing.assert_array_equal(Blob("flat", [2, 60], (4, 5, 3)).to_caffe(tf_flat), net.blobs["flat"].data)
+    np.testing.assert_array_equal(Blob("flat", [2, 60], FlatOrder.chw((4, 5, 3))).to_caffe(tf_flat), net.blobs["flat"].data)
 
 
 def test_nhwc_to_nchw_is_a_transpose():

@@ -49,6 +49,7 @@ CASES = {
     "softmax_axis_1": lambda: on_image(L.Softmax(axis=1)),
     "softmax_vector": lambda: on_vector(L.Softmax()),
     "swish": lambda: on_image(L.Activation("swish")),
+    "mish": lambda: on_image(L.Activation("mish")),
     "hard_sigmoid": lambda: on_image(L.Activation("hard_sigmoid")),
     "linear": lambda: on_image(L.Activation("linear")),
     "dense_fused_tanh": lambda: on_vector(lambda x: L.Dense(5, activation="tanh")(x)),
@@ -66,6 +67,7 @@ OPENCV_PROFILE = {
     "relu6": ("ReLU6", CASES["relu6"]),
     "relu_max_value_6": ("ReLU6", CASES["relu_max_value_6"]),
     "swish": ("Swish", CASES["swish"]),
+    "mish": ("Mish", CASES["mish"]),
     "hard_sigmoid": ("ReLU6", CASES["hard_sigmoid"]),
 }
 

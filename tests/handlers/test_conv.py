@@ -74,6 +74,11 @@ CASES.update({
     "upsample_x2": lambda: image(L.UpSampling2D(2), size=(7, 8)),
     "upsample_2x3": lambda: image(L.UpSampling2D((2, 3)), size=(7, 8)),
     "upsample_then_conv": lambda: image(L.UpSampling2D(2), L.Conv2D(12, 3, padding="same"), size=(7, 8)),
+    "upsample_bilinear": lambda: image(L.UpSampling2D(2, interpolation="bilinear"), size=(7, 8)),
+    "upsample_bilinear_2x3": lambda: image(L.UpSampling2D((2, 3), interpolation="bilinear"), size=(7, 8)),
+    "resizing_bilinear": lambda: image(L.Resizing(11, 19), size=(7, 8)),
+    "resizing_bilinear_down": lambda: image(L.Resizing(4, 5), size=(7, 8)),
+    "resizing_nearest": lambda: image(L.Resizing(11, 19, interpolation="nearest"), size=(7, 8)),
 })
 CASES.update({
     "transpose_k%d_s%d_%s" % (k, s, padding): (
@@ -81,10 +86,7 @@ CASES.update({
                                                 size=(7, 8)))
     for k, s, padding in itertools.product((2, 3, 4), (1, 2), ("same", "valid"))
 })
-REFUSED = {
-    "upsample_bilinear": (lambda: image(L.UpSampling2D(2, interpolation="bilinear", name="bilinear_up")),
-                          "bilinear_up", "no exact BVLC Caffe equivalent"),
-}
+REFUSED = {}
 
 results, test_exact, test_refused = family_tests(CASES, REFUSED, "conv")
 

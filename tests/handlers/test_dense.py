@@ -6,6 +6,7 @@ import numpy as np
 
 from handler_batch import chain, family_tests
 from tf2caffe.caffe.handlers.dense import inner_product_blocks
+from tf2caffe.caffe.layout import FlatOrder
 
 L = keras.layers
 RANDOM_BIAS = keras.initializers.RandomNormal(stddev=0.5)
@@ -42,6 +43,10 @@ def test_flatten_permutation_matches_caffe_order():
     """Caffe's input element (c, h, w) must meet the TensorFlow kernel row of (h, w, c)."""
     h, w, c, units = 3, 4, 5, 2
     kernel = np.arange(h * w * c * units, dtype=np.float32).reshape(h * w * c, units)
-    weights = np.concatenate(list(inner_product_blocks(kernel, (h, w, c))))
+    weights = np.concatenate(list(inner_product_blocks(kernel, FlatOrder.chw((h, w, c)))))
     for ch, row, col in np.ndindex(c, h, w):
         np.testing.assert_array_equal(weights[:, (ch * h + row) * w + col], kernel[(row * w + col) * c + ch])
+    # Any other order (a permute folded in): Caffe's element (w, h, c) meets the row of (h, w, c).
+    weights = np.concatenate(list(inner_product_blocks(kernel, FlatOrder((h, w, c), (1, 0, 2)))))
+    for col, row, ch in np.ndindex(w, h, c):
+        np.testing.assert_array_equal(weights[:, (col * h + row) * c + ch], kernel[(row * w + col) * c + ch])

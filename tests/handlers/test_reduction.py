@@ -117,3 +117,13 @@ def test_l2_normalize_over_other_axes_stays_composed(tmp_path):
     result = convert_keras_batch(build({"l2_spatial": L2_CASES["l2_spatial"]}), tmp_path, profile="ssd")["l2_spatial"]
     assert_exact(result)
     assert "Normalize" not in result.prototxt
+
+
+@pytest.mark.parametrize("profile", ["ssd", "opencv"])
+def test_order_changing_reduction_permutes_where_the_profile_can(tmp_path, profile):
+    """(N, H, W, C) reduced over H is (N, W, C), which Caffe holds as (N, C, W): refused in bvlc
+    (REFUSED), Permute then Reshape where the profile has Permute."""
+    model = reduction("rows_dropped", IMAGE, ("max", [1], False))
+    result = convert_intermediate_batch({"rows_dropped": model}, tmp_path, profile=profile)["rows_dropped"]
+    assert_exact(result)
+    assert 'type: "Permute"' in result.prototxt

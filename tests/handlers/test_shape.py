@@ -80,7 +80,7 @@ REFUSED = {
                                             to_vector=lambda x: L.Concatenate(name="with_input")([x, x])),
                           "with_input", "Dense layer"),
     "to_3d": (lambda: chain((3, 4, 5), L.Reshape((12, 5), name="tokens"), L.Flatten(), L.Dense(2)),
-              "tokens", "only reshapes between 2-D and 4-D"),
+              "tokens", "element order differs"),
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ConversionError, UnsupportedError
 from ..intermediate import Layer, Model
+from .layout import FlatOrder, held_axes
 from .handlers import HANDLERS, BroadcastsTo, Handler, handler_for, load_builtin
 from .netspec import CaffeLayer, NetSpec
 from .profiles import Profile, get_profile
@@ -17,23 +18,28 @@ from .profiles import Profile, get_profile
 class Blob:
     """A Caffe blob standing for one TensorFlow tensor.
 
-    `shape` is Caffe's (NCHW for 4-D). `flattened_from` is (H, W, C) when the blob is a
-    flattened 4-D tensor: Caffe flattened it in C,H,W order where TensorFlow used H,W,C.
+    `shape` is Caffe's. `axes` is how Caffe holds TensorFlow's value: the blob is that value
+    transposed by `axes` (None: `held_axes` of its rank, NCHW for 4-D); a Permute folded into a later
+    Dense leaves its input's blob, TensorFlow's permuted value held by other axes.
+    `flattened_from` is a `FlatOrder` when the blob is a flattened tensor whose order differs
+    from TensorFlow's (a 4-D tensor flattened in C,H,W order where TensorFlow used H,W,C).
     """
 
-    def __init__(self, name, shape, flattened_from=None):
+    def __init__(self, name, shape, flattened_from: Optional[FlatOrder] = None,
+                 axes: Optional[Sequence[int]] = None):
         self.name = name
         self.shape = [int(d) for d in shape]
-        self.flattened_from = tuple(flattened_from) if flattened_from else None
+        self.flattened_from = flattened_from
+        self.axes = tuple(int(a) for a in axes) if axes is not None else None
 
     def to_caffe(self, tf_value: np.ndarray) -> np.ndarray:
         """Bring a TensorFlow activation into this blob's layout (for verification)."""
         value = np.asarray(tf_value)
-        if value.ndim == 4:
-            value = value.transpose(0, 3, 1, 2)
-        elif self.flattened_from is not None:
-            h, w, c = self.flattened_from
-            value = value.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
+        if self.flattened_from is not None:
+            order = self.flattened_from
+            value = value.reshape((-1,) + order.shape).transpose((0,) + tuple(a + 1 for a in order.axes))
+        else:
+            value = value.transpose(self.axes or held_axes(value.ndim))
         return value.reshape(self.shape)
 
 
@@ -72,9 +78,9 @@ class EmitContext:
         return self.net.add(caffe_layer)
 
     def produce(self, layer: Layer, top: str, shape: Optional[Sequence[int]] = None,
-                flattened_from: Optional[Tuple[int, int, int]] = None) -> Blob:
+                flattened_from: Optional[FlatOrder] = None, axes: Optional[Sequence[int]] = None) -> Blob:
         """Declare that Caffe blob `top` holds `layer`'s output (default shape: TF's, in NCHW)."""
-        blob = Blob(top, shape if shape is not None else nchw(layer.output_shape), flattened_from)
+        blob = Blob(top, shape if shape is not None else nchw(layer.output_shape), flattened_from, axes)
         self.blobs[layer.name] = blob
         return blob
 

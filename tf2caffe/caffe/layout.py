@@ -8,9 +8,48 @@ ever holding a second full copy.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence, Tuple
 
 import numpy as np
+
+
+def held_axes(rank: int) -> Tuple[int, ...]:
+    """How Caffe holds a TensorFlow tensor of `rank` unless a layer says otherwise: the axes of
+    TensorFlow's value that make Caffe's blob (NHWC -> NCHW for 4-D, TensorFlow's own order else)."""
+    return (0, 3, 1, 2) if rank == 4 else tuple(range(rank))
+
+
+def inverse(axes: Sequence[int]) -> Tuple[int, ...]:
+    return tuple(int(a) for a in np.argsort(axes))
+
+
+class FlatOrder(NamedTuple):
+    """The order of a flattened blob where TensorFlow flattens its own tensor of `shape` (without
+    batch): Caffe's vector is that tensor transposed by `axes`, then flattened."""
+    shape: Tuple[int, ...]
+    axes: Tuple[int, ...]
+
+    @classmethod
+    def of(cls, shape: Sequence[int], axes: Sequence[int]) -> "FlatOrder":
+        """The order of a blob of TensorFlow `shape` held by `axes` (both with batch)."""
+        return cls(tuple(int(d) for d in shape[1:]), tuple(int(a) - 1 for a in axes[1:]))
+
+    @classmethod
+    def chw(cls, hwc: Sequence[int]) -> "FlatOrder":
+        """Caffe's flattening of an (H, W, C) tensor it holds as C, H, W."""
+        return cls(tuple(int(d) for d in hwc), (2, 0, 1))
+
+    def indices(self) -> np.ndarray:
+        """Caffe's feature i is TensorFlow's feature indices()[i]."""
+        return np.arange(int(np.prod(self.shape))).reshape(self.shape).transpose(self.axes).reshape(-1)
+
+    def is_identity(self) -> bool:
+        """Whether the two orders coincide: the axes longer than 1 keep their order."""
+        moved = [a for a in self.axes if self.shape[a] > 1]
+        return moved == sorted(moved)
+
+    def is_chw(self) -> bool:
+        return len(self.shape) == 3 and tuple(self.axes) == (2, 0, 1)
 
 
 # Elements per tile (100 KB of float32: well inside a core's L2 cache), and output rows per tile.

@@ -15,6 +15,7 @@ from ..errors import ConversionError
 from ..intermediate import Model
 from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error, within
 from .emit import Blob, nchw
+from .layout import FlatOrder
 
 
 def reference_feeds(model: Model, inputs: Dict[str, str]) -> Dict[str, np.ndarray]:
@@ -43,12 +44,15 @@ class Target:
 
     def to_json(self) -> Dict:
         return {"blob": self.blob.name, "shape": self.blob.shape,
-                "flattened_from": list(self.blob.flattened_from) if self.blob.flattened_from else None,
+                "flattened_from": [list(part) for part in self.blob.flattened_from] if self.blob.flattened_from else None,
+                "axes": list(self.blob.axes) if self.blob.axes else None,
                 "caffe_layer": self.caffe_layer, "top_index": self.top_index}
 
     @classmethod
     def from_json(cls, tf_layer: str, data: Dict) -> "Target":
-        return cls(tf_layer, Blob(data["blob"], data["shape"], data["flattened_from"]),
+        order = data["flattened_from"]
+        return cls(tf_layer, Blob(data["blob"], data["shape"], FlatOrder(*map(tuple, order)) if order else None,
+                                  data["axes"]),
                    data["caffe_layer"], data["top_index"])
 
 
@@ -73,10 +77,13 @@ def generated_targets(model: Model, blobs: Dict[str, Blob],
     for layer in model.layers:
         if layer.name in blobs and layer.type != "input":
             last_owner[blobs[layer.name].name] = layer.name
+    # A layer that emits nothing after an input (a Permute folded into a later Dense) holds the
+    # input blob, which OpenCV cannot fetch (its inputs are no layers) and which is the input anyway.
+    input_blobs = {blobs[name].name for name in model.inputs if name in blobs}
     targets = {}
     for layer in model.layers:
         blob = blobs.get(layer.name)
-        if layer.type == "input" or blob is None or blob.name not in writers:
+        if layer.type == "input" or blob is None or blob.name not in writers or blob.name in input_blobs:
             continue
         if write_count[blob.name] == 1 or last_owner[blob.name] == layer.name:
             caffe_layer, index = writers[blob.name]
@@ -98,7 +105,7 @@ def handwritten_targets(model: Model, blobs: Dict[str, Blob],
         if writers[top] != (layer.caffe_name, 0):
             continue
         generated = blobs[layer.name]
-        targets[layer.name] = Target(layer.name, Blob(top, generated.shape, generated.flattened_from),
+        targets[layer.name] = Target(layer.name, Blob(top, generated.shape, generated.flattened_from, generated.axes),
                                      layer.caffe_name, 0)
     return targets
 

@@ -162,6 +162,7 @@ ACTIVATIONS = {
     "softplus": ("softplus", {}),
     "softsign": ("softsign", {}),
     "silu": ("swish", {}),
+    "mish": ("mish", {}),
     # Keras 3: relu6(x + 3) / 6 (Keras 2 used 0.2 x + 0.5), so the slope is recorded.
     "hard_sigmoid": ("hard_sigmoid", {"slope": 1.0 / 6.0, "offset": 0.5}),
 }
@@ -395,6 +396,10 @@ def _reshape(layer, call):
     return [Piece("", "reshape", dict(target_shape=list(layer.target_shape)), call.output)]
 
 
+def _permute(layer, call):
+    return [Piece("", "permute", dict(dims=[int(d) for d in layer.dims]), call.output)]
+
+
 def _identity(layer, call):
     return [Piece("", "identity", dict(reason="%s: identity at inference" % type(layer).__name__),
                   call.output)]
@@ -404,6 +409,20 @@ def _upsample2d(layer, call):
     require_channels_last(layer)
     return [Piece("", "upsample2d", dict(size=pair(layer.size), interpolation=layer.interpolation),
                   call.output)]
+
+
+def _resizing(layer, call):
+    require_channels_last(layer)
+    if layer.interpolation not in ("bilinear", "nearest") or layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio:
+        raise Unmappable("only plain bilinear or nearest resizing is supported (got interpolation '%s'%s)" % (
+            layer.interpolation, ", cropping or padding to the aspect ratio"
+            if layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio else ""))
+    if layer.antialias and any(int(o) < int(i) for o, i in zip((layer.height, layer.width),
+                                                                call.inputs[0].shape[1:3])):
+        raise Unmappable("antialiased downsampling")
+    # keras.ops.image.resize samples with half-pixel centres.
+    kind = "resize_%s" % layer.interpolation
+    return [Piece("", kind, dict(size=[int(layer.height), int(layer.width)], mode="half_pixel"), call.output)]
 
 
 def _number_or_list(value):
@@ -469,6 +488,7 @@ MAPPERS: Dict[str, Callable] = {
     "Concatenate": _concat,
     "Flatten": _flatten,
     "Reshape": _reshape,
+    "Permute": _permute,
     "Dropout": _identity,
     "SpatialDropout2D": _identity,
     "GaussianNoise": _identity,
@@ -477,6 +497,7 @@ MAPPERS: Dict[str, Callable] = {
     "ActivityRegularization": _identity,
     "Identity": _identity,
     "UpSampling2D": _upsample2d,
+    "Resizing": _resizing,
     "Rescaling": _rescale,
     "Normalization": _normalize,
     "UnitNormalization": _unit_normalization,

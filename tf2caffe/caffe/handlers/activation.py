@@ -47,6 +47,14 @@ def _swish(layer, profile, x):
             Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
 
 
+def _mish(layer, profile, x):
+    # x · tanh(softplus(x)); BNLL is softplus.
+    if profile.allows("Mish"):
+        return [Step("mish", "Mish")]
+    return [Step("bnll", "BNLL"), Step("tanh", "TanH"),
+            Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
+
+
 # OpenCV's HardSigmoid: clip(0.2·x + 0.5, 0, 1), fixed (a prototxt has no field for them).
 HARD_SIGMOID_LAYER = (0.2, 0.5)
 
@@ -107,6 +115,7 @@ STEPS = {
     "abs": lambda layer, profile, x: [Step("abs", "AbsVal")],
     "power": _power,
     "swish": _swish,
+    "mish": _mish,
     "hard_sigmoid": _hard_sigmoid,
     "linear": lambda layer, profile, x: [],
 }
@@ -121,11 +130,11 @@ class Activation(Handler):
     summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, selu "
                "(ELU + Power scale), sigmoid, tanh, softmax (any axis), softplus (BNLL), softsign "
                "(x · (1 + abs(x))^-1), abs, power (x^exponent; a Split after it keeps OpenCV from "
-               "fusing it wrongly), swish, hard_sigmoid, linear; ReLU6 and clipping as "
-               "ReLU(x) - ReLU(x - m) (ReLU6, Swish, and HardSigmoid for slope 0.2 and offset 0.5, "
-               "in the opencv profile)")
+               "fusing it wrongly), swish, mish (BNLL, TanH, Eltwise PROD), hard_sigmoid, linear; "
+               "ReLU6 and clipping as ReLU(x) - ReLU(x - m) (ReLU6, Swish, Mish, and HardSigmoid "
+               "for slope 0.2 and offset 0.5, in the opencv profile)")
     caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "BNLL", "AbsVal", "Eltwise",
-                    "Split", "ReLU6", "Swish", "HardSigmoid")
+                    "Split", "ReLU6", "Swish", "Mish", "HardSigmoid")
 
     def check(self, layer, model, profile):
         function = layer.config["function"]
@@ -143,7 +152,7 @@ class Activation(Handler):
             return "ReLU with a negative negative_slope and a max_value is not supported"
         if function == "softmax" and _softmax_axis(layer, len(layer.output_shape)) is None:
             return "softmax over several axes (%s) has no Caffe equivalent" % layer.config["axis"]
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         chain = Chain(ctx, layer)
@@ -176,7 +185,7 @@ class PReLU(Handler):
         if _prelu_slopes(layer, model) is None:
             return ("slopes vary over H or W; Caffe's PReLU has one slope per channel "
                     "(use shared_axes=[1, 2])")
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)

@@ -96,14 +96,19 @@ class Chain:
         return self.tops[blob] if isinstance(blob, Earlier) else blob
 
     def crop(self, cuts: Sequence[Tuple[int, int]]) -> None:
-        """Drop cuts[a] = (lead, trail) rows (a = 0) and columns (a = 1), one Slice per axis
-        that needs it. An axis without a leading cut goes last: its kept part is the Slice's
-        first top, so it can be the chain's final layer."""
-        axes = sorted((a for a in (0, 1) if cuts[a][0] or cuts[a][1]), key=lambda a: cuts[a][0] == 0)
+        """Drop cuts[a] = (lead, trail) rows (a = 0) and columns (a = 1) of a 4-D blob."""
+        self.cut({2 + axis: cut for axis, cut in enumerate(cuts)})
+
+    def cut(self, cuts: Dict[int, Tuple[int, int]]) -> None:
+        """Drop cuts[a] = (lead, trail) elements along Caffe axis a, one Slice per axis that
+        needs it. An axis without a leading cut goes last: its kept part is the Slice's first
+        top, so it can be the chain's final layer."""
+        axes = sorted((a for a, (lead, trail) in cuts.items() if lead or trail), key=lambda a: cuts[a][0] == 0)
         for axis in axes:
             lead, trail = (int(n) for n in cuts[axis])
-            size = self.shape[2 + axis]
-            name = self.ctx.name(self.layer, "crop_" + AXES[axis])
+            size = self.shape[axis]
+            label = "crop_" + ("nchw"[axis] if len(self.shape) == 4 else str(axis))
+            name = self.ctx.name(self.layer, label)
             points, tops = [], []
             if lead:
                 points.append(lead)
@@ -114,9 +119,10 @@ class Chain:
                 tops.append(name + "/trail")
             self.discarded.extend(top for top in tops if top != name)
             self.layers.append(CaffeLayer(name, "Slice", [self.top], tops,
-                                          {"slice_param": {"axis": 2 + axis, "slice_point": points}}))
+                                          {"slice_param": {"axis": axis, "slice_point": points}}))
             self.top = name
-            self.shape[2 + axis] = size - lead - trail
+            self.shape[axis] = size - lead - trail
+            self.flattened_from = None
         if axes:
             self.silence_after = self.layers[-1]
 

@@ -10,6 +10,7 @@ from ..layout import hwcn_to_nchw_blocks
 from ..netspec import LazyBlob
 from . import Handler, register
 from .chain import Chain
+from .resize import MATRIX_LAYERS, emit_bilinear
 from .spatial import align, caffe_conv_count, effective_kernel, tf_pads, tf_window_count, window_params
 
 
@@ -299,19 +300,22 @@ class Crop2D(Handler):
 @register("upsample2d")
 class UpSample2D(Handler):
     config_keys = ("size", "interpolation")
-    notes = 'interpolation "nearest" or "bilinear"'
-    caffe_layers = ("Deconvolution",)
-    summary = "nearest: Deconvolution group = C, kernel = stride = factor, weights ones, no bias"
+    notes = 'interpolation "nearest" or "bilinear" (half-pixel centres, as Keras samples)'
+    caffe_layers = ("Deconvolution",) + MATRIX_LAYERS
+    summary = ("nearest: Deconvolution group = C, kernel = stride = factor, weights ones, no bias; "
+               "bilinear: as resize_bilinear with half-pixel centres")
 
     def check(self, layer, model, profile) -> Optional[str]:
-        if layer.config["interpolation"] != "nearest":
-            return ("interpolation '%s' has no exact BVLC Caffe equivalent (only 'nearest' upsampling "
-                    "is converted)" % layer.config["interpolation"])
+        if layer.config["interpolation"] not in ("nearest", "bilinear"):
+            return "interpolation '%s' (only 'nearest' and 'bilinear')" % layer.config["interpolation"]
         return None
 
     def emit(self, layer, ctx):
         n, channels, h, w = ctx.bottom(layer).shape
         factors = _pair(layer, "size")
+        if layer.config["interpolation"] == "bilinear":
+            emit_bilinear(layer, ctx, [h * factors[0], w * factors[1]], "half_pixel")
+            return
         params, ones = _channel_copy(channels, factors, factors, (0, 0))
         chain = Chain(ctx, layer)
         chain.then("upsample", "Deconvolution", params, [n, channels, h * factors[0], w * factors[1]], ones)

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import hwcn_to_nchw_blocks
+from ..layout import FlatOrder, hwcn_to_nchw_blocks
 from ..netspec import CaffeLayer, LazyBlob
 from . import Handler, register
-from .shape import chw_order, order_problem, unflattened_shape
+from .shape import order_problem, unflattened_shape
 
 
 def inner_product_blocks(kernel: np.ndarray, flattened_from, unflattened_to=None):
     """TF kernel (in, out) -> Caffe (out, in), in blocks of output rows (VGG-19's fc6 is 25088 x
     4096). After a Flatten of (H, W, C) TensorFlow's input rows run in H,W,C order and Caffe's in
-    C,H,W order, so the rows are permuted as well. Before a reshape to `unflattened_to` (H, W, C)
-    the output columns are put in C,H,W order (a copy of the kernel: such layers are small)."""
+    C,H,W order, so the rows are permuted as well (blockwise); any other order of the input
+    (`flattened_from`, a FlatOrder: a permute folded in) takes the rows in its order first. Before
+    a reshape to `unflattened_to` (H, W, C) the output columns are put in C,H,W order (a copy of
+    the kernel: such layers are small)."""
     if unflattened_to is not None:
-        kernel = kernel[:, chw_order(unflattened_to)]
-    for block in hwcn_to_nchw_blocks(kernel, _spatial(flattened_from)):
+        kernel = kernel[:, FlatOrder.chw(unflattened_to).indices()]
+    spatial = (1, 1)
+    if flattened_from is not None and flattened_from.is_chw():
+        spatial = flattened_from.shape[:2]
+    elif flattened_from is not None:
+        kernel = kernel[flattened_from.indices()]
+    for block in hwcn_to_nchw_blocks(kernel, spatial):
         yield block.reshape(len(block), -1)
-
-
-def _spatial(flattened_from):
-    return flattened_from[:2] if flattened_from is not None else (1, 1)
 
 
 @register("dense")
@@ -30,8 +33,9 @@ class Dense(Handler):
     config_keys = ("units",)
     array_layouts = {"kernel": "(in, out)", "bias?": "(out)"}
     notes = "the input is 2-D"
-    summary = ("InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W; "
-               "before a reshape to (H, W, C) the columns and bias are")
+    summary = ("InnerProduct; after a Flatten of (H, W, C) the weight rows are permuted to C,H,W "
+               "(after a folded Permute, to the order Caffe holds); before a reshape to (H, W, C) "
+               "the columns and bias are")
     caffe_layers = ("InnerProduct",)
 
     def array_shapes(self, layer, model):
@@ -43,7 +47,7 @@ class Dense(Handler):
         shape = model.layer(layer.inputs[0]).output_shape
         if len(shape) != 2:
             return "Dense on a %d-D input (only 2-D inputs are supported)" % len(shape)
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
@@ -54,8 +58,8 @@ class Dense(Handler):
         blobs = [LazyBlob((units, inputs), blocks=lambda: inner_product_blocks(
             layer.array("kernel"), bottom.flattened_from, unflattened_to))]
         if layer.has("bias"):
-            columns = chw_order(unflattened_to) if unflattened_to else slice(None)
+            columns = FlatOrder.chw(unflattened_to).indices() if unflattened_to else slice(None)
             blobs.append(LazyBlob((units,), lambda: layer.array("bias")[columns]))
         ctx.add(CaffeLayer(name, "InnerProduct", [bottom.name], [name], {"inner_product_param": {
             "num_output": units, "bias_term": layer.has("bias")}}, blobs))
-        ctx.produce(layer, name, flattened_from=unflattened_to)
+        ctx.produce(layer, name, flattened_from=FlatOrder.chw(unflattened_to) if unflattened_to else None)

@@ -57,7 +57,7 @@ class Merge(Handler):
             if shape != layer.output_shape and not _is_gate(shape, layer.output_shape):
                 return "cannot broadcast %s against %s (only (N, 1, 1, C) against (N, H, W, C))" % (
                     shape, layer.output_shape)
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         name = ctx.name(layer)
@@ -100,7 +100,7 @@ class Concat(Handler):
     def check(self, layer, model, profile):
         if len(layer.output_shape) not in (2, 4):
             return "only 2-D and 4-D tensors are supported"
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         name = ctx.name(layer)

@@ -11,12 +11,12 @@ from .shape import order_problem
 class Input(Handler):
     config_keys = ("shape",)
     notes = "batch first"
-    summary = "Input, NCHW for images, (N, D) for vectors"
+    summary = "Input, NCHW for images, (N, D) for vectors, (N, T, D) for sequences"
     caffe_layers = ("Input",)
 
     def check(self, layer, model, profile):
-        if len(layer.output_shape) not in (2, 4):
-            return "only 2-D and 4-D inputs are supported (got shape %s)" % layer.output_shape
+        if len(layer.output_shape) not in (2, 3, 4):
+            return "only 2-D to 4-D inputs are supported (got shape %s)" % layer.output_shape
         return None
 
     def emit(self, layer, ctx):
@@ -36,8 +36,8 @@ class Identity(Handler):
     caffe_layers = ()
 
     def check(self, layer, model, profile):
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
-        ctx.produce(layer, bottom.name, bottom.shape, bottom.flattened_from)
+        ctx.produce(layer, bottom.name, bottom.shape, bottom.flattened_from, bottom.axes)

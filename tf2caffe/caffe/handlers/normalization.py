@@ -50,7 +50,7 @@ class BatchNorm(Handler):
     def check(self, layer, model, profile):
         if len(layer.output_shape) not in (2, 4):
             return "only 2-D and 4-D inputs are supported"
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         ordered = lambda role: lambda: _per_channel(layer, ctx, layer.array(role))
@@ -76,7 +76,7 @@ class Rescale(Handler):
             problem = _vector_problem(layer, layer.config[key], key)
             if problem:
                 return problem
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         scale, offset = layer.config["scale"], layer.config["offset"]
@@ -102,7 +102,7 @@ class Normalize(Handler):
         return {"mean": per_channel, "variance": per_channel}
 
     def check(self, layer, model, profile):
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         # Subtracting first, as Keras does, keeps the result exact when |mean| >> std.
@@ -133,7 +133,7 @@ class LRN(Handler):
             return "LRN on a %d-D tensor (only 4-D, over channels)" % len(layer.output_shape)
         if float(layer.config["bias"]) <= 0:
             return "LRN with bias %s <= 0" % layer.config["bias"]
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         config = layer.config

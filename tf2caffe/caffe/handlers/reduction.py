@@ -21,7 +21,7 @@ import numpy as np
 from ..emit import nchw
 from ..netspec import CaffeLayer, shape_param
 from . import Handler, register
-from .shape import caffe_axis, order_problem
+from .shape import caffe_axis, order_problem, same_element_order
 
 OPERATIONS = ("sum", "mean", "max", "min", "prod")
 
@@ -144,8 +144,9 @@ class Reduce(Handler):
     notes = 'operation "sum", "mean", "max", "min" or "prod"; axes sorted, not the batch axis'
     summary = ("sum, mean, max, min, prod over any non-batch axes: the axes viewed (Reshape) as one "
                "window of a Pooling (MAX; AVE, times the count for sum; min as -max(-x)), "
-               "prod as Slice + Eltwise PROD")
-    caffe_layers = ("Pooling", "Reshape", "Power", "Slice", "Eltwise")
+               "prod as Slice + Eltwise PROD; a 3-D result in another order than Caffe's: Permute "
+               "first where the profile has it")
+    caffe_layers = ("Pooling", "Reshape", "Power", "Slice", "Eltwise", "Permute")
 
     def check(self, layer, model, profile):
         if layer.config["operation"] not in OPERATIONS:
@@ -160,16 +161,21 @@ class Reduce(Handler):
             # Caffe holds what is left in N,C,H,W order, TensorFlow's 3-D tensor keeps N,H,W,C.
             left = [a for a in (3, 1, 2) if a % 4 not in [int(x) % 4 for x in layer.config["axes"]]
                     and shape[a] > 1]
-            if left != sorted(left):
+            if left != sorted(left) and not profile.allows("Permute"):
                 return ("reducing axes %s of %s leaves a 3-D tensor that Caffe holds in C,H,W order "
-                        "and TensorFlow in H,W,C (BVLC Caffe has no Permute); keepdims would keep "
-                        "it 4-D" % (layer.config["axes"], shape))
-        return order_problem(layer, model)
+                        "and TensorFlow in H,W,C (the '%s' profile has no Permute); keepdims would "
+                        "keep it 4-D" % (layer.config["axes"], shape, profile.name))
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
         steps = _Layers(ctx, layer, bottom.name, bottom.shape)
         reduce_steps(steps, _caffe_axes(layer, len(bottom.shape)), layer.config["operation"])
+        kept = [1 if a in [int(x) % len(bottom.shape) for x in layer.config["axes"]] else d
+                for a, d in enumerate(ctx.input_tf_shape(layer))]
+        if not same_element_order(kept, layer.output_shape):  # 4-D to 3-D: TensorFlow's order first
+            steps.add("to_tf_order", "Permute", {"permute_param": {"order": [0, 2, 3, 1]}}, kept)
+            steps.reshape(layer.output_shape)
         steps.reshape(nchw(layer.output_shape))
         steps.finish()
 
@@ -225,7 +231,7 @@ class L2Normalize(Handler):
         problem = _axes_problem(layer, model)
         if problem or len(layer.output_shape) == 2:
             return problem  # over every feature: any order will do
-        return order_problem(layer, model)
+        return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)

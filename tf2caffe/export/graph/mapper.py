@@ -92,7 +92,8 @@ class Mapper:
     def shape(self, name) -> List[int]:
         if self.constant(name):
             return list(np.shape(self.value(name)))
-        return list(self.values[self.source(name)[0]].shape)
+        value = self.values.get(self.port_key(name))
+        return list((value if value is not None else self.values[self.source(name)[0]]).shape)
 
     def data_operands(self, node) -> Tuple[List[str], List[str]]:
         inputs = data_inputs(node)
@@ -107,7 +108,14 @@ class Mapper:
         return None
 
     def layer_input(self, name) -> str:
-        return self.layer_of[self.source(name)[0]]
+        return self.layer_of.get(self.port_key(name)) or self.layer_of[self.source(name)[0]]
+
+    @staticmethod
+    def port_key(name) -> str:
+        """The key of a multi-output op's output other than the first ('split:1'), under which
+        its layer and value are recorded; a first output is keyed by its node's name."""
+        node_name, port, _ = split_input(name)
+        return "%s:%d" % (node_name, port) if port else node_name
 
     # ---- building layers
     def name_for(self, node, weights=(), output=None, label="") -> str:

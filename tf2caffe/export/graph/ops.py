@@ -362,7 +362,8 @@ def _reshape(m: Mapper, node):
     if before == after:
         m.layer_of[node.name] = m.layer_input(x)
         return
-    squeeze_dims = [d % len(before) for d in _attr_list(node, "squeeze_dims")]
+    # (reading an attribute a node lacks would add it to the node: Reshape has no squeeze_dims)
+    squeeze_dims = [d % len(before) for d in _attr_list(node, "squeeze_dims")] if node.op == "Squeeze" else []
     if node.op == "Squeeze" and (not squeeze_dims or 0 in squeeze_dims) and before[0] == 1:
         raise Unmappable("squeezes the batch axis too (pass squeeze axes)")
     if not after or after[0] != before[0]:
@@ -371,6 +372,90 @@ def _reshape(m: Mapper, node):
         m.add(node, "flatten", [x])
     else:
         m.add(node, "reshape", [x], {"target_shape": after[1:]})
+
+
+def _transpose(m: Mapper, node):
+    x, perm = data_inputs(node)
+    if not m.constant(perm):
+        raise Unmappable("permutation computed from the input")
+    perm = [int(p) for p in np.asarray(m.value(perm)).reshape(-1)]
+    if perm[0] != 0:
+        raise Unmappable("permutation %s moves the batch axis" % perm)
+    m.add(node, "permute", [x], {"dims": perm[1:]})
+
+
+def _taken(node, index: np.ndarray, bounds) -> np.ndarray:
+    """What StridedSlice/Slice `node` takes from `index` (TensorFlow applies the masks itself, in
+    a graph of its own)."""
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        if node.op == "Slice":
+            return session.run(tf.slice(index, *bounds))
+        masks = {key: int(node.attr[key].i) for key in (
+            "begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
+        return session.run(tf.raw_ops.StridedSlice(input=index, begin=bounds[0], end=bounds[1],
+                                                   strides=bounds[2], **masks))
+
+
+def _slice(m: Mapper, node):
+    """StridedSlice or Slice with constant bounds: each axis's begin, end and stride are read off
+    the op applied to that axis's index tensor, so every mask means what TensorFlow says."""
+    x, bounds = data_inputs(node)[0], data_inputs(node)[1:]
+    if not all(m.constant(b) for b in bounds):
+        raise Unmappable("bounds computed from the input")
+    shape = m.shape(x)
+    bounds = [np.asarray(m.value(b)) for b in bounds]
+    config = {"begin": [], "end": [], "strides": []}
+    for axis, size in enumerate(shape):
+        index = np.broadcast_to(np.arange(size, dtype=np.int32).reshape(
+            [-1 if a == axis else 1 for a in range(len(shape))]), shape)
+        taken = _taken(node, index, bounds).reshape(-1)
+        _, first = np.unique(taken, return_index=True)
+        taken = taken[np.sort(first)]
+        step = int(taken[1] - taken[0]) if len(taken) > 1 else 1
+        if step < 1 or not np.array_equal(taken, taken[0] + step * np.arange(len(taken))):
+            raise Unmappable("takes %s along axis %d, not a forward stride" % (taken.tolist(), axis))
+        if axis == 0:
+            if len(taken) != size:
+                raise Unmappable("slices the batch axis")
+            continue
+        config["begin"].append(int(taken[0]))
+        config["end"].append(int(taken[-1]) + 1)
+        config["strides"].append(step)
+    m.add(node, "slice", [x], config)
+
+
+class _Output(NamedTuple):
+    """Output `name` ('split:1') of a multi-output op, standing in for a node in `Mapper.add`."""
+    name: str
+
+
+def _split(m: Mapper, node):
+    """Split/SplitV: one slice layer per output some op reads, along the split axis."""
+    inputs = data_inputs(node)
+    x, axis = (inputs[1], inputs[0]) if node.op == "Split" else (inputs[0], inputs[2])
+    if not m.constant(axis):
+        raise Unmappable("axis computed from the input")
+    shape = m.shape(x)
+    axis = int(np.asarray(m.value(axis))) % len(shape)
+    if axis == 0:
+        raise Unmappable("splits the batch axis")
+    used = {split_input(i)[1] for user in m.users[node.name] for i in data_inputs(m.nodes[user])
+            if split_input(i)[0] == node.name}
+    if node.name in m.outputs:
+        used.add(0)
+    begin = 0
+    for port in range(int(node.attr["num_split"].i)):
+        key = m.port_key("%s:%d" % (node.name, port))
+        if key not in m.values:
+            m.values[key] = m.session.run(m.session.graph.get_tensor_by_name("%s:%d" % (node.name, port)),
+                                          m.feed_dict)
+        size = m.values[key].shape[axis]
+        if port in used:
+            config = {"begin": [0] * (len(shape) - 1), "end": list(shape[1:]), "strides": [1] * (len(shape) - 1)}
+            config["begin"][axis - 1], config["end"][axis - 1] = begin, begin + size
+            m.add(node if port == 0 else _Output(key), "slice", [x], config,
+                  name=None if port == 0 else "%s/%d" % (node.name, port))
+        begin += size
 
 
 def _concat(m: Mapper, node):
@@ -392,13 +477,17 @@ def _lrn(m: Mapper, node):
 def _resize(m: Mapper, node):
     x, _ = data_inputs(node)
     before, after = m.shape(x), list(m.values[node.name].shape)
+    mode = ("align_corners" if node.attr["align_corners"].b else
+            "half_pixel" if node.attr["half_pixel_centers"].b else "asymmetric")
+    if node.op == "ResizeBilinear":
+        m.add(node, "resize_bilinear", [x], {"size": after[1:3], "mode": mode})
+        return
     factors = [a // b for a, b in zip(after[1:3], before[1:3])]
-    if [b * f for b, f in zip(before[1:3], factors)] != after[1:3] or node.attr["align_corners"].b:
-        raise Unmappable("resize %s -> %s is not an integer upsampling" % (before[1:3], after[1:3]))
-    interpolation = "nearest" if node.op == "ResizeNearestNeighbor" else "bilinear"
-    if interpolation == "bilinear" and not node.attr["half_pixel_centers"].b:
-        raise Unmappable("bilinear resize without half-pixel centers (TF1's legacy sampling)")
-    m.add(node, "upsample2d", [x], {"size": factors, "interpolation": interpolation})
+    # An integer upsampling copies each input f times, in the half-pixel and legacy samplings alike.
+    if [b * f for b, f in zip(before[1:3], factors)] == after[1:3] and mode != "align_corners":
+        m.add(node, "upsample2d", [x], {"size": factors, "interpolation": "nearest"})
+    else:
+        m.add(node, "resize_nearest", [x], {"size": after[1:3], "mode": mode})
 
 
 def _repeat(m: Mapper, node):
@@ -408,7 +497,10 @@ def _repeat(m: Mapper, node):
     before = m.shape(x)
     axis = int(np.asarray(m.value(axis))) % (len(before) + 1)
     tile = m.only_user(node, ("Tile",))
-    merge = tile and m.only_user(tile, ("Reshape",))
+    if tile is None:
+        _reshape(m, node)  # a plain ExpandDims, e.g. (N, T, F) -> (N, T, F, 1)
+        return
+    merge = m.only_user(tile, ("Reshape",))
     if len(before) != 4 or axis not in (2, 3) or merge is None:
         raise Unmappable("expands a tensor other than for repeating rows or columns")
     multiples = list(np.asarray(m.value(data_inputs(tile)[1])).reshape(-1))
@@ -574,7 +666,9 @@ MAPPERS = {"Conv2D": _convolution, "DepthwiseConv2dNative": _convolution,
            "Reshape": _reshape, "Squeeze": _reshape, "ConcatV2": _concat, "LRN": _lrn,
            "Neg": _negate, "Cast": _pass_through, "BiasAdd": _elementwise,
            "BiasAddV1": _elementwise, "RealDiv": _elementwise,
-           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow}
+           "ResizeNearestNeighbor": _resize, "ResizeBilinear": _resize, "ExpandDims": _repeat, "Pow": _pow,
+           "Transpose": _transpose, "StridedSlice": _slice, "Slice": _slice,
+           "Split": _split, "SplitV": _split}
 MAPPERS.update({op: _activation for op in ACTIVATIONS})
 MAPPERS.update({op: _elementwise for op in ELEMENTWISE})
 MAPPERS.update({op: _reduce for op in REDUCTIONS})
