@@ -172,9 +172,10 @@ def test_convert_with_a_type_no_caffe_has_verifies_in_opencv_only_and_says_so(tm
     errors = completed.stdout.split("max relative error: ", 1)[1].split(" (compared")[0]
     assert errors.split()[0] == "OpenCV" and "," not in errors
     # bullseye's Caffe has Swish but not ReLU6, the source-built one ReLU6 but not Swish.
+    lacking = "; ".join("%s lacks %s" % (runtime.name, {"pycaffe-bullseye": "ReLU6", "pycaffe-source": "Swish"}[
+        runtime.name]) for runtime in runtimes.available_caffes())  # in the order this run prefers
     said = "verified in OpenCV only: no Caffe here has " + (
-        "all its layer types: pycaffe-bullseye lacks ReLU6; pycaffe-source lacks Swish"
-        if source_caffe_built() else "ReLU6")
+        "all its layer types: " + lacking if source_caffe_built() else "ReLU6")
     assert said in completed.stdout
 
 
