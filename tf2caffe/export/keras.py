@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import intermediate
-from ..errors import ConversionError, Unmappable, UnsupportedError
+from ..errors import ConversionError, Refusal, Unmappable, UnsupportedError
 from ..measure import relative_error
 from .reference import reference_batch
 
@@ -623,7 +623,12 @@ def _operation_reshape(op, call):
 
 
 def _layout_operation(op, call):
-    raise Unmappable("layout operation '%s' has no Caffe mapping in tf2caffe yet" % op.name)
+    raise Unmappable("a layout operation; tf2caffe has no Caffe mapping for it yet")
+
+
+def _is_layout_operation(operation) -> bool:
+    return (not isinstance(operation, keras.layers.Layer)
+            and OPERATIONS.get(type(operation).__name__) is _layout_operation)
 
 
 OPERATIONS: Dict[str, Callable] = {
@@ -728,12 +733,15 @@ class GraphWalk:
     """Runs a functional graph node by node in topological order, mapping each layer onto
     vocabulary layers and keeping every vocabulary layer's TensorFlow output."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, name):
+        self.name = name
         self.values = {}  # id(KerasTensor) -> its value
         self.names = {}  # id(KerasTensor) -> the vocabulary layer that outputs it
         self.layers: List[intermediate.Layer] = []
         self.activations = {}
         self.problems = []
+        self.failures = []
+        self.failure = None  # the first failure's exception: the traceback --debug shows
         self.uses = {}
         for nodes in graph._nodes_by_depth.values():
             for node in nodes:
@@ -751,41 +759,71 @@ class GraphWalk:
         args, kwargs = node.arguments.fill_in(self.values)
         call = NodeCall(layer, args, kwargs, [self.values[id(t)] for t in node.input_tensors],
                         [isinstance(arg, keras.KerasTensor) for arg in node.arguments.args])
-        where = "'%s' (%s)" % (layer.name, type(layer).__name__)
+        kind = type(layer).__name__
         try:
-            if len(node.outputs) != 1:
+            if len(node.outputs) != 1 and not _is_layout_operation(layer):  # split: refused by name
                 raise Unmappable("%d outputs (only single-output layers are supported)" % len(node.outputs))
             if self.uses[id(layer)] > 1:
                 raise Unmappable("called %d times (shared layers are not supported)" % self.uses[id(layer)])
             pieces = map_layer(layer, call)
+            computed = self.compute(layer, call, pieces)
         except Unmappable as reason:
-            self.problems.append("%s: %s" % (where, reason))
-            # Keep running so that every later layer is checked too; the refused layer's output
-            # stands in as an input, so the import side can check the layers after it.
-            for tensor, value in zip(node.outputs, tf.nest.flatten(call.output())):
-                self.values[id(tensor)], self.names[id(tensor)] = value, layer.name
-            if layer.name not in {known.name for known in self.layers}:
-                self.layers.append(intermediate.Layer(layer.name, "input", config=dict(
-                    shape=list(value.shape)), output_shape=value.shape))
+            self.problems.append(Refusal(layer.name, kind, reason))
+            self.stand_in(node, call)
             return
-        value, inputs = call.inputs, [self.names[id(t)] for t in node.input_tensors]
-        for piece in pieces:
-            value = piece.compute(value)
-            name = layer.name + ("/" + piece.suffix if piece.suffix else "")
-            if piece.type == "reshape":
-                piece.config["target_shape"] = list(value.shape[1:])  # a -1 resolved
+        except ConversionError:
+            raise
+        except Exception as error:  # a bug or a Keras surprise in a supported layer: not "unsupported"
+            self.failures.append(Refusal(layer.name, kind, _first_line(error)))
+            self.failure = self.failure or error
+            self.stand_in(node, call)
+            return
+        inputs = [self.names[id(t)] for t in node.input_tensors]
+        for piece, (name, value) in zip(pieces, computed):
             self.layers.append(intermediate.Layer(
                 name, piece.type, inputs, piece.config, list(value.shape),
                 {role: array for role, (array, _) in piece.arrays.items()},
                 {role: path for role, (_, path) in piece.arrays.items()}))
             self.activations[name] = value
             inputs = [name]
+        self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = computed[-1][1], inputs[0]
+
+    @staticmethod
+    def compute(layer, call, pieces) -> List[tuple]:
+        """(vocabulary layer name, TensorFlow output) of each piece, checked against the layer."""
+        computed, value = [], call.inputs
+        for piece in pieces:
+            value = piece.compute(value)
+            if piece.type == "reshape":
+                piece.config["target_shape"] = list(value.shape[1:])  # a -1 resolved
+            computed.append((layer.name + ("/" + piece.suffix if piece.suffix else ""), value))
         if len(pieces) > 1:
             error = relative_error(value, call.output())
             if error > EAGER_TOLERANCE:
-                raise ConversionError("%s: its %d vocabulary layers compute something else than the "
-                                      "layer (relative error %.3g)" % (where, len(pieces), error))
-        self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = value, inputs[0]
+                raise ConversionError("'%s' (%s): its %d vocabulary layers compute something else "
+                                      "than the layer (relative error %.3g)" % (
+                                          layer.name, type(layer).__name__, len(pieces), error))
+        return computed
+
+    def stand_in(self, node, call) -> None:
+        """Keep walking past a refused or failed node, so that every later one is checked too: its
+        output stands in as an input, so the import side can check the layers after it."""
+        layer = node.operation
+        try:
+            outputs = tf.nest.flatten(call.output())
+        except Exception as error:  # nothing to stand in: report what is known so far
+            self.failures.append(Refusal(layer.name, type(layer).__name__, _first_line(error)))
+            raise self.error() from (self.failure or error)
+        for tensor, value in zip(node.outputs, outputs):
+            self.values[id(tensor)], self.names[id(tensor)] = value, layer.name
+        if layer.name not in {known.name for known in self.layers}:
+            self.layers.append(intermediate.Layer(layer.name, "input", config=dict(
+                shape=list(value.shape)), output_shape=value.shape))
+
+    def error(self, outputs=()) -> UnsupportedError:
+        partial = intermediate.Model(self.name, self.layers, list(outputs))
+        # a shared layer is refused once
+        return UnsupportedError(list(dict.fromkeys(self.problems)), partial, self.failures)
 
 
 def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0,
@@ -801,7 +839,7 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
         raise ConversionError("model '%s' has %d inputs; --reference-input needs a single-input "
                               "model" % (name, len(shapes)))
     inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name)
-    walk = GraphWalk(graph)
+    walk = GraphWalk(graph, name)
     for tensor, value in zip(graph.inputs, inputs):
         walk.add_input(tensor, value)
     for depth in sorted(graph._nodes_by_depth, reverse=True):
@@ -809,9 +847,8 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
             if node.operation and not node.is_input:
                 walk.visit(node)
     outputs = [walk.names[id(tensor)] for tensor in graph.outputs]
-    if walk.problems:
-        partial = intermediate.Model(name, walk.layers, outputs)
-        raise UnsupportedError(list(dict.fromkeys(walk.problems)), partial)  # a shared layer: once
+    if walk.problems or walk.failures:
+        raise walk.error(outputs) from walk.failure
 
     expected = tf.nest.flatten(model(inputs if len(inputs) > 1 else inputs[0], training=False))
     for output, tensor, reference in zip(outputs, graph.outputs, expected):
