@@ -107,21 +107,33 @@ class Converted:
         self.result, self.noise, self.seconds = result, noise, seconds
 
 
+class Zoo:
+    """Converts a model's batch on first use, so that `-k name` converts only that batch."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.converted: Dict[str, Converted] = {}
+
+    def __getitem__(self, name: str) -> Converted:
+        if name not in self.converted:
+            batch = next(batch for batch in BATCHES if name in batch)
+            started, models, noise = time.time(), {}, {}
+            for member in batch:
+                models[member] = build_zoo_model(member)
+                condition_keras_model(models[member], SEED)
+                noise[member] = float32_noise(member, models[member])
+            done = convert_keras_batch(models, self.folder / batch[0])
+            seconds = (time.time() - started) / len(batch)
+            self.converted.update({member: Converted(done[member], noise[member], seconds)
+                                   for member in batch})
+            del models
+            keras.backend.clear_session()
+        return self.converted[name]
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    converted = {}
-    for batch in BATCHES:
-        started, models, noise = time.time(), {}, {}
-        for name in batch:
-            models[name] = build_zoo_model(name)
-            condition_keras_model(models[name], SEED)
-            noise[name] = float32_noise(name, models[name])
-        done = convert_keras_batch(models, tmp_path_factory.mktemp(batch[0]))
-        seconds = (time.time() - started) / len(batch)
-        converted.update({name: Converted(done[name], noise[name], seconds) for name in batch})
-        del models
-        keras.backend.clear_session()
-    return converted
+    return Zoo(tmp_path_factory.mktemp("zoo"))
 
 
 @pytest.mark.parametrize("name", list(ZOO))
