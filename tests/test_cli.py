@@ -179,7 +179,7 @@ def test_check_only_lists_export_and_import_refusals_together(tmp_path, capsys):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-    x = keras.layers.LayerNormalization(rms_scaling=True, name="layer_norm")(x)
+    x = keras.layers.LayerNormalization(axis=1, name="layer_norm")(x)
     x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="bilinear_up")(x)
     keras.Model(inputs, x).save(str(tmp_path / "two_bad.keras"))
     status, stdout = check_only(tmp_path / "two_bad.keras", tmp_path / "out", capsys)

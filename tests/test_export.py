@@ -79,13 +79,13 @@ def test_input_shape_fills_undefined_dimensions_and_is_required_for_them():
 
 def test_every_unsupported_layer_is_reported_at_once():
     model = functional(lambda x: layers.Conv2D(2, 1, activation="mish", name="conv")(
-        layers.LayerNormalization(rms_scaling=True, name="norm")(x)))
+        layers.LayerNormalization(axis=1, name="norm")(x)))
     with pytest.raises(UnsupportedError) as raised:
         model_to_intermediate(model, "m")
     problems = raised.value.problems
     assert len(problems) == 2
     assert "'norm' (LayerNormalization)" in problems[0] and "'conv' (Conv2D)" in problems[1]
-    assert "rms_scaling" in problems[0] and "mish" in problems[1]
+    assert "only the last" in problems[0] and "mish" in problems[1]
 
 
 def test_keras_file_exports_to_a_readable_intermediate(tmp_path):
@@ -264,3 +264,20 @@ def test_a_failing_supported_layer_is_an_export_failure_not_unsupported(monkeypa
     assert str(raised.value) == ("1 unsupported layer(s): 'own' (OwnScale): class OwnScale is not a "
                                  "built-in Keras class; export failed: 'conv' (Conv2D): the mapper broke")
     assert isinstance(raised.value.__cause__, RuntimeError)  # the traceback --debug shows
+
+
+def test_an_export_failure_is_one_line_on_the_command_line(tmp_path, monkeypatch, capsys):
+    """No traceback: `tf2caffe export` prints the one line (the traceback only with --debug)."""
+    from tf2caffe import cli
+    from tf2caffe.export import keras as keras_export
+
+    def broken(layer, call):
+        raise RuntimeError("the mapper broke")
+
+    monkeypatch.setitem(keras_export.MAPPERS, "Conv2D", broken)
+    functional(lambda x: layers.Conv2D(2, 1, name="conv")(x)).save(str(tmp_path / "m.keras"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "export failed: 'conv' (Conv2D): the mapper broke" in err, err

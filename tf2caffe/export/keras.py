@@ -821,7 +821,9 @@ class GraphWalk:
                 shape=list(value.shape)), output_shape=value.shape))
 
     def error(self, outputs=()) -> UnsupportedError:
-        partial = intermediate.Model(self.name, self.layers, list(outputs))
+        # Without failures, what could be mapped lets --check-only check the rest; a failure is
+        # an error to report as such, never a list of problems to check further.
+        partial = None if self.failures else intermediate.Model(self.name, self.layers, list(outputs))
         # a shared layer is refused once
         return UnsupportedError(list(dict.fromkeys(self.problems)), partial, self.failures)
 
