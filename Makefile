@@ -22,7 +22,7 @@ SRC         ?=
 OUT         ?= build/converted
 
 TF2CAFFE := .venv/bin/tf2caffe
-REQS     := requirements.txt export/requirements.txt
+REQS     := requirements.txt requirements-no-deps.txt export/requirements.txt
 DEBS     := import/debian-packages.txt
 ENVS_PY  := tf2caffe/environments.py
 

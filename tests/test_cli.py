@@ -239,8 +239,8 @@ def test_check_only_lists_export_and_import_refusals_together(tmp_path, capsys):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-    x = keras.layers.LayerNormalization(name="layer_norm")(x)
-    x = keras.layers.Conv2D(4, 1)(keras.layers.Permute((2, 1, 3), name="swap")(x))
+    x = keras.layers.LayerNormalization(axis=1, name="layer_norm")(x)  # over rows: refused on export
+    x = keras.layers.Conv2D(4, 1)(keras.layers.Permute((2, 1, 3), name="swap")(x))  # bvlc: refused on import
     keras.Model(inputs, x).save(str(tmp_path / "two_bad.keras"))
     status, stdout = check_only(tmp_path / "two_bad.keras", tmp_path / "out", capsys)
     assert status == 2

@@ -78,14 +78,14 @@ def test_input_shape_fills_undefined_dimensions_and_is_required_for_them():
 
 
 def test_every_unsupported_layer_is_reported_at_once():
-    model = functional(lambda x: layers.Conv2D(2, 1, activation="gelu", name="conv")(
-        layers.LayerNormalization(name="norm")(x)))
+    model = functional(lambda x: layers.Conv2D(2, 1, activation="mish", name="conv")(
+        layers.LayerNormalization(axis=1, name="norm")(x)))
     with pytest.raises(UnsupportedError) as raised:
         model_to_intermediate(model, "m")
     problems = raised.value.problems
     assert len(problems) == 2
     assert "'norm' (LayerNormalization)" in problems[0] and "'conv' (Conv2D)" in problems[1]
-    assert "gelu" in problems[1]
+    assert "only the last" in problems[0] and "mish" in problems[1]
 
 
 def test_keras_file_exports_to_a_readable_intermediate(tmp_path):
@@ -229,3 +229,55 @@ def test_tflearn_checkpoint_weights_and_layer_options_are_exported(tmp_path):
     assert layer["AvgPool2D"].config == {"pool_size": [2, 2], "strides": [1, 1], "padding": "same"}
     assert [l.name for l in model.layers][-2:] == ["fc/flatten", "fc"] and model.outputs == ["fc"]
     assert model.attrs["weights_source"].startswith("checkpoint")
+
+
+class OwnScale(layers.Layer):
+    """A layer class of the user's own: refused, whatever it computes."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def test_refusals_of_one_type_and_reason_are_one_group():
+    def build(x):
+        for index in range(5):
+            x = OwnScale(name="own_scale" + ("_%d" % index if index else ""))(x)
+        return layers.ReLU(name="relu")(x)
+
+    with pytest.raises(UnsupportedError) as raised:
+        model_to_intermediate(functional(build), "m")
+    assert len(raised.value.problems) == 5
+    assert str(raised.value) == ("5 unsupported layer(s): OwnScale ×5 (own_scale, own_scale_1, "
+                                 "own_scale_2, …): class OwnScale is not a built-in Keras class")
+
+
+def test_a_failing_supported_layer_is_an_export_failure_not_unsupported(monkeypatch):
+    from tf2caffe.export import keras as keras_export
+
+    def broken(layer, call):
+        raise RuntimeError("the mapper broke\nsecond line")
+
+    monkeypatch.setitem(keras_export.MAPPERS, "Conv2D", broken)
+    model = functional(lambda x: OwnScale(name="own")(layers.Conv2D(2, 1, name="conv")(x)))
+    with pytest.raises(UnsupportedError) as raised:
+        model_to_intermediate(model, "m")
+    assert str(raised.value) == ("1 unsupported layer(s): 'own' (OwnScale): class OwnScale is not a "
+                                 "built-in Keras class; export failed: 'conv' (Conv2D): the mapper broke")
+    assert isinstance(raised.value.__cause__, RuntimeError)  # the traceback --debug shows
+
+
+def test_an_export_failure_is_one_line_on_the_command_line(tmp_path, monkeypatch, capsys):
+    """No traceback: `tf2caffe export` prints the one line (the traceback only with --debug)."""
+    from tf2caffe import cli
+    from tf2caffe.export import keras as keras_export
+
+    def broken(layer, call):
+        raise RuntimeError("the mapper broke")
+
+    monkeypatch.setitem(keras_export.MAPPERS, "Conv2D", broken)
+    functional(lambda x: layers.Conv2D(2, 1, name="conv")(x)).save(str(tmp_path / "m.keras"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "export failed: 'conv' (Conv2D): the mapper broke" in err, err

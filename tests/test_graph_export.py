@@ -558,3 +558,30 @@ if __name__ == "__main__":
         build_tf1_sources(folder)
     elif command == "convert":
         export_sources(folder, sys.argv[3:])
+
+
+def test_keras2_saved_model_with_a_legacy_optimizer(tmp_path):
+    """A Keras 2 (tf_keras) model trained with a legacy optimizer and saved as a SavedModel: its
+    Adam slots made TensorFlow's loader fail ('_UserObject' has no attribute 'add_slot')."""
+    import tf_keras
+
+    from harness import assert_exact, convert_h5_batch
+
+    tf_keras.utils.set_random_seed(7)
+    L = tf_keras.layers
+    inputs = L.Input((12, 12, 3))
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)
+    x = L.GlobalAveragePooling2D(name="pool")(x)
+    model = tf_keras.Model(inputs, L.Dense(5, name="dense")(x))
+    model.compile(tf_keras.optimizers.legacy.Adam(), "mse")
+    rng = np.random.default_rng(7)
+    model.fit(rng.standard_normal((8, 12, 12, 3)), rng.standard_normal((8, 5)), epochs=2, verbose=0)
+    model.save(str(tmp_path / "keras2"))
+    h5 = export(tmp_path / "keras2", tmp_path / "out", per_layer=True)
+    exported = intermediate.read(str(h5))
+    dense = next(layer for layer in exported.layers if layer.type == "dense")
+    np.testing.assert_array_equal(dense.array("kernel"), model.get_layer("dense").kernel.numpy())
+    exported.file.close()
+    assert_exact(convert_h5_batch({"keras2": h5}, tmp_path / "out")["keras2"])

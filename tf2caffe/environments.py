@@ -356,6 +356,7 @@ def _base_python() -> str:
 def _tf_venv_path(project_root: Path) -> Path:
     key = cache_key((project_root / "requirements.txt").read_bytes(),
                     (project_root / "export" / "requirements.txt").read_bytes(),
+                    (project_root / "requirements-no-deps.txt").read_bytes(),
                     TF_RECIPE.encode(), _base_python().encode(), sys.version.encode())
     return cache_dir() / f"tf-venv-{key}"
 
@@ -389,8 +390,11 @@ def _ensure_heavy_venv(project_root: Path, progress: Progress) -> Path:
         with timed_step(progress, "tf venv: pip install -r requirements.txt"):
             run_logged([vpy, "-m", "pip", "install", "--no-input", "--progress-bar", "off",
                         "-r", str(project_root / "requirements.txt")], log, "pip install")
+        with timed_step(progress, "tf venv: pip install --no-deps -r requirements-no-deps.txt"):
+            run_logged([vpy, "-m", "pip", "install", "--no-input", "--progress-bar", "off", "--no-deps",
+                        "-r", str(project_root / "requirements-no-deps.txt")], log, "pip install --no-deps")
         with timed_step(progress, "tf venv: checking imports"):
-            run_logged([vpy, "-c", "import tensorflow, h5py, cv2, tf_slim, sklearn, pytest"],
+            run_logged([vpy, "-c", "import tensorflow, h5py, cv2, tf_slim, sklearn, pytest, tf_keras"],
                        log, "import check")
         (venv / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         progress(f"tf venv: ready in {time.monotonic() - start:.0f} s, "

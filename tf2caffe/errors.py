@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from typing import Dict, List
 
 from . import interrupts
 
@@ -13,16 +14,55 @@ class ConversionError(Exception):
     """A problem the user can act on; its message is one line naming the file/layer at fault."""
 
 
-class UnsupportedError(ConversionError):
-    """Layers that cannot be converted; lists all of them at once."""
+class Refusal(str):
+    """One layer that cannot be converted: the line "'name' (Type): reason", which also keeps its
+    parts so that refusals of one type and reason are reported as one group."""
 
-    def __init__(self, problems, partial_model=None):
+    def __new__(cls, name: str, kind: str, reason: str) -> "Refusal":
+        self = super().__new__(cls, "'%s' (%s): %s" % (name, kind, reason))
+        self.name, self.kind, self.reason = name, kind, str(reason)
+        return self
+
+
+# Names listed for a group of refusals; more are counted, not listed.
+GROUP_NAMES = 3
+
+
+def grouped(problems) -> List[str]:
+    """Refusals of one type and reason as one line, `Type ×N (a, b, c, …): reason`, in the order
+    of their first occurrence; other lines as they are."""
+    groups: Dict[object, List[str]] = {}
+    for problem in problems:
+        key = (problem.kind, problem.reason) if isinstance(problem, Refusal) else problem
+        groups.setdefault(key, []).append(problem)
+    lines = []
+    for key, members in groups.items():
+        if len(members) == 1 or not isinstance(key, tuple):
+            lines.append(members[0])
+            continue
+        names = [member.name for member in members]
+        listed = ", ".join(names[:GROUP_NAMES]) + (", …" if len(names) > GROUP_NAMES else "")
+        lines.append("%s ×%d (%s): %s" % (key[0], len(names), listed, key[1]))
+    return lines
+
+
+class UnsupportedError(ConversionError):
+    """Layers that cannot be converted (`problems`), and supported layers whose export failed
+    (`failures`: an exception, its traceback kept as the error's cause for --debug); lists all
+    of them at once, one line, refusals of one type and reason grouped."""
+
+    def __init__(self, problems, partial_model=None, failures=()):
         self.problems = list(problems)
+        self.failures = list(failures)
         # What could be mapped, refused layers standing in as inputs: lets `--check-only`
         # run the import side's checks on the rest and list everything at once.
         self.partial_model = partial_model
-        lines = "; ".join(self.problems)
-        super().__init__("%d unsupported layer(s): %s" % (len(self.problems), lines))
+        parts = []
+        if self.problems:
+            parts.append("%d unsupported layer(s): %s" % (len(self.problems), "; ".join(grouped(self.problems))))
+        if self.failures:
+            parts.append("export failed: %s" % "; ".join(grouped(self.failures)))
+        super().__init__("; ".join(parts))
 
 
 def signal_name(number: int) -> str:

@@ -51,6 +51,13 @@ CASES = {
     "swish": lambda: on_image(L.Activation("swish")),
     "mish": lambda: on_image(L.Activation("mish")),
     "hard_sigmoid": lambda: on_image(L.Activation("hard_sigmoid")),
+    "hard_swish": lambda: on_image(L.Activation("hard_swish")),
+    "gelu": lambda: on_image(L.Activation("gelu")),  # the erf form
+    "gelu_small_values": lambda: keras.Model(*(lambda x: (x, L.Activation("gelu")(
+        L.Rescaling(1e-3)(x))))(keras.Input((5, 6, 4)))),
+    "gelu_large_values": lambda: keras.Model(*(lambda x: (x, L.Activation("gelu")(
+        L.Rescaling(20.0)(x))))(keras.Input((5, 6, 4)))),
+    "gelu_tanh": lambda: on_image(lambda x: keras.ops.gelu(x, approximate=True)),
     "linear": lambda: on_image(L.Activation("linear")),
     "dense_fused_tanh": lambda: on_vector(lambda x: L.Dense(5, activation="tanh")(x)),
 }
@@ -69,10 +76,19 @@ OPENCV_PROFILE = {
     "swish": ("Swish", CASES["swish"]),
     "mish": ("Mish", CASES["mish"]),
     "hard_sigmoid": ("ReLU6", CASES["hard_sigmoid"]),
+    "hard_swish": ("HardSwish", CASES["hard_swish"]),
+    "gelu": ("Gelu", CASES["gelu"]),
+    "gelu_large_values": ("Gelu", CASES["gelu_large_values"]),
 }
 
 
 results, test_exact, test_refused = family_tests(CASES, REFUSED, "activation")
+
+
+def test_gelu_composed_from_bvlc_layers(results):
+    """erf by Abramowitz-Stegun from AbsVal, Power, Exp and Eltwise; no TanH (the tanh form)."""
+    types = set(results["gelu"].caffe_types)
+    assert {"AbsVal", "Power", "Exp", "Eltwise"} <= types and "TanH" not in types, types
 
 
 def test_relu6_composed_from_bvlc_layers(results):

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ConversionError, UnsupportedError
+from ..errors import ConversionError, Refusal, UnsupportedError
 from ..intermediate import Layer, Model
 from .layout import FlatOrder, held_axes
 from .handlers import HANDLERS, BroadcastsTo, Handler, handler_for, load_builtin
@@ -118,13 +118,13 @@ def unsupported_layers(model: Model, profile: Profile) -> List[str]:
     problems = []
     for layer in model.layers:
         if layer.type not in HANDLERS:
-            problems.append("'%s' (%s): no handler for this layer type" % (layer.name, layer.type))
+            problems.append(Refusal(layer.name, layer.type, "no handler for this layer type"))
             continue
         handler = HANDLERS[layer.type]
         with malformed_config_reported(model, layer):
             reason = array_problem(layer, model, handler) or handler.check(layer, model, profile)
         if reason:
-            problems.append("'%s' (%s): %s" % (layer.name, layer.type, reason))
+            problems.append(Refusal(layer.name, layer.type, reason))
     return problems
 
 

@@ -156,3 +156,120 @@ def conditioned_weights(build: Callable, input_shape: Sequence[int], seed: int,
                 assign(scope + "/gamma", gain * rng.uniform(0.5, 1.5, channels))
                 assign(scope + "/beta", gain * rng.normal(0.0, 0.1, channels))
         return session.run({name: variable for name, variable in variables.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras models (keras.applications in the tests): the same conditioning, walked over the
+# functional graph eagerly, in place.
+
+# Keras layers that pass a residual branch's end on to the addition unchanged.
+KERAS_PASS_THROUGH = ("Activation", "StochasticDepth", "Dropout", "Identity")
+# Keras layers whose learned scale (and offset) ends a residual branch in place of a kernel.
+KERAS_SCALES = ("BatchNormalization", "LayerNormalization", "LayerScale")
+
+
+def _keras_is_addition(operation) -> bool:
+    return type(operation).__name__ == "Add"  # the merge layer or keras.ops.add (x + y)
+
+
+def _keras_ends_residual(tensor, consumers) -> bool:
+    """Whether `tensor`, directly or through pass-through layers, is added to another tensor."""
+    for operation, node in consumers.get(id(tensor), []):
+        if _keras_is_addition(operation) and len(node.input_tensors) >= 2:
+            return True
+        if type(operation).__name__ in KERAS_PASS_THROUGH and _keras_ends_residual(
+                node.outputs[0], consumers):
+            return True
+    return False
+
+
+def _keras_call(layer, args, kwargs):
+    import keras
+
+    if isinstance(layer, keras.layers.Layer):
+        kwargs = dict(kwargs, training=False)
+    return layer(*args, **kwargs)
+
+
+def _keras_linear_output(layer, args):
+    """The layer's output without its fused activation."""
+    import keras
+
+    saved = getattr(layer, "activation", None)
+    if saved is not None:
+        layer.activation = keras.activations.linear
+    try:
+        return np.asarray(_keras_call(layer, args, {}), np.float64)
+    finally:
+        if saved is not None:
+            layer.activation = saved
+
+
+def _keras_condition(layer, args, kwargs, gain: float, rng) -> object:
+    """Condition one layer call's weights on its real input `args`, then return its output."""
+    import keras
+
+    kind = type(layer).__name__
+    if isinstance(layer, keras.Sequential):
+        value = args[0]
+        for index, inner in enumerate(layer.layers):
+            last = index == len(layer.layers) - 1
+            value = _keras_condition(inner, (value,), {}, gain if last else 1.0, rng)
+        return value
+    if kind == "BatchNormalization":
+        # Statistics of the input's scale, but not its own per-channel ones: random deep nets drift
+        # towards an input-independent output, so a channel's spread over the batch can be tiny
+        # beside its mean, and subtracting that mean and dividing by that spread would amplify
+        # the channel's float32 rounding, BatchNorm after BatchNorm (TensorFlow's own float32
+        # output ended 1e-4 to 1e-2 away from float64).
+        x = np.asarray(args[0], np.float64)
+        channels, square = x.shape[-1], float(np.mean(x ** 2))
+        layer.moving_mean.assign(rng.normal(0.0, 0.1 * np.sqrt(square), channels).astype(np.float32))
+        layer.moving_variance.assign((square * rng.uniform(0.5, 1.5, channels)).astype(np.float32))
+    if kind in KERAS_SCALES:
+        # BatchNorm's and LayerNorm's gamma/beta, LayerScale's gamma (1e-6 at initialisation:
+        # every ConvNeXt block would be the identity, hiding a wrong LayerNorm or GELU).
+        for role, draw in (("gamma", lambda shape: rng.uniform(0.5, 1.5, shape)),
+                           ("beta", lambda shape: rng.normal(0.0, 0.1, shape))):
+            variable = getattr(layer, role, None)
+            if variable is not None:
+                variable.assign((gain * draw(tuple(variable.shape))).astype(np.float32))
+    kernel = {"SeparableConv2D": "pointwise_kernel"}.get(kind, "kernel")
+    kernel = getattr(layer, kernel, None) if kind not in KERAS_SCALES else None
+    if kernel is not None:
+        bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+        if bias is not None:
+            bias.assign(np.zeros(tuple(bias.shape), np.float32))
+        y = _keras_linear_output(layer, args)
+        mean = y.mean(axis=tuple(range(y.ndim - 1)))
+        shift = CENTRING * mean if bias is not None else np.zeros_like(mean)
+        spread = float(np.sqrt(np.mean((y - shift) ** 2))) / gain
+        if spread > 0:  # an output that is always zero keeps its weights
+            kernel.assign((np.asarray(kernel) / spread).astype(np.float32))
+            if bias is not None:
+                bias.assign((-shift / spread + rng.normal(0.0, 0.1, mean.shape)).astype(np.float32))
+    return _keras_call(layer, args, kwargs)
+
+
+def condition_keras_model(model, seed: int) -> None:
+    """Condition a functional Keras model's weights in place, as `conditioned_weights` does for
+    tflearn graphs: kernels (convolutions, dense, a separable convolution's pointwise kernel)
+    to unit gain after a CENTRING bias, BatchNorm statistics near their input's, BatchNorm and
+    LayerNorm gamma/beta and LayerScale gamma random, the end of a residual branch at
+    RESIDUAL_GAIN; measured on a seeded standard-normal batch, layer after layer."""
+    rng = np.random.default_rng(seed)
+    (tensor,) = model.inputs
+    batch = rng.standard_normal([BATCH] + list(tensor.shape[1:])).astype(np.float32)
+    values = {id(tensor): tf.constant(batch)}
+    consumers = {}
+    nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True)
+             for node in model._nodes_by_depth[depth] if not node.is_input]
+    for node in nodes:
+        for inputs in node.input_tensors:
+            consumers.setdefault(id(inputs), []).append((node.operation, node))
+    for node in nodes:
+        args, kwargs = node.arguments.fill_in(values)
+        gain = RESIDUAL_GAIN if _keras_ends_residual(node.outputs[0], consumers) else 1.0
+        outputs = _keras_condition(node.operation, args, kwargs, gain, rng)
+        for output, value in zip(node.outputs, tf.nest.flatten(outputs)):
+            values[id(output)] = value

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import intermediate
-from ..errors import ConversionError, Unmappable, UnsupportedError
+from ..errors import ConversionError, Refusal, Unmappable, UnsupportedError
 from ..measure import relative_error
 from .reference import reference_batch
 
@@ -125,19 +125,25 @@ class Piece:
 
 
 class NodeCall:
-    """One call of a Keras layer, replayable with its real arguments."""
+    """One call of a Keras layer or keras.ops operation, replayable with its real arguments.
 
-    def __init__(self, layer, args, kwargs, inputs):
+    `tensor_args` says which positional arguments are tensors of the graph (the others are
+    constants, such as the 3.0 of `x + 3.0`)."""
+
+    def __init__(self, layer, args, kwargs, inputs, tensor_args=None):
         self.layer = layer
         self.args = args
         self.kwargs = kwargs
         self.inputs = inputs  # the input tensors' values, in order
+        self.tensor_args = tensor_args if tensor_args is not None else [True] * len(args)
 
     def rank(self, index=0) -> int:
         return len(self.inputs[index].shape)
 
     def output(self, _previous=None):
-        return self.layer(*self.args, **dict(self.kwargs, training=False))
+        if isinstance(self.layer, keras.layers.Layer):
+            return self.layer(*self.args, **dict(self.kwargs, training=False))
+        return self.layer(*self.args, **self.kwargs)  # an operation has no training mode
 
     def linear_output(self, _previous=None):
         """The layer's output with its fused activation switched off."""
@@ -165,6 +171,9 @@ ACTIVATIONS = {
     "mish": ("mish", {}),
     # Keras 3: relu6(x + 3) / 6 (Keras 2 used 0.2 x + 0.5), so the slope is recorded.
     "hard_sigmoid": ("hard_sigmoid", {"slope": 1.0 / 6.0, "offset": 0.5}),
+    "hard_silu": ("hard_swish", {}),  # x · relu6(x + 3) / 6
+    "hard_swish": ("hard_swish", {}),
+    "gelu": ("gelu", {"approximate": False}),  # keras.activations.gelu's default: the erf form
 }
 
 
@@ -247,8 +256,8 @@ def _separable_conv2d(layer, call):
     pointwise = weights(layer, kernel="pointwise_kernel", bias="bias" if layer.use_bias else None)
     multiplier = int(depthwise["kernel"][0].shape[3])
 
-    def depthwise_output(previous):
-        return keras.ops.depthwise_conv(previous[0], layer.depthwise_kernel, strides=layer.strides,
+    def depthwise_output(_previous):
+        return keras.ops.depthwise_conv(call.inputs[0], layer.depthwise_kernel, strides=layer.strides,
                                         padding=layer.padding, dilation_rate=layer.dilation_rate)
 
     def pointwise_output(previous):
@@ -460,6 +469,45 @@ def _unit_normalization(layer, call):
     return [Piece("", "l2_normalize", config, call.output)]
 
 
+def _layer_norm(layer, call):
+    rank = call.rank()
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if [axis % rank for axis in axes] != [rank - 1]:
+        raise Unmappable("normalises axes %s; only the last (channel) axis is supported" % (layer.axis,))
+    if getattr(layer, "rms_scaling", False):
+        raise Unmappable("rms_scaling=True is not supported")
+    arrays = weights(layer, gamma="gamma" if layer.scale else None,
+                     beta="beta" if layer.center else None)
+    return [Piece("", "layer_norm", dict(epsilon=float(layer.epsilon)), call.output, arrays)]
+
+
+def _layer_scale(layer, call):
+    # ConvNeXt's LayerScale: x · gamma, one learned factor per channel.
+    return [Piece("", "rescale", {}, call.output, weights(layer, scale="gamma"))]
+
+
+def _custom_scale(layer, call):
+    # InceptionResNetV2's CustomScaleLayer: inputs[0] + inputs[1] · scale.
+    return [Piece("", "add", dict(coefficients=[1.0, float(layer.scale)]), call.output)]
+
+
+def _sequential(model, call):
+    """A Sequential model used as a layer (ConvNeXt's stem and downsampling blocks): its layers
+    in order, each named `<sequential>/<layer>`."""
+    pieces, value = [], call.inputs[0]
+    for inner in model.layers:
+        inner_call = NodeCall(inner, (value,), {}, [value])
+        try:
+            inner_pieces = map_layer(inner, inner_call)
+        except Unmappable as reason:
+            raise Unmappable("its layer '%s' (%s): %s" % (inner.name, type(inner).__name__, reason))
+        for piece in inner_pieces:
+            piece.suffix = inner.name + ("/" + piece.suffix if piece.suffix else "")
+        pieces += inner_pieces
+        value = inner_call.output()
+    return pieces
+
+
 MAPPERS: Dict[str, Callable] = {
     "Conv2D": _conv2d,
     "DepthwiseConv2D": _depthwise_conv2d,
@@ -501,14 +549,162 @@ MAPPERS: Dict[str, Callable] = {
     "Rescaling": _rescale,
     "Normalization": _normalize,
     "UnitNormalization": _unit_normalization,
+    "LayerNormalization": _layer_norm,
+    "LayerScale": _layer_scale,  # keras.applications.convnext
+    "StochasticDepth": _identity,  # keras.applications.convnext: drops paths only in training
+    "CustomScaleLayer": _custom_scale,  # keras.applications.inception_resnet_v2
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# keras.ops operation nodes: Keras 3 records `x + 3.0`, `ops.mean(x, axis)` and the like on
+# symbolic tensors as operations in the functional graph, beside the layers.
+
+def _constant(value, call) -> np.ndarray:
+    """A constant operand as float64: a scalar or one value per channel of the tensor operand."""
+    array = to_numpy(value, np.float64)
+    channels = int(call.inputs[0].shape[-1])
+    if array.size == 1:
+        return array.reshape(())
+    if array.size == channels and all(d == 1 for d in array.shape[:-1]) and array.ndim <= call.rank():
+        return array.reshape(-1)
+    raise Unmappable("a constant operand of shape %s (only a scalar or one value per channel of "
+                     "the %s tensor)" % (tuple(array.shape), tuple(call.inputs[0].shape)))
+
+
+def _rescale_piece(op, scale, offset, compute) -> Piece:
+    """x·scale + offset: numbers in the config, per-channel vectors as arrays."""
+    config, arrays = {}, {}
+    for role, value in (("scale", scale), ("offset", offset)):
+        value = np.asarray(value, np.float64)
+        if value.ndim == 0:
+            config[role] = float(value)
+        else:
+            arrays[role] = (value.astype(np.float32), "%s/%s" % (op.name, role))
+    return Piece("", "rescale", config, compute, arrays)
+
+
+def _arithmetic(kind):
+    """add, subtract, multiply, divide (and maximum, minimum) of two tensors, or of a tensor
+    and a constant."""
+    def mapper(op, call):
+        if all(call.tensor_args[:2]):
+            if kind == "divide":
+                raise Unmappable("division of two tensors (Caffe has no element-wise division)")
+            return [Piece("", kind, {}, call.output)]
+        tensor_first = call.tensor_args[0]
+        c = _constant(call.args[1 if tensor_first else 0], call)
+        if kind == "add":
+            return [_rescale_piece(op, 1.0, c, call.output)]
+        if kind == "subtract":
+            return [_rescale_piece(op, 1.0, -c, call.output) if tensor_first else
+                    _rescale_piece(op, -1.0, c, call.output)]
+        if kind == "multiply":
+            return [_rescale_piece(op, c, 0.0, call.output)]
+        if kind == "divide" and tensor_first:
+            # x · (1/c) where TensorFlow divides by c: they differ by at most one rounding.
+            return [_rescale_piece(op, 1.0 / c, 0.0, call.output)]
+        if kind == "divide":
+            return [Piece("reciprocal", "activation", dict(function="power", exponent=-1.0),
+                          lambda previous: 1.0 / previous[0]),
+                    _rescale_piece(op, c, 0.0, call.output)]
+        raise Unmappable("%s of a tensor and a constant is not supported" % kind)
+    return mapper
+
+
+def _operation_activation(function, **attributes):
+    """An activation operation; `attributes` maps config keys to the operation's attributes."""
+    def mapper(op, call):
+        config = dict(function=function)
+        config.update({key: getattr(op, attribute) for key, attribute in attributes.items()})
+        if function == "softmax":
+            config["axis"] = int(op.axis) % call.rank()
+        return [Piece("", "activation", config, call.output)]
+    return mapper
+
+
+def _operation_reduce(operation):
+    def mapper(op, call):
+        if op.axis is None:
+            raise Unmappable("%s over every axis, the batch axis included" % operation)
+        return [Piece("", "reduce", dict(operation=operation, keepdims=bool(op.keepdims),
+                                         axes=sorted(int(a) % call.rank() for a in op.axis)),
+                      call.output)]
+    return mapper
+
+
+def _operation_concat(op, call):
+    return [Piece("", "concat", dict(axis=int(op.axis) % len(call.output().shape)), call.output)]
+
+
+def _operation_reshape(op, call):
+    # reshape, squeeze and expand_dims: the reshape handler converts those where Caffe's element
+    # order is TensorFlow's, and names the others. The walker sets the concrete target shape.
+    return [Piece("", "reshape", dict(target_shape=[]), call.output)]
+
+
+def _layout_operation(op, call):
+    raise Unmappable("a layout operation; tf2caffe has no Caffe mapping for it yet")
+
+
+def _is_layout_operation(operation) -> bool:
+    return (not isinstance(operation, keras.layers.Layer)
+            and OPERATIONS.get(type(operation).__name__) is _layout_operation)
+
+
+OPERATIONS: Dict[str, Callable] = {
+    "Add": _arithmetic("add"),
+    "Subtract": _arithmetic("subtract"),
+    "Multiply": _arithmetic("multiply"),
+    "Divide": _arithmetic("divide"),
+    "TrueDivide": _arithmetic("divide"),
+    "Maximum": _arithmetic("maximum"),
+    "Minimum": _arithmetic("minimum"),
+    "Relu": _operation_activation("relu"),
+    "Relu6": _operation_activation("relu6"),
+    "Sigmoid": _operation_activation("sigmoid"),
+    "Tanh": _operation_activation("tanh"),
+    "Silu": _operation_activation("swish"),
+    "HardSigmoid": _operation_activation("hard_sigmoid"),  # relu6(x + 3) / 6: the handler's default
+    "HardSilu": _operation_activation("hard_swish"),
+    "Gelu": _operation_activation("gelu", approximate="approximate"),
+    "Elu": _operation_activation("elu", alpha="alpha"),
+    "LeakyRelu": _operation_activation("leaky_relu", alpha="negative_slope"),
+    "Selu": _operation_activation("selu"),
+    "Softplus": _operation_activation("softplus"),
+    "Softmax": _operation_activation("softmax"),
+    "Mean": _operation_reduce("mean"),
+    "Max": _operation_reduce("max"),
+    "Min": _operation_reduce("min"),
+    "Sum": _operation_reduce("sum"),
+    "Concatenate": _operation_concat,
+    "Reshape": _operation_reshape,
+    "Squeeze": _operation_reshape,
+    "ExpandDims": _operation_reshape,
+    "Transpose": _layout_operation,
+    "MoveAxis": _layout_operation,
+    "Swapaxes": _layout_operation,
+    "Split": _layout_operation,
+    "GetItem": _layout_operation,
+    "Slice": _layout_operation,
+    "Stack": _layout_operation,
 }
 
 
 def map_layer(layer, call) -> List[Piece]:
+    """The vocabulary pieces of one Keras layer, nested Sequential or keras.ops operation."""
     kind = type(layer).__name__
+    if isinstance(layer, keras.Sequential):
+        return _sequential(layer, call)
     if isinstance(layer, keras.Model):
-        raise Unmappable("nested model; tf2caffe does not flatten nested models yet")
-    if kind not in MAPPERS or not type(layer).__module__.startswith("keras."):
+        raise Unmappable("nested functional model; tf2caffe flattens only nested Sequential models")
+    if not type(layer).__module__.startswith("keras."):
+        raise Unmappable("class %s is not a built-in Keras class" % kind)
+    if not isinstance(layer, keras.layers.Layer):
+        if kind not in OPERATIONS:
+            raise Unmappable("operation %s is not supported" % kind)
+        return OPERATIONS[kind](layer, call)
+    if kind not in MAPPERS:
         raise Unmappable("layer class %s is not supported" % kind)
     return MAPPERS[kind](layer, call)
 
@@ -558,12 +754,15 @@ class GraphWalk:
     """Runs a functional graph node by node in topological order, mapping each layer onto
     vocabulary layers and keeping every vocabulary layer's TensorFlow output."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, name):
+        self.name = name
         self.values = {}  # id(KerasTensor) -> its value
         self.names = {}  # id(KerasTensor) -> the vocabulary layer that outputs it
         self.layers: List[intermediate.Layer] = []
         self.activations = {}
         self.problems = []
+        self.failures = []
+        self.failure = None  # the first failure's exception: the traceback --debug shows
         self.uses = {}
         for nodes in graph._nodes_by_depth.values():
             for node in nodes:
@@ -579,42 +778,75 @@ class GraphWalk:
     def visit(self, node) -> None:
         layer = node.operation
         args, kwargs = node.arguments.fill_in(self.values)
-        call = NodeCall(layer, args, kwargs, [self.values[id(t)] for t in node.input_tensors])
-        where = "'%s' (%s)" % (layer.name, type(layer).__name__)
+        call = NodeCall(layer, args, kwargs, [self.values[id(t)] for t in node.input_tensors],
+                        [isinstance(arg, keras.KerasTensor) for arg in node.arguments.args])
+        kind = type(layer).__name__
         try:
-            if len(node.outputs) != 1:
+            if len(node.outputs) != 1 and not _is_layout_operation(layer):  # split: refused by name
                 raise Unmappable("%d outputs (only single-output layers are supported)" % len(node.outputs))
             if self.uses[id(layer)] > 1:
                 raise Unmappable("called %d times (shared layers are not supported)" % self.uses[id(layer)])
             pieces = map_layer(layer, call)
+            computed = self.compute(layer, call, pieces)
         except Unmappable as reason:
-            self.problems.append("%s: %s" % (where, reason))
-            # Keep running so that every later layer is checked too; the refused layer's output
-            # stands in as an input, so the import side can check the layers after it.
-            for tensor, value in zip(node.outputs, tf.nest.flatten(call.output())):
-                self.values[id(tensor)], self.names[id(tensor)] = value, layer.name
-            if layer.name not in {known.name for known in self.layers}:
-                self.layers.append(intermediate.Layer(layer.name, "input", config=dict(
-                    shape=list(value.shape)), output_shape=value.shape))
+            self.problems.append(Refusal(layer.name, kind, reason))
+            self.stand_in(node, call)
             return
-        value, inputs = call.inputs, [self.names[id(t)] for t in node.input_tensors]
-        for piece in pieces:
-            value = piece.compute(value)
-            name = layer.name + ("/" + piece.suffix if piece.suffix else "")
-            if piece.type == "reshape":
-                piece.config["target_shape"] = list(value.shape[1:])  # a -1 resolved
+        except ConversionError:
+            raise
+        except Exception as error:  # a bug or a Keras surprise in a supported layer: not "unsupported"
+            self.failures.append(Refusal(layer.name, kind, _first_line(error)))
+            self.failure = self.failure or error
+            self.stand_in(node, call)
+            return
+        inputs = [self.names[id(t)] for t in node.input_tensors]
+        for piece, (name, value) in zip(pieces, computed):
             self.layers.append(intermediate.Layer(
                 name, piece.type, inputs, piece.config, list(value.shape),
                 {role: array for role, (array, _) in piece.arrays.items()},
                 {role: path for role, (_, path) in piece.arrays.items()}))
             self.activations[name] = value
             inputs = [name]
+        self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = computed[-1][1], inputs[0]
+
+    @staticmethod
+    def compute(layer, call, pieces) -> List[tuple]:
+        """(vocabulary layer name, TensorFlow output) of each piece, checked against the layer."""
+        computed, value = [], call.inputs
+        for piece in pieces:
+            value = piece.compute(value)
+            if piece.type == "reshape":
+                piece.config["target_shape"] = list(value.shape[1:])  # a -1 resolved
+            computed.append((layer.name + ("/" + piece.suffix if piece.suffix else ""), value))
         if len(pieces) > 1:
             error = relative_error(value, call.output())
             if error > EAGER_TOLERANCE:
-                raise ConversionError("%s: its %d vocabulary layers compute something else than the "
-                                      "layer (relative error %.3g)" % (where, len(pieces), error))
-        self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = value, inputs[0]
+                raise ConversionError("'%s' (%s): its %d vocabulary layers compute something else "
+                                      "than the layer (relative error %.3g)" % (
+                                          layer.name, type(layer).__name__, len(pieces), error))
+        return computed
+
+    def stand_in(self, node, call) -> None:
+        """Keep walking past a refused or failed node, so that every later one is checked too: its
+        output stands in as an input, so the import side can check the layers after it."""
+        layer = node.operation
+        try:
+            outputs = tf.nest.flatten(call.output())
+        except Exception as error:  # nothing to stand in: report what is known so far
+            self.failures.append(Refusal(layer.name, type(layer).__name__, _first_line(error)))
+            raise self.error() from (self.failure or error)
+        for tensor, value in zip(node.outputs, outputs):
+            self.values[id(tensor)], self.names[id(tensor)] = value, layer.name
+        if layer.name not in {known.name for known in self.layers}:
+            self.layers.append(intermediate.Layer(layer.name, "input", config=dict(
+                shape=list(value.shape)), output_shape=value.shape))
+
+    def error(self, outputs=()) -> UnsupportedError:
+        # Without failures, what could be mapped lets --check-only check the rest; a failure is
+        # an error to report as such, never a list of problems to check further.
+        partial = None if self.failures else intermediate.Model(self.name, self.layers, list(outputs))
+        # a shared layer is refused once
+        return UnsupportedError(list(dict.fromkeys(self.problems)), partial, self.failures)
 
 
 def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0,
@@ -630,7 +862,7 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
         raise ConversionError("model '%s' has %d inputs; --reference-input needs a single-input "
                               "model" % (name, len(shapes)))
     inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name)
-    walk = GraphWalk(graph)
+    walk = GraphWalk(graph, name)
     for tensor, value in zip(graph.inputs, inputs):
         walk.add_input(tensor, value)
     for depth in sorted(graph._nodes_by_depth, reverse=True):
@@ -638,9 +870,8 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
             if node.operation and not node.is_input:
                 walk.visit(node)
     outputs = [walk.names[id(tensor)] for tensor in graph.outputs]
-    if walk.problems:
-        partial = intermediate.Model(name, walk.layers, outputs)
-        raise UnsupportedError(list(dict.fromkeys(walk.problems)), partial)  # a shared layer: once
+    if walk.problems or walk.failures:
+        raise walk.error(outputs) from walk.failure
 
     expected = tf.nest.flatten(model(inputs if len(inputs) > 1 else inputs[0], training=False))
     for output, tensor, reference in zip(outputs, graph.outputs, expected):

@@ -70,6 +70,52 @@ def _hard_sigmoid(layer, profile, _x):
             + [power("scale", 1.0 / 6.0)])
 
 
+def _hard_swish(layer, profile, x):
+    # x · hard_sigmoid(x) (Keras 3: relu6(x + 3) / 6); OpenCV's HardSwish is x · clip(x/6 + 1/2, 0, 1).
+    if profile.allows("HardSwish"):
+        return [Step("hard_swish", "HardSwish")]
+    return _hard_sigmoid(layer, profile, x) + [
+        Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
+
+
+# Abramowitz & Stegun 7.1.26: for z >= 0, erf(z) = 1 - t·(a1 + t·(a2 + ... + t·a5))·exp(-z²),
+# t = 1 / (1 + p·z), with |error| <= 1.5e-7.
+ERF_P = 0.3275911
+ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+GELU_TANH = (np.sqrt(2.0 / np.pi), 0.044715)  # TensorFlow's tanh approximation's constants
+
+
+def _gelu(layer, profile, x):
+    if layer.config.get("approximate"):
+        # 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))), as TensorFlow computes it.
+        return [power("cube", exponent=3.0), Step("unfused", "Split"),
+                Step("inner", "Eltwise", {"eltwise_param": {"operation": "SUM", "coeff": [1.0, GELU_TANH[1]]}},
+                     source=x, extra_bottoms=[Earlier("unfused")]),
+                power("tanh_in", GELU_TANH[0]), Step("tanh", "TanH"), power("one_plus", 0.5, 0.5),
+                Step("prod", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, extra_bottoms=[x])]
+    if profile.allows("Gelu"):
+        return [Step("gelu", "Gelu")]
+    # x·Φ(x) = 0.5·x + 0.5·|x|·erf(|x|/√2) (erf is odd, so x·erf(x/√2) = |x|·erf(|x|/√2)): erf is
+    # then only needed on z = |x|/√2 >= 0, where A&S 7.1.26 holds. With q = 1 - erf(z) the result
+    # is 0.5·x + 0.5·|x| - 0.5·|x|·q: for x < 0 the first two cancel exactly, leaving -0.5·|x|·q.
+    prod = {"eltwise_param": {"operation": "PROD"}}
+    steps = [Step("abs", "AbsVal"),
+             # t = (1 + p·|x|/√2)^-1; the Split keeps OpenCV from fusing the Power into the next.
+             power("t", ERF_P / np.sqrt(2.0), 1.0, -1.0), Step("t_unfused", "Split"),
+             power("horner4", ERF_A[4], ERF_A[3])]
+    for degree in (2, 1, 0):
+        steps += [Step("horner%d_t" % (degree + 1), "Eltwise", prod, extra_bottoms=[Earlier("t_unfused")]),
+                  power("horner%d" % degree, shift=ERF_A[degree])]
+    steps += [Step("poly", "Eltwise", prod, extra_bottoms=[Earlier("t_unfused")]),
+              Step("square", "Eltwise", prod, source=Earlier("abs"), extra_bottoms=[Earlier("abs")]),
+              Step("gauss", "Exp", {"exp_param": {"scale": -0.5}}),  # exp(-z²) = exp(-x²/2)
+              Step("erfc", "Eltwise", prod, extra_bottoms=[Earlier("poly")]),
+              Step("abs_erfc", "Eltwise", prod, extra_bottoms=[Earlier("abs")]),
+              Step("sum", "Eltwise", {"eltwise_param": {"operation": "SUM", "coeff": [0.5, 0.5, -0.5]}},
+                   source=x, extra_bottoms=[Earlier("abs"), Earlier("abs_erfc")])]
+    return steps
+
+
 def _softsign(layer, profile, x):
     # x / (1 + |x|) as x · (1 + |x|)^-1: two roundings where TensorFlow divides once (≤ 1 ulp more).
     return [Step("abs", "AbsVal"), power("reciprocal", shift=1.0, exponent=-1.0),
@@ -117,6 +163,8 @@ STEPS = {
     "swish": _swish,
     "mish": _mish,
     "hard_sigmoid": _hard_sigmoid,
+    "hard_swish": _hard_swish,
+    "gelu": _gelu,
     "linear": lambda layer, profile, x: [],
 }
 
@@ -126,15 +174,17 @@ class Activation(Handler):
     config_keys = ("function",)
     notes = ("one of %s; optional `alpha` (leaky_relu, elu), `max_value`, `threshold`, "
              "`exponent` (power), `negative_slope` (relu), `axis` (softmax), `slope`, `offset` (hard_sigmoid: "
-             "clip(slope·x + offset, 0, 1))" % ", ".join(sorted(STEPS)))
+             "clip(slope·x + offset, 0, 1)), `approximate` (gelu: the tanh form)" % ", ".join(sorted(STEPS)))
     summary = ("relu (negative_slope, max_value; not threshold), relu6, leaky_relu, elu, selu "
                "(ELU + Power scale), sigmoid, tanh, softmax (any axis), softplus (BNLL), softsign "
                "(x · (1 + abs(x))^-1), abs, power (x^exponent; a Split after it keeps OpenCV from "
-               "fusing it wrongly), swish, mish (BNLL, TanH, Eltwise PROD), hard_sigmoid, linear; "
-               "ReLU6 and clipping as ReLU(x) - ReLU(x - m) (ReLU6, Swish, Mish, and HardSigmoid "
-               "for slope 0.2 and offset 0.5, in the opencv profile)")
+               "fusing it wrongly), swish, mish (BNLL, TanH, Eltwise PROD), hard_sigmoid, hard_swish "
+               "(x · hard_sigmoid(x)), gelu (0.5·x + 0.5·|x|·erf(|x|/√2), erf by Abramowitz-Stegun "
+               "7.1.26 from AbsVal, Power, Exp, Eltwise; the tanh form from Power, TanH, Eltwise), "
+               "linear; ReLU6 and clipping as ReLU(x) - ReLU(x - m) (ReLU6, Swish, Mish, HardSwish, "
+               "Gelu, and HardSigmoid for slope 0.2 and offset 0.5, in the opencv profile)")
     caffe_layers = ("ReLU", "Power", "ELU", "Sigmoid", "TanH", "Softmax", "BNLL", "AbsVal", "Eltwise",
-                    "Split", "ReLU6", "Swish", "Mish", "HardSigmoid")
+                    "Split", "Exp", "ReLU6", "Swish", "Mish", "HardSigmoid", "HardSwish", "Gelu")
 
     def check(self, layer, model, profile):
         function = layer.config["function"]

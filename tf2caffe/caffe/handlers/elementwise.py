@@ -18,7 +18,10 @@ OPERATIONS = {"add": "SUM", "subtract": "SUM", "multiply": "PROD", "maximum": "M
               "average": "SUM", "minimum": "MAX"}
 
 
-def _coefficients(kind, count):
+def _coefficients(layer, count):
+    kind = layer.type
+    if kind == "add" and "coefficients" in layer.config:
+        return [float(c) for c in layer.config["coefficients"]]
     if kind == "subtract":
         return [1.0, -1.0]
     if kind == "average":
@@ -43,8 +46,9 @@ def _broadcast(ctx, layer, index, blob, full):
 
 @register(*sorted(OPERATIONS))
 class Merge(Handler):
-    notes = "two or more inputs; shapes equal or broadcast (N,1,1,C) against (N,H,W,C)"
-    summary = ("Eltwise: add, subtract (coeff 1, -1), multiply, maximum, minimum (negated maximum), "
+    notes = ("two or more inputs; shapes equal or broadcast (N,1,1,C) against (N,H,W,C); add: "
+             "optional `coefficients`, one number per input (sum of coefficient·input)")
+    summary = ("Eltwise: add (with coefficients: InceptionResNetV2's x + scale·y), subtract (coeff 1, -1), multiply, maximum, minimum (negated maximum), "
                "average (coeff 1/n); a (N,1,1,C) multiplier: two-bottom Scale, other (N,1,1,C) "
                "inputs expanded by a ones Deconvolution")
     caffe_layers = ("Eltwise", "Power", "Flatten", "Scale", "Deconvolution")
@@ -53,6 +57,8 @@ class Merge(Handler):
         shapes = [model.layer(name).output_shape for name in layer.inputs]
         if len(shapes) < 2 or (layer.type == "subtract" and len(shapes) != 2):
             return "%d inputs" % len(shapes)
+        if len(layer.config.get("coefficients", shapes)) != len(shapes):
+            return "%d coefficients for %d inputs" % (len(layer.config["coefficients"]), len(shapes))
         for shape in shapes:
             if shape != layer.output_shape and not _is_gate(shape, layer.output_shape):
                 return "cannot broadcast %s against %s (only (N, 1, 1, C) against (N, H, W, C))" % (
@@ -81,7 +87,7 @@ class Merge(Handler):
             bottoms = [Earlier("negate%d" % i) for i in range(len(bottoms))]
         operation = OPERATIONS[layer.type]
         params = {"operation": operation}
-        coefficients = _coefficients(layer.type, len(bottoms))
+        coefficients = _coefficients(layer, len(bottoms))
         if coefficients:
             params["coeff"] = coefficients
         chain.follow([Step(operation.lower(), "Eltwise", {"eltwise_param": params}, source=bottoms[0],

@@ -1,10 +1,11 @@
-"""BatchNorm, Keras Normalization and Rescaling, and LRN."""
+"""BatchNorm, LayerNormalization, Keras Normalization and Rescaling, and LRN."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import BroadcastsTo, Handler, register
 from .chain import Chain, Step, power
+from .reduction import broadcast_steps, reduce_steps, ReductionSteps
 from .shape import in_blob_order, order_problem
 
 
@@ -64,24 +65,82 @@ class BatchNorm(Handler):
         _emit(layer, ctx, steps)
 
 
+@register("layer_norm")
+class LayerNorm(Handler):
+    config_keys = ("epsilon",)
+    array_layouts = {"gamma?": "(C; ones if absent)", "beta?": "(C; zeros if absent)"}
+    notes = "normalises the last axis: (x − mean)·(variance + epsilon)^-1/2·gamma + beta"
+    summary = ("(x - mean)·(variance + epsilon)^-1/2 over the channels of each position: the "
+               "reduce handler's mean (Pooling), ones-weight layers broadcasting back, Eltwise for "
+               "the difference and the products, Power for the root, Scale for gamma/beta")
+    caffe_layers = ("Pooling", "Reshape", "Convolution", "InnerProduct", "Eltwise", "Power", "Scale")
+
+    def array_shapes(self, layer, model):
+        channels = (layer.output_shape[-1],)
+        return {"gamma": channels, "beta": channels}
+
+    def check(self, layer, model, profile):
+        if len(layer.output_shape) not in (2, 4):
+            return "only 2-D and 4-D inputs are supported"
+        return order_problem(layer, model)
+
+    def emit(self, layer, ctx):
+        # Exact, not an approximation: every step computes one term of LayerNormalization's
+        # definition, mean and variance = mean((x - mean)²) as Pooling averages over the channel
+        # axis (a window of C rows over the blob viewed as (N, 1, C, H·W): the sum of the C values
+        # divided by C, as TensorFlow's mean), broadcast back over the channels by ones weights
+        # (x·1 is exact). Only the rounding order differs from TensorFlow's: Keras computes
+        # x·inv - mean·inv, this (x - mean)·inv, which cancels no better or worse than float32.
+        bottom = ctx.bottom(layer)
+        shape = bottom.shape
+        steps = ReductionSteps(ctx, layer, bottom.name, shape)
+        reduce_steps(steps, [1], "mean")
+        broadcast_steps(steps, shape)
+        centered = steps.add("center", "Eltwise", {"eltwise_param": {
+            "operation": "SUM", "coeff": [1.0, -1.0]}}, shape, bottoms=[bottom.name, steps.top])[0]
+        steps.add("square", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, shape,
+                  bottoms=[centered, centered])
+        reduce_steps(steps, [1], "mean")
+        steps.power("rsqrt", power=-0.5, shift=float(layer.config["epsilon"]))
+        broadcast_steps(steps, shape)
+        steps.add("normalized", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, shape,
+                  bottoms=[centered, steps.top])
+        channels = layer.output_shape[-1]
+        gamma = layer.array("gamma") if layer.has("gamma") else np.ones(channels, np.float32)
+        beta = layer.array("beta") if layer.has("beta") else np.zeros(channels, np.float32)
+        steps.add("scale", "Scale", {"scale_param": {"bias_term": True}}, shape, blobs=[
+            lambda: in_blob_order(gamma, bottom), lambda: in_blob_order(beta, bottom)])
+        steps.finish(bottom.flattened_from)
+
+
 @register("rescale")
 class Rescale(Handler):
-    config_keys = ("scale", "offset")
-    notes = "numbers or per-channel lists: x·scale + offset"
+    array_layouts = {"scale?": "(C)", "offset?": "(C)"}
+    notes = ("x·scale + offset; `scale` and `offset` each in the config (a number or a per-channel "
+             "list) or as an array (per channel: learned factors such as ConvNeXt's LayerScale); "
+             "absent: 1 and 0")
     summary = "x·scale + offset: Power for scalars, Scale with bias per channel"
     caffe_layers = ("Power", "Scale")
 
+    def array_shapes(self, layer, model):
+        return {"scale": (layer.output_shape[-1],), "offset": (layer.output_shape[-1],)}
+
     def check(self, layer, model, profile):
         for key in ("scale", "offset"):
-            problem = _vector_problem(layer, layer.config[key], key)
+            if key in layer.config and layer.has(key):
+                return "'%s' both in the config and as an array" % key
+            problem = _vector_problem(layer, layer.config.get(key, 0.0), key)
             if problem:
                 return problem
         return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
-        scale, offset = layer.config["scale"], layer.config["offset"]
+        scale, offset = (layer.array(key) if layer.has(key) else layer.config.get(key, default)
+                         for key, default in (("scale", 1.0), ("offset", 0.0)))
         if np.size(scale) == 1 and np.size(offset) == 1:
             step = power("rescale", np.ravel(scale)[0], np.ravel(offset)[0])
+        elif np.size(offset) == 1 and np.ravel(offset)[0] == 0:
+            step = _scale("rescale", lambda: _per_channel(layer, ctx, scale))
         else:
             step = _scale("rescale", lambda: _per_channel(layer, ctx, scale),
                           lambda: _per_channel(layer, ctx, offset))

@@ -41,7 +41,7 @@ def _runs(axes: Sequence[int]) -> List[List[int]]:
     return runs
 
 
-class _Layers:
+class ReductionSteps:
     """Caffe layers of one intermediate layer, each reading the previous top by default; the
     last takes the layer's own name (`finish`)."""
 
@@ -82,7 +82,7 @@ class _Layers:
         self.ctx.produce(self.layer, final, self.shape, flattened_from)
 
 
-def _pool_run(steps: _Layers, run: List[int], operation: str) -> None:
+def _pool_run(steps: ReductionSteps, run: List[int], operation: str) -> None:
     """Reduce the Caffe axes `run` (adjacent) of the current blob, keeping them as size 1."""
     dims = list(steps.shape)
     if _product(dims[a] for a in run) == 1:
@@ -111,7 +111,7 @@ def _pool_run(steps: _Layers, run: List[int], operation: str) -> None:
     steps.reshape(kept)
 
 
-def reduce_steps(steps: _Layers, caffe_axes: Sequence[int], operation: str) -> None:
+def reduce_steps(steps: ReductionSteps, caffe_axes: Sequence[int], operation: str) -> None:
     """Reduce `caffe_axes` of the current blob with `operation`; the result keeps them as 1."""
     count = _product(steps.shape[a] for a in caffe_axes)
     if operation == "min":
@@ -169,7 +169,7 @@ class Reduce(Handler):
 
     def emit(self, layer, ctx):
         bottom = ctx.bottom(layer)
-        steps = _Layers(ctx, layer, bottom.name, bottom.shape)
+        steps = ReductionSteps(ctx, layer, bottom.name, bottom.shape)
         reduce_steps(steps, _caffe_axes(layer, len(bottom.shape)), layer.config["operation"])
         kept = [1 if a in [int(x) % len(bottom.shape) for x in layer.config["axes"]] else d
                 for a, d in enumerate(ctx.input_tf_shape(layer))]
@@ -180,7 +180,7 @@ class Reduce(Handler):
         steps.finish()
 
 
-def _broadcast_steps(steps: _Layers, full: Sequence[int]) -> None:
+def broadcast_steps(steps: ReductionSteps, full: Sequence[int]) -> None:
     """Expand the size-1 axes of the current blob to `full`: a ones InnerProduct (2-D), a ones
     1x1 Convolution (channels), a ones grouped Deconvolution (H, W). x·1 is exact."""
     if len(full) == 2:
@@ -247,7 +247,7 @@ class L2Normalize(Handler):
                 blobs=[np.array(1.0, np.float32)]))  # the shared scale: a 0-d blob in SSD-Caffe
             ctx.produce(layer, name, bottom.shape, bottom.flattened_from)
             return
-        steps = _Layers(ctx, layer, bottom.name, bottom.shape)
+        steps = ReductionSteps(ctx, layer, bottom.name, bottom.shape)
         steps.add("square", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, bottom.shape,
                   bottoms=[bottom.name, bottom.name])
         reduce_steps(steps, _caffe_axes(layer, len(bottom.shape)), "sum")
@@ -255,7 +255,7 @@ class L2Normalize(Handler):
         steps.power("floor", shift=-epsilon)
         steps.add("floor", "ReLU", None, steps.shape)
         steps.power("rsqrt", power=-0.5, shift=epsilon)
-        _broadcast_steps(steps, bottom.shape)
+        broadcast_steps(steps, bottom.shape)
         steps.add("scale", "Eltwise", {"eltwise_param": {"operation": "PROD"}}, bottom.shape,
                   bottoms=[bottom.name, steps.top])
         steps.finish(bottom.flattened_from)

@@ -35,7 +35,7 @@ from .chain import Chain
 # Layer types that treat every feature alike or per-feature with their own vectors, so they pass
 # a flattened tensor through in Caffe's order (their per-feature arrays are permuted to match).
 FEATURE_WISE = frozenset([
-    "identity", "activation", "prelu", "batch_norm", "rescale", "normalize",
+    "identity", "activation", "prelu", "batch_norm", "layer_norm", "rescale", "normalize",
     "add", "subtract", "multiply", "maximum", "minimum", "average",
 ])
 # Layer types whose handlers deal with a flattened input themselves.

@@ -2,14 +2,17 @@
 GraphDef `.pb` files and SavedModels, each as a `GraphSource` not yet resolved to inference."""
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from ...errors import ConversionError
@@ -161,8 +164,36 @@ def _repair_frozen_updates(graph_def) -> None:
                 function.ret[key] = "%s:output:%s" % (node, index)
 
 
+def _without_optimizer_slots(path: Path, folder: str) -> str:
+    """The SavedModel to load: `path` itself, or, when its object graph holds optimizer slot
+    variables, a copy in `folder` without them (its other files linked).
+
+    A Keras 2 (tf.keras 2 / tf_keras) model saved with a legacy optimizer stores the slots (Adam's
+    m and v) as created by `optimizer.add_slot`; TensorFlow's loader, which does not know the
+    Keras 2 optimizer class, revives the optimizer as a plain object without `add_slot` and
+    fails. Slots only matter for training: unlinked from the optimizer they load as plain
+    variables that no signature reads."""
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    except (OSError, DecodeError) as error:
+        raise ConversionError("%s: unreadable saved_model.pb: %s" % (path, error))
+    nodes = [node for graph in proto.meta_graphs for node in graph.object_graph_def.nodes]
+    if not any(node.slot_variables for node in nodes):
+        return str(path)
+    for node in nodes:
+        del node.slot_variables[:]
+    for entry in path.iterdir():
+        if entry.name != "saved_model.pb":
+            os.symlink(str(entry.resolve()), os.path.join(folder, entry.name))
+    with open(os.path.join(folder, "saved_model.pb"), "wb") as f:
+        f.write(proto.SerializeToString())
+    return folder
+
+
 def _load_saved_model(path: Path, signature: Optional[str]) -> GraphSource:
-    loaded = tf.saved_model.load(str(path))
+    with tempfile.TemporaryDirectory(prefix="tf2caffe-savedmodel-") as folder:
+        loaded = tf.saved_model.load(_without_optimizer_slots(path, folder))
     key = signature or "serving_default"
     if not loaded.signatures:
         raise ConversionError("%s: the SavedModel has no signatures (save it with "

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
 from ... import intermediate
-from ...errors import Unmappable, UnsupportedError
+from ...errors import Refusal, Unmappable, UnsupportedError
 from .nodes import data_inputs, node_of_tensor, nodes_by_name, split_input, topological_order, users_by_node
 from .ops import MAPPERS, PASS_THROUGH
 from .session import full_tensor_name
@@ -174,7 +174,7 @@ class Mapper:
             try:
                 self.map(node)
             except Unmappable as reason:
-                self.problems.append("'%s' (%s): %s" % (node.name, node.op, reason))
+                self.problems.append(Refusal(node.name, node.op, reason))
                 self.layer_of[node.name] = node.name  # keep walking: report every problem
         if self.problems:
             raise UnsupportedError(self.problems)
