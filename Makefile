@@ -6,6 +6,7 @@
 #                        for the day Debian bullseye's packages are gone
 #   make test            lint, build both Caffes, then the whole test suite, and the handler
 #                        and zoo tests again written by the other Caffe (what CI runs)
+#   make test-zoo        all 40 keras.applications classifiers (make test converts eleven)
 #   make test-fast       lint, then the tests marked neither chroot, containers nor slow
 #                        (handlers written natively, verified in OpenCV): the edit loop, under a minute
 #   make lint            ruff, and vermin's Python 3.9 floor for the code the Caffe chroot runs
@@ -40,7 +41,7 @@ OTHER_CAFFE := $(filter-out $(CAFFE),bullseye source)
 ENVIRONMENT_OF_bullseye := caffe
 ENVIRONMENT_OF_source := caffe-source
 
-.PHONY: all env caffe-env both-caffes export import convert test test-fast lint bench clean
+.PHONY: all env caffe-env both-caffes export import convert test test-fast test-zoo lint bench clean
 
 all: export import
 
@@ -120,8 +121,13 @@ lint: $(TF2CAFFE)
 
 # The handler and zoo tests run twice: written by each Caffe (and verified in both, and OpenCV).
 test: env both-caffes lint
-	.venv/bin/python -m pytest -ra -p no:cacheprovider tests
-	TF2CAFFE_CAFFE=$(OTHER_CAFFE) .venv/bin/python -m pytest -ra -p no:cacheprovider tests/handlers tests/test_zoo.py
+	.venv/bin/python -m pytest -ra -p no:cacheprovider -m "not full_zoo" tests
+	TF2CAFFE_CAFFE=$(OTHER_CAFFE) .venv/bin/python -m pytest -ra -p no:cacheprovider -m "not full_zoo" \
+	  tests/handlers tests/test_zoo.py
+
+# All 40 keras.applications classifiers (make test converts eleven): about 40 minutes.
+test-zoo: env both-caffes
+	.venv/bin/python -m pytest -ra -p no:cacheprovider tests/test_zoo.py
 
 # The conversions of the handler suites use no Caffe (written natively, measured in OpenCV
 # only); `make test` measures them in both Caffes too. Test files are spread over the CPUs,
