@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from harness import assert_exact, convert_intermediate_batch, convert_keras_batch
-from test_zoo import randomise_statistics
+from tf2caffe.export.conditioned import condition_keras_model
 
 pytestmark = pytest.mark.slow
 L = keras.layers
@@ -159,7 +159,7 @@ GRAPH_NETS = {"yolo_v4_tiny": yolo_v4_tiny}
 def build(make, seed=0):
     keras.utils.set_random_seed(seed)
     model = make()
-    randomise_statistics(model, np.random.default_rng(seed))
+    condition_keras_model(model, seed)
     return model
 
 

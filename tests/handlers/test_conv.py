@@ -132,7 +132,9 @@ def test_odd_same_padding_is_cropped_not_shifted(results):
 
 
 def test_only_bvlc_layers(results):
-    allowed = {"Input", "Convolution", "Deconvolution", "Slice", "Silence", "Split", "Pooling", "ReLU"}
+    # Reshape and InnerProduct: bilinear upsampling's per-axis interpolation matrices
+    allowed = {"Input", "Convolution", "Deconvolution", "Slice", "Silence", "Split", "Pooling", "ReLU",
+               "Reshape", "InnerProduct"}
     for name in CASES:
         assert set(results[name].caffe_types) <= allowed, (name, results[name].caffe_types)
 
