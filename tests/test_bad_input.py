@@ -394,8 +394,8 @@ BAD_INPUTS = [
         "{h5}: layer 'dense_1': attribute 'config' is not valid JSON"),
     row("unknown_layer_type", edited(set_attr("layers/dense_1%2Frelu", "type", "lambda")),
         "{h5}: layer 'dense_1/relu': unknown layer type 'lambda'"),
-    row("unsupported_layer", edited(set_attr("layers/dense_1%2Frelu", "config", '{"function": "mish"}')),
-        "{h5}: 1 unsupported layer(s): 'dense_1/relu' (activation): activation 'mish' has no exact "
+    row("unsupported_layer", edited(set_attr("layers/dense_1%2Frelu", "config", '{"function": "log_softmax"}')),
+        "{h5}: 1 unsupported layer(s): 'dense_1/relu' (activation): activation 'log_softmax' has no exact "
         "Caffe equivalent"),
     row("too_big_for_caffe", too_big_for_caffe,
         "{h5}: the .caffemodel would be over 2147680260 bytes (2.00 GiB; layer 'fc' alone 2.00 GiB); Caffe "
