@@ -29,7 +29,7 @@ import pytest
 
 import intermediate_models
 from intermediate_models import MLP_PROTOTXT
-from tf2caffe import intermediate
+from tf2caffe import intermediate, runtimes
 from tf2caffe.caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from tf2caffe.intermediate import Layer, Model
 
@@ -357,6 +357,12 @@ def extra_fc3():
                            'inner_product_param { num_output: 2 } }\n')
 
 
+# The flipped bit below crashes HDF5 1.10, bullseye's; the source-built Caffe's venv reads with a
+# newer HDF5 (h5py's wheel), which reports the corruption instead.
+HDF5_CRASH = ("{h5}: corrupt HDF5 file: reading it crashed the HDF5 library (SIGSEGV)"
+              if [caffe.name for caffe in runtimes.available_caffes()][:1] == ["pycaffe-bullseye"]
+              else "{h5}: unreadable intermediate (OSError: ")
+
 BAD_INPUTS = [
     # --- the intermediate file
     row("missing_file", lambda ws: ws.import_args(), "{h5}: no such file"),
@@ -367,8 +373,7 @@ BAD_INPUTS = [
         "{h5}: not a readable HDF5 file"),
     # One flipped bit in the mlp file's metadata that makes HDF5 1.10 dereference garbage (found by
     # tests/test_intermediate_fuzz.py, which prints every crashing corruption it makes).
-    row("hdf5_that_crashes_hdf5", raw(flipped_byte(2893, 0x02)),
-        "{h5}: corrupt HDF5 file: reading it crashed the HDF5 library (SIGSEGV)"),
+    row("hdf5_that_crashes_hdf5", raw(flipped_byte(2893, 0x02)), HDF5_CRASH),
     row("hdf5_not_ours", not_ours, "{h5}: not a tf2caffe intermediate (no format attribute"),
     row("newer_format_version", edited(set_attr("/", "format_version", 2)),
         "{h5}: format version 2 is newer than this tf2caffe reads (1); upgrade tf2caffe"),

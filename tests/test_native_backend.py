@@ -88,12 +88,20 @@ def test_every_model_converts_with_both_backends(converted):
 @pytest.mark.chroot
 @pytest.mark.parametrize("name", MODELS)
 def test_native_is_verified_exactly_in_opencv(converted, name):
+    """Written without Caffe, verified in OpenCV and in every Caffe here: outputs within 1e-4
+    everywhere, every layer within 1e-5 in each Caffe (OpenCV's Winograd 3x3 convolutions add
+    about 5e-6 per layer, so only its outputs are held to the bar, as in harness.assert_exact)."""
     entry = converted[1]["native"][name]
     assert (entry["backend"], entry["verified_with"], entry["verified"]) == ("native", "OpenCV", True)
-    for layer, errors in entry["compared"].items():
-        assert errors["max_rel"] <= 1e-4, (layer, errors)
-    assert entry["per_layer"], "no layer was compared on its own"
-    assert entry["first_over_layer_tolerance"] is None, entry["per_layer"]
+    caffes = [caffe.name for caffe in runtimes.available_caffes()]
+    assert caffes and sorted(entry["runtimes"]) == sorted(caffes + ["OpenCV"]), entry["runtimes"].keys()
+    for runtime, measured in entry["runtimes"].items():
+        for layer, errors in measured["compared"].items():
+            assert errors["max_rel"] <= 1e-4, (runtime, layer, errors)
+        if runtime != "OpenCV":
+            assert measured["per_layer"], "no layer was compared on its own in %s" % runtime
+            over = {layer: error for layer, error in measured["per_layer"].items() if not error <= 1e-5}
+            assert not over, (runtime, over)
 
 
 @pytest.mark.slow

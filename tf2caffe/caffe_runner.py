@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .runtimes import Runtime
 
 # glog: "F1126 12:34:56.789012 12345 net.cpp:123] Check failed: ..." plus its stack dump.
-GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]*\] ?(.*)$")
+GLOG_LINE = re.compile(r"^([IWEF])(?:\d{4})?\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]*\] ?(.*)$")
 GLOG_NOISE = re.compile(r"^(\*\*\* |\s+@\s+0x|WARNING: Logging before InitGoogleLogging)")
 
 
