@@ -8,7 +8,7 @@
 #                        and zoo tests again written by the other Caffe (what CI runs)
 #   make test-zoo        all 40 keras.applications classifiers (make test converts eleven)
 #   make test-fast       lint, then the tests marked neither chroot, containers nor slow
-#                        (handlers written natively, verified in OpenCV): the edit loop, under a minute
+#                        (handlers written natively, verified in OpenCV): the edit loop, minutes
 #   make lint            ruff, and vermin's Python 3.9 floor for the code the Caffe chroot runs
 #   make convert SRC=... OUT=...
 #   make bench           VGG-19 224x224 benchmark, by hand (not in CI) -> bench/results.md
