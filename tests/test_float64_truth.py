@@ -12,6 +12,7 @@ from tf2caffe import intermediate
 from tf2caffe.export import graph
 from tf2caffe.export.graph.float64 import float64_copy, float64_run
 from tf2caffe.export.graph.session import run_graph_def
+from test_graph_export import frozen_pb
 from tf2caffe.measure import FLOAT32_NOISE_MULTIPLE, relative_error, within
 
 v1 = tf.compat.v1
@@ -19,16 +20,8 @@ SHAPE = [2, 16, 16, 3]
 BIG = 1e4
 
 
-def frozen(folder: Path, name, build, shape=(None, 16, 16, 3)) -> Path:
-    with tf.Graph().as_default() as g, v1.Session() as session:
-        v1.set_random_seed(3)
-        outputs = build(v1.placeholder(tf.float32, shape, name="images"))
-        session.run(v1.global_variables_initializer())
-        graph_def = v1.graph_util.convert_variables_to_constants(
-            session, g.as_graph_def(), [t.op.name for t in outputs])
-    path = folder / (name + ".pb")
-    path.write_bytes(graph_def.SerializeToString())
-    return path
+def frozen(folder: Path, name, build) -> Path:
+    return frozen_pb(folder, name, build, shape=(None, 16, 16, 3))
 
 
 def conv(x, filters, name, size=1, padding="SAME", kernel=None, bias=None):
