@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-from typing import Callable, List, NoReturn, Optional
+from typing import Callable, List, Optional
 from urllib.parse import quote, unquote
 
 import h5py
@@ -238,59 +237,28 @@ def check_readable(path, check_model: Callable[[Model], None] = lambda model: No
     an IntermediateError here instead of killing the caller. `check_model` runs on the model
     before its arrays are read. The ConversionErrors the child meets are raised here with their
     message; anything else is left for the caller's own read to meet."""
-    read_end, write_end = os.pipe()
-    pid = None
-    try:
-        # Ctrl-C held while forking: the handler of a SIGINT that comes during os.fork() can run
-        # in one of its at-fork hooks (logging's), which ignore the KeyboardInterrupt it raises.
-        with interrupts.held():
-            pid = os.fork()
-            if pid == 0:
-                _check_in_child(path, check_model, read_end, write_end)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            message = pipe.read().decode("utf-8", "replace")
-    except KeyboardInterrupt:
-        # Ctrl-C to this process alone (`kill -INT`): the child must not outlive it. It is not
-        # reaped yet (only the waitpid below reaps it), so its pid is still its own.
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        raise
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
-        # Ctrl-C reaches the whole process group: this process's own KeyboardInterrupt may not
-        # have been raised yet.
-        raise KeyboardInterrupt
-    if os.WIFSIGNALED(status):
+    status, message = interrupts.in_forked_child(lambda write_end: _check_in_child(path, check_model, write_end))
+    if status < 0:
         raise IntermediateError("%s: corrupt HDF5 file: reading it crashed the HDF5 library (%s)" % (
-            path, signal_name(os.WTERMSIG(status))))
-    if os.WEXITSTATUS(status) == 3:
-        raise IntermediateError(message)
+            path, signal_name(-status)))
+    if status == 3:
+        raise IntermediateError(message.decode("utf-8", "replace"))
 
 
-def _check_in_child(path, check_model: Callable[[Model], None], read_end: int, write_end: int) -> NoReturn:
-    """check_readable's forked child: exits 0 (read), 3 (a ConversionError, its message written
-    to `write_end`) or 1 (anything else, which the caller's own read meets); never returns."""
-    status = 1
+def _check_in_child(path, check_model: Callable[[Model], None], write_end: int) -> int:
+    """check_readable's forked child: 0 (read), 3 (a ConversionError, its message written to
+    `write_end`); anything else raised is left for the caller's own read to meet."""
     try:
-        # Interrupted, it dies of the signal, which its parent tells from a failure. (It inherits
-        # the handlers of the parent's interrupts.held(), which it never leaves.)
-        for number in interrupts.HELD_SIGNALS:
-            signal.signal(number, signal.SIG_DFL)
-        os.close(read_end)
         model = read(path)
         try:
             check_model(model)
             model.read_all()
         finally:
             model.file.close()
-        status = 0
     except ConversionError as error:
         os.write(write_end, str(error).encode("utf-8", "replace"))
-        status = 3
-    finally:
-        os._exit(status)  # no cleanup handlers: they belong to the parent
+        return 3
+    return 0
 
 
 def read(path) -> Model:

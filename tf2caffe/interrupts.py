@@ -7,9 +7,10 @@ whose C-level handler still makes Python raise KeyboardInterrupt in the main thr
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
-from typing import Iterator, List
+from typing import Callable, Iterator, List, NoReturn, Tuple
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -57,3 +58,49 @@ def held() -> Iterator[None]:
             signal.signal(number, handler)
         for number in dict.fromkeys(received):  # each once, in the order they came
             signal.raise_signal(number)  # to this thread: its handler runs before this returns
+
+
+def in_forked_child(work: Callable[[int], int]) -> Tuple[int, bytes]:
+    """Run `work(write_fd)` in a forked child; (how it ended, what it wrote). How it ended is the
+    child's exit status, 1 if `work` raised, or minus the signal that killed it. A Ctrl-C that
+    kills the child is this process's KeyboardInterrupt too, and the child never outlives it."""
+    read_end, write_end = os.pipe()
+    pid = None
+    try:
+        # Held while forking: the handler of a SIGINT that comes during os.fork() can run in one
+        # of its at-fork hooks (logging's), which ignore the KeyboardInterrupt it raises.
+        with held():
+            pid = os.fork()
+            if pid == 0:
+                _run_child(work, read_end, write_end)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            written = pipe.read()
+    except KeyboardInterrupt:
+        # Ctrl-C to this process alone (`kill -INT`). The child is not reaped yet (only the
+        # waitpid below reaps it), so its pid is still its own.
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        if os.WTERMSIG(status) == signal.SIGINT:
+            # Ctrl-C reaches the whole process group: this process's own KeyboardInterrupt may
+            # not have been raised yet.
+            raise KeyboardInterrupt
+        return -os.WTERMSIG(status), written
+    return os.WEXITSTATUS(status), written
+
+
+def _run_child(work: Callable[[int], int], read_end: int, write_end: int) -> NoReturn:
+    status = 1
+    try:
+        # Interrupted, the child dies of the signal, which its parent tells from a failure. (It
+        # inherits the handlers of the parent's held(), which it never leaves.)
+        for number in HELD_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+        os.close(read_end)
+        status = work(write_end)
+    finally:
+        os._exit(status)  # no cleanup handlers: they belong to the parent

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -172,37 +171,21 @@ def emitted_types(files: Sequence[str], profile: str) -> Dict[str, Optional[Froz
     """file -> the Caffe layer types of the net emitted for it (emit needs no Caffe), or None if
     it cannot be emitted. Read in one forked child, like the import stage's first read of each
     file: a corrupt file can crash the HDF5 library (then the files from it on are None)."""
-    read_end, write_end = os.pipe()
-    # Held: a Ctrl-C during fork can be lost in an at-fork hook (see intermediate.check_readable).
-    with interrupts.held():
-        pid = os.fork()
-        if pid == 0:
+    def list_types(write_end: int) -> int:
+        from . import intermediate
+        from .caffe import emit
+        for index, path in enumerate(files):
             try:
-                os.close(read_end)
-                from . import intermediate
-                from .caffe import emit
-                for index, path in enumerate(files):
-                    try:
-                        model = intermediate.read(path)
-                        net, _ = emit.build_net(model, profile)
-                        listed = " ".join(sorted({layer.type for layer in net.layers}))
-                    except Exception:  # the import stage meets it again, and reports it
-                        continue
-                    os.write(write_end, ("%d %s\n" % (index, listed)).encode())
-            finally:
-                os._exit(0)
-    os.close(write_end)
-    try:
-        with os.fdopen(read_end, "rb") as pipe:
-            lines = pipe.read().decode().splitlines()
-    except KeyboardInterrupt:
-        # Ctrl-C to this process alone (`kill -INT`): the child must not outlive it.
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
-        raise KeyboardInterrupt
+                model = intermediate.read(path)
+                net, _ = emit.build_net(model, profile)
+                listed = " ".join(sorted({layer.type for layer in net.layers}))
+            except Exception:  # the import stage meets it again, and reports it
+                continue
+            os.write(write_end, ("%d %s\n" % (index, listed)).encode())
+        return 0
+
+    _, written = interrupts.in_forked_child(list_types)
+    lines = written.decode().splitlines()
     types: Dict[str, Optional[FrozenSet[str]]] = dict.fromkeys(files)
     for line in lines:
         index, _, listed = line.partition(" ")
