@@ -56,13 +56,14 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend: Ba
         progress.stage("emitting Caffe layers")
         net_spec, blobs = emit.build_net(model, args.profile)
         options = deploy_options(args)
-        deployed = [] if args.prototxt else deploy.apply(
+        deployed = deploy.Deployed([], set()) if args.prototxt else deploy.apply(
             net_spec, blobs, model.inputs, model.compared_layers(), options, path)
 
         progress.stage("writing the prototxt")
-        described = backend.describe(model=model, net_spec=net_spec, blobs=blobs, h5_path=path,
+        comparable = {name: blob for name, blob in blobs.items() if name not in deployed.unlike_source}
+        described = backend.describe(model=model, net_spec=net_spec, blobs=comparable, h5_path=path,
                                      prototxt=args.prototxt, prototxt_out=prototxt_out)
-        targets = described.targets_in(model, blobs, described.layer_tops)
+        targets = described.targets_in(model, comparable, described.layer_tops)
         compared = verify.compared_targets(model, targets)
         prototxt_tmp = os.path.join(scratch, stem + ".prototxt")
         try:
@@ -87,7 +88,7 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend: Ba
             tensorflow_layers=len(model.layers), caffe_layers=len(described.layer_tops),
             caffe_types=described.types, inputs=described.inputs, prototxt=prototxt_out,
             caffemodel=caffemodel_out, targets=verify.targets_to_json(compared),
-            deployment=dict(options.to_json(), applied=deployed))
+            deployment=dict(options.to_json(), applied=deployed.applied))
         if not args.no_verify:
             progress.stage("verifying")
             try:

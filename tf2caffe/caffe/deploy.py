@@ -24,7 +24,7 @@ a value the source takes (verification feeds that). Runs on Python 3.9 / numpy 1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set
 
 import numpy as np
 
@@ -79,12 +79,17 @@ class DeployOptions:
         return raw.astype(np.float32)
 
 
+class Deployed(NamedTuple):
+    applied: List[str]  # what the passes changed, a line per change
+    unlike_source: Set[str]  # TF layers whose Caffe blob no longer holds their value (not compared)
+
+
 def apply(net: NetSpec, blobs: Dict, inputs: Sequence[str], outputs: Sequence[str], options: DeployOptions,
-          where: str) -> List[str]:
-    """Run the chosen passes on `net` in place. `blobs`: TF layer -> emit.Blob (entries of layers
-    whose blob no longer holds TensorFlow's value are removed: they are not compared); `inputs`,
-    `outputs`: TF input and compared layers. Returns what was done, a line per change."""
+          where: str) -> Deployed:
+    """Run the chosen passes on `net` in place. `blobs`: TF layer -> emit.Blob (left as they are:
+    lazy weights read them); `inputs`, `outputs`: TF input and compared layers."""
     applied: List[str] = []
+    unlike_source: Set[str] = set()
     shapes = {blob.name: blob.shape for blob in blobs.values()}
     if options.fold_padding:
         fold_zero_padding(net, shapes, applied)
@@ -97,15 +102,14 @@ def apply(net: NetSpec, blobs: Dict, inputs: Sequence[str], outputs: Sequence[st
         blob = blobs[inputs[0]]
         if options.bgr:
             reversed_blobs = input_to_bgr(net, blob.name, blob.shape, where, applied)
-            for name in [name for name, held in blobs.items() if held.name in reversed_blobs]:
-                if name in outputs:
-                    raise ConversionError("%s: --bgr: output '%s' would hold its channels reversed" % (
-                        where, name))
-                if name not in inputs:
-                    del blobs[name]
+            unlike_source = {name for name, held in blobs.items() if held.name in reversed_blobs} - set(inputs)
+            reversed_outputs = sorted(unlike_source & set(outputs))
+            if reversed_outputs:
+                raise ConversionError("%s: --bgr: output '%s' would hold its channels reversed" % (
+                    where, reversed_outputs[0]))
         if options.mean is not None or options.scale is not None:
             preprocess_input(net, blob.name, blob.shape, options, where, applied)
-    return applied
+    return Deployed(applied, unlike_source)
 
 
 # ---------------------------------------------------------------- net queries and edits
