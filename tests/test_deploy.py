@@ -51,6 +51,8 @@ FOLD_BN = {
     "conv_bn_relu": lambda: image(L.Conv2D(8, 3, padding="same"), batch_norm(), L.ReLU(), L.Conv2D(4, 3)),
     "conv_no_bias_bn_no_scale": lambda: image(L.Conv2D(8, 3, use_bias=False),
                                               batch_norm(center=False, scale=False), L.Conv2D(4, 3)),
+    "conv_odd_same_crop_bn": lambda: image(L.Conv2D(8, 3, strides=2, padding="same"), batch_norm(), L.ReLU(),
+                                           size=(16, 16)),
     "dense_bn": lambda: image(L.Flatten(), L.Dense(12), batch_norm(), L.ReLU(), L.Dense(5)),
     "bn_after_relu_not_folded": lambda: image(L.Conv2D(8, 3, activation="relu"), batch_norm(), L.Conv2D(4, 3)),
 }
@@ -59,6 +61,11 @@ PADDING = {
     "pad_sym_conv_same": lambda: image(L.ZeroPadding2D(1), L.Conv2D(12, 3, strides=2, padding="same")),
     "pad_2x1_depthwise": lambda: image(L.ZeroPadding2D((2, 1)), L.DepthwiseConv2D(3, strides=2)),
     "pad_sym_max_pool_kept": lambda: image(L.ZeroPadding2D(1), L.MaxPooling2D(3, strides=2)),
+    "relu_pad_max_pool": lambda: image(L.Conv2D(8, 3), L.ReLU(), L.ZeroPadding2D(1), L.MaxPooling2D(3, strides=2)),
+    "relu_pad_max_pool_even": lambda: image(L.Conv2D(8, 3), L.ReLU(), L.ZeroPadding2D(1), L.MaxPooling2D(2),
+                                            size=(17, 18)),
+    "relu_pad_avg_pool_kept": lambda: image(L.Conv2D(8, 3), L.ReLU(), L.ZeroPadding2D(1),
+                                            L.AveragePooling2D(3, strides=2)),
     "pad_asym_conv_kept": lambda: image(L.ZeroPadding2D(((0, 1), (0, 1))), L.Conv2D(12, 3, strides=2)),
     "pad_two_consumers_kept": lambda: _pad_feeding_two(),
 }
@@ -139,7 +146,7 @@ def test_preprocessing_folded_where_exact(results, label):
 
 
 def test_fold_bn_removes_batch_norm(results):
-    for name in ("conv_bn_relu", "conv_no_bias_bn_no_scale", "dense_bn"):
+    for name in ("conv_bn_relu", "conv_no_bias_bn_no_scale", "conv_odd_same_crop_bn", "dense_bn"):
         types = Counter(results["fold_bn", name].caffe_types)
         assert types["BatchNorm"] == 0 and types["Scale"] == 0, (name, types)
     # BatchNorm after a ReLU has nothing to merge into
@@ -153,8 +160,9 @@ def test_symmetric_zero_padding_folded_into_convolutions(results):
         assert results["no_fold_padding", name].caffe_types.count("Convolution") == 2, name
     prototxt = results["padding", "pad_2x1_depthwise"].prototxt
     assert "pad_h: 2" in prototxt and "pad_w: 1" in prototxt
-    for name in ("pad_sym_max_pool_kept", "pad_asym_conv_kept", "pad_two_consumers_kept"):
+    for name in ("pad_sym_max_pool_kept", "pad_asym_conv_kept", "pad_two_consumers_kept", "relu_pad_avg_pool_kept"):
         assert applied(results["padding", name]) == "", name
+    assert "folded into Pooling" in applied(results["padding", "relu_pad_max_pool"])
 
 
 def test_raw_input_inverts_the_preprocessing():

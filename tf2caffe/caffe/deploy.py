@@ -4,9 +4,10 @@
   Convolution, symmetric, nothing cut off after it) whose only consumer is a Convolution becomes
   part of that Convolution's `pad`. Exact: zero padding p then zero padding q is zero padding
   p + q, whatever the Convolution does with its own pad (a Slice after it still cuts the same
-  rows). Not into Pooling: Caffe's MAX pads with -inf and AVE counts pads in its divisor.
+  rows). Into a MAX Pooling only after a ReLU (`_max_pool_takes`): Caffe pads MAX with -inf. Never
+  into AVE pooling: Caffe counts pads in its divisor differently from TensorFlow's zeros.
 - `fold_batch_norm` (--fold-bn): BatchNorm (+ Scale) merged into the Convolution / InnerProduct
-  that feeds it alone. Not exact: the rounding differs; verification measures it.
+  that feeds it alone (directly or through its odd-'same' crops). Not exact: the rounding differs; verification measures it.
 - `input_to_bgr` (--bgr): the net takes the input's channels reversed. Channel-wise layers on the
   input (Scale, BatchNorm, Power, activations, ...) get their per-channel constants reversed and
   pass the reversal on; the first Convolution / InnerProduct absorbs it in its input-channel
@@ -24,11 +25,12 @@ a value the source takes (verification feeds that). Runs on Python 3.9 / numpy 1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from ..errors import ConversionError
+from .handlers.spatial import caffe_pool_count
 from .netspec import CaffeLayer, LazyBlob, NetSpec
 
 
@@ -172,19 +174,46 @@ def is_zero_padding(layer: CaffeLayer) -> bool:
 def fold_zero_padding(net: NetSpec, shapes: Dict[str, List[int]], applied: List[str]) -> None:
     for padding in [layer for layer in net.layers if is_zero_padding(layer)]:
         users = consumers(net, padding.tops[0])
-        if len(users) != 1 or users[0].type != "Convolution":
+        if len(users) != 1:
             continue
-        conv = users[0]
-        params = conv.params["convolution_param"]
-        if _opencv_depthwise_trap(params, _conv_pads(params), _conv_pads(padding.params["convolution_param"]),
-                                  shapes.get(padding.bottoms[0])):
+        user = users[0]
+        added = _conv_pads(padding.params["convolution_param"])
+        shape = shapes.get(padding.bottoms[0])
+        if user.type == "Convolution":
+            params = user.params["convolution_param"]
+            if _opencv_depthwise_trap(params, _conv_pads(params), added, shape):
+                continue
+        elif not (user.type == "Pooling" and _max_pool_takes(net, padding, user, added, shape)):
             continue
-        pads = [mine + theirs for mine, theirs in zip(_conv_pads(params),
-                                                       _conv_pads(padding.params["convolution_param"]))]
+        params = user.params["convolution_param" if user.type == "Convolution" else "pooling_param"]
+        pads = [own + extra for own, extra in zip(_conv_pads(params), added)]
         _set_conv_pads(params, pads)
-        conv.bottoms = [padding.bottoms[0] if bottom == padding.tops[0] else bottom for bottom in conv.bottoms]
+        user.bottoms = [padding.bottoms[0] if bottom == padding.tops[0] else bottom for bottom in user.bottoms]
         _remove(net, [padding])
-        applied.append("zero padding '%s' folded into '%s' (pad %s)" % (padding.name, conv.name, pads))
+        applied.append("zero padding '%s' folded into %s '%s' (pad %s)" % (padding.name, user.type, user.name, pads))
+
+
+def _max_pool_takes(net: NetSpec, padding: CaffeLayer, pool: CaffeLayer, added: Sequence[int],
+                    shape: Optional[Sequence[int]]) -> bool:
+    """Whether MAX `pool` after `padding` computes the same with the padding as its own pad.
+    Caffe pads MAX pooling with -inf: the same only where the values are non-negative (a ReLU's
+    output: a padded zero never beats a real cell) and every window keeps a real cell; and only
+    where Caffe's and OpenCV's output sizes (they clip the last window differently) stay."""
+    params = pool.params["pooling_param"]
+    source = _writer(net, padding.bottoms[0])
+    non_negative = source is not None and source.type == "ReLU" and not source.params.get(
+        "relu_param", {}).get("negative_slope")
+    if (params.get("pool", "MAX") != "MAX" or params.get("global_pooling") or not non_negative
+            or shape is None or len(shape) != 4):
+        return False
+    for size, kernel, stride, own, extra in zip(shape[2:], _conv_pair(params, "kernel", 1),
+                                                _conv_pair(params, "stride", 1), _conv_pads(params), added):
+        pad = own + extra
+        counts = {caffe_pool_count(size + 2 * extra, kernel, stride, own, clip) for clip in (True, False)}
+        counts |= {caffe_pool_count(size, kernel, stride, pad, clip) for clip in (True, False)}
+        if len(counts) != 1 or pad >= kernel or (counts.pop() - 1) * stride - pad >= size:
+            return False
+    return True
 
 
 def _opencv_depthwise_trap(params: Dict, pads: Sequence[int], added: Sequence[int],
@@ -203,20 +232,40 @@ def _opencv_depthwise_trap(params: Dict, pads: Sequence[int], added: Sequence[in
 
 def fold_batch_norm(net: NetSpec, applied: List[str]) -> None:
     for norm in [layer for layer in net.layers if layer.type == "BatchNorm"]:
-        writers = [layer for layer in net.layers if norm.bottoms[0] in layer.tops]
-        if len(writers) != 1 or writers[0].type not in ("Convolution", "InnerProduct"):
+        found = _weighted_producer(net, norm.bottoms[0])
+        if found is None:
             continue
-        weighted = writers[0]
-        if len(weighted.tops) != 1 or len(consumers(net, weighted.tops[0])) != 1:
-            continue
+        weighted, last = found
         after = consumers(net, norm.tops[0])
         scale = after[0] if (len(after) == 1 and after[0].type == "Scale" and len(after[0].bottoms) == 1
                              and after[0].params.get("scale_param", {}).get("axis", 1) == 1) else None
         _merge_batch_norm(weighted, norm, scale)
-        weighted.tops = list((scale or norm).tops)
+        last.tops = [(scale or norm).tops[0] if top == norm.bottoms[0] else top for top in last.tops]
         _remove(net, [norm] + ([scale] if scale else []))
         applied.append("BatchNorm '%s'%s merged into %s '%s'" % (
             norm.name, " and Scale '%s'" % scale.name if scale else "", weighted.type, weighted.name))
+
+
+def _weighted_producer(net: NetSpec, blob: str) -> Optional[Tuple[CaffeLayer, CaffeLayer]]:
+    """(the Convolution / InnerProduct whose output alone becomes `blob`, the layer writing
+    `blob`): directly, or through the spatial crops of odd 'same' padding (Slice along H or W,
+    a one-top Split), which commute with a per-channel affine map. Every blob on the way must be
+    read by the next layer only. None when there is no such layer."""
+    last = writer = _writer(net, blob)
+    while writer is not None and len(consumers(net, blob)) == 1:
+        if writer.type in ("Convolution", "InnerProduct"):
+            return (writer, last) if len(writer.tops) == 1 else None
+        crop = writer.type == "Slice" and writer.params.get("slice_param", {}).get("axis", 1) in (2, 3)
+        if not (crop or (writer.type == "Split" and len(writer.tops) == 1)):
+            return None
+        blob = writer.bottoms[0]
+        writer = _writer(net, blob)
+    return None
+
+
+def _writer(net: NetSpec, blob: str) -> Optional[CaffeLayer]:
+    writers = [layer for layer in net.layers if blob in layer.tops]
+    return writers[0] if len(writers) == 1 else None
 
 
 def _merge_batch_norm(weighted: CaffeLayer, norm: CaffeLayer, scale: Optional[CaffeLayer]) -> None:
