@@ -172,3 +172,20 @@ def test_raw_input_inverts_the_preprocessing():
     raw = options.raw_input(source)
     mean, scale = np.array(options.mean).reshape(1, 3, 1, 1), np.array(options.scale).reshape(1, 3, 1, 1)
     np.testing.assert_allclose(((raw - mean) * scale)[:, ::-1], source, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resnet50_deployed(tmp_path):
+    """The zoo's ResNet50: its two ZeroPadding2D folded by default (into conv1's pad, and into
+    pool1's after the ReLU), every option together exact too, in every runtime here."""
+    from test_zoo import conditioned_zoo_model
+    h5 = tmp_path / "resnet50.h5"
+    intermediate.write(str(h5), model_to_intermediate(conditioned_zoo_model("resnet50"), "resnet50", per_layer=True))
+    deployed = {}
+    for label, options in (("kept", ["--no-fold-padding"]), ("default", []),
+                           ("all", ["--bgr", "--mean", MEAN, "--scale", SCALE, "--fold-bn"])):
+        deployed[label] = convert_h5_batch({"resnet50": h5}, tmp_path / label, extra=options)["resnet50"]
+        assert_exact(deployed[label])
+    kept, default, every = (Counter(deployed[label].caffe_types) for label in ("kept", "default", "all"))
+    assert sum(default.values()) == sum(kept.values()) - 2 and default["Convolution"] == kept["Convolution"] - 2
+    assert every["BatchNorm"] == 0 and every["Scale"] == 1  # the preprocessing: conv1 pads, so no fold

@@ -7,7 +7,8 @@
   rows). Into a MAX Pooling only after a ReLU (`_max_pool_takes`): Caffe pads MAX with -inf. Never
   into AVE pooling: Caffe counts pads in its divisor differently from TensorFlow's zeros.
 - `fold_batch_norm` (--fold-bn): BatchNorm (+ Scale) merged into the Convolution / InnerProduct
-  that feeds it alone (directly or through its odd-'same' crops). Not exact: the rounding differs; verification measures it.
+  that feeds it alone (directly or through its odd-'same' crops). Not exact: the rounding
+  differs; verification measures it.
 - `input_to_bgr` (--bgr): the net takes the input's channels reversed. Channel-wise layers on the
   input (Scale, BatchNorm, Power, activations, ...) get their per-channel constants reversed and
   pass the reversal on; the first Convolution / InnerProduct absorbs it in its input-channel
@@ -151,6 +152,15 @@ def _transformed(make: Callable[[], np.ndarray], transform: Callable[[np.ndarray
     return LazyBlob(shape, compute) if shape is not None else compute
 
 
+def mixes_channels(layer: CaffeLayer) -> bool:
+    """A Convolution, or an InnerProduct over everything from axis 1 on: its first blob is
+    (outputs, input channels · positions), its outputs are channels (axis 1). (InnerProducts over
+    a later axis, e.g. resize's along W, are not.)"""
+    if layer.type == "Convolution":
+        return True
+    return layer.type == "InnerProduct" and layer.params["inner_product_param"].get("axis", 1) == 1
+
+
 def _remove(net: NetSpec, layers: Sequence[CaffeLayer]) -> None:
     gone = {id(layer) for layer in layers}
     net.layers = [layer for layer in net.layers if id(layer) not in gone]
@@ -253,7 +263,7 @@ def _weighted_producer(net: NetSpec, blob: str) -> Optional[Tuple[CaffeLayer, Ca
     read by the next layer only. None when there is no such layer."""
     last = writer = _writer(net, blob)
     while writer is not None and len(consumers(net, blob)) == 1:
-        if writer.type in ("Convolution", "InnerProduct"):
+        if mixes_channels(writer):
             return (writer, last) if len(writer.tops) == 1 else None
         crop = writer.type == "Slice" and writer.params.get("slice_param", {}).get("axis", 1) in (2, 3)
         if not (crop or (writer.type == "Split" and len(writer.tops) == 1)):
@@ -330,7 +340,7 @@ def input_to_bgr(net: NetSpec, blob: str, shape: Sequence[int], where: str, appl
         if problem:
             raise ConversionError("%s: --bgr: the input's channels reach layer '%s' (%s), %s" % (
                 where, layer.name, layer.type, problem))
-        if layer.type in ("Convolution", "InnerProduct"):
+        if mixes_channels(layer):
             layer.blobs[0] = _transformed(layer.blobs[0], lambda w: w.reshape(
                 (w.shape[0], channels, -1))[:, ::-1].reshape(w.shape))
             absorbed.append(layer.name)
@@ -347,7 +357,7 @@ def _bgr_problem(layer: CaffeLayer, reversed_blobs: Set[str]) -> Optional[str]:
     """Why the reversal cannot pass through or into `layer` (None when it can)."""
     if layer.type == "Convolution":
         return "a grouped convolution" if layer.params["convolution_param"].get("group", 1) != 1 else None
-    if layer.type == "InnerProduct":
+    if mixes_channels(layer):
         return None
     if layer.type not in CHANNEL_WISE:
         return "whose channels cannot be permuted"
@@ -409,10 +419,8 @@ def _per_channel(values: Optional[List[float]], default: float, channels: int, f
 
 
 def _folds_preprocessing(layer: CaffeLayer) -> bool:
-    if layer.type == "InnerProduct":
-        return True
     if layer.type != "Convolution":
-        return False
+        return mixes_channels(layer)
     params = layer.params["convolution_param"]
     return params.get("group", 1) == 1 and _conv_pads(params) == [0, 0]
 
