@@ -189,3 +189,13 @@ def test_resnet50_deployed(tmp_path):
     kept, default, every = (Counter(deployed[label].caffe_types) for label in ("kept", "default", "all"))
     assert sum(default.values()) == sum(kept.values()) - 2 and default["Convolution"] == kept["Convolution"] - 2
     assert every["BatchNorm"] == 0 and every["Scale"] == 1  # the preprocessing: conv1 pads, so no fold
+
+
+@pytest.mark.parametrize("call", ["import_", "convert"])
+def test_options_on_a_handwritten_prototxt_refused_before_any_work(tmp_path, call):
+    import tf2caffe
+    from tf2caffe.caffe.deploy import DeployOptions
+    from tf2caffe.errors import ConversionError
+    source = [str(tmp_path / "missing.h5")] if call == "import_" else str(tmp_path / "missing.keras")
+    with pytest.raises(ConversionError, match="--fold-bn rewrite the generated prototxt"):
+        getattr(tf2caffe, call)(source, str(tmp_path), prototxt="hand.prototxt", deploy=DeployOptions(fold_bn=True))

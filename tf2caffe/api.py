@@ -121,10 +121,12 @@ def tensorflow_banner_hidden():
 
 # ---------------------------------------------------------------- import
 
-def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str]) -> None:
-    """Refuse, before any work starts, what the native backend cannot do, and pycaffe without a
-    Caffe."""
+def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str], deploy: Optional[DeployOptions]) -> None:
+    """Refuse, before any work starts, what the native backend cannot do, pycaffe without a
+    Caffe, and deployment options on a hand-written prototxt."""
     from . import runtimes
+    if deploy is not None:
+        deploy.check_prototxt(prototxt)
     if prototxt and (backend == "native" or (backend is None and not runtimes.available_caffes())):
         from .caffe.backends import PROTOTXT_NEEDS_PYCAFFE
         raise ConversionError(PROTOTXT_NEEDS_PYCAFFE % prototxt)
@@ -144,7 +146,7 @@ def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = Non
     from . import runtimes
 
     get_profile(profile)  # a bad name is refused before anything runs
-    refuse_what_cannot_work(backend, prototxt)
+    refuse_what_cannot_work(backend, prototxt, deploy)
     groups = runtimes.writers([str(path) for path in files], backend, profile, prototxt)
     work = tempfile.mkdtemp(prefix="tf2caffe-import-")
     imported = ImportReport(0, ",".join(sorted({choice.backend for choice, _ in groups})),
@@ -264,7 +266,7 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFA
     `deploy`: as for `import_`; `export_options`: those of `export`."""
 
     get_profile(profile)
-    refuse_what_cannot_work(backend, prototxt)  # before exporting
+    refuse_what_cannot_work(backend, prototxt, deploy)  # before exporting
     h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
     imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
                        per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True,

@@ -224,21 +224,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     with reported_errors(args.debug):
         get_profile(args.profile)  # an unknown name is refused before any work
-        refuse_deploy_options_with_prototxt(args)
+        deploy_options(args).check_prototxt(args.prototxt)
         if not os.path.isdir(args.output):
             try:
                 os.makedirs(args.output)
             except OSError as error:
                 raise ConversionError("%s: cannot create the output folder: %s" % (args.output, error.strerror))
         return run(args)
-
-
-def refuse_deploy_options_with_prototxt(args) -> None:
-    """The deployment options rewrite the generated net; a hand-written one is filled as it is."""
-    options = deploy_options(args)
-    if args.prototxt and (options.changes_the_input() or options.fold_bn):
-        raise ConversionError("%s: --bgr, --mean, --scale and --fold-bn rewrite the generated prototxt; "
-                              "drop --prototxt or those options" % args.prototxt)
 
 
 def default_backend() -> str:

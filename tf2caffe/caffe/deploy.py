@@ -46,6 +46,13 @@ class DeployOptions:
     def changes_the_input(self) -> bool:
         return self.bgr or self.mean is not None or self.scale is not None
 
+    def check_prototxt(self, prototxt: Optional[str]) -> None:
+        """The options rewrite the generated net; a hand-written one is filled as it is written
+        (zero padding stays too)."""
+        if prototxt and (self.changes_the_input() or self.fold_bn):
+            raise ConversionError("%s: --bgr, --mean, --scale and --fold-bn rewrite the generated prototxt; "
+                                  "drop --prototxt or those options" % prototxt)
+
     def argv(self) -> List[str]:
         """The import stage's options for these choices (import_options.add_deploy_arguments)."""
         argv = []
