@@ -39,6 +39,8 @@ BGR = {
     "rescaling_normalization_conv": lambda: image(L.Rescaling(1 / 127.5, offset=-1.0), normalization(),
                                                   L.Conv2D(8, 3, strides=2, padding="same")),
     "batch_norm_relu_conv": lambda: image(batch_norm(), L.ReLU(), L.Conv2D(8, 3)),
+    "pad_asym_crop_then_conv": lambda: image(L.ZeroPadding2D(((1, 0), (2, 1))), L.Conv2D(8, 3, strides=2)),
+    "depthwise_first": lambda: image(L.DepthwiseConv2D(3, padding="same"), L.ReLU(), L.Conv2D(8, 1)),
     "pad_then_depthwise_after_conv": lambda: image(L.Conv2D(8, 1), L.ZeroPadding2D(1), L.DepthwiseConv2D(3)),
 }
 PREPROCESS = {
@@ -70,6 +72,8 @@ PADDING = {
     "pad_two_consumers_kept": lambda: _pad_feeding_two(),
 }
 REFUSED_BGR = {
+    "bgr_depthwise_multiplier": (lambda: image(L.DepthwiseConv2D(3, depth_multiplier=2), L.Conv2D(4, 1)),
+                                 "(Convolution), a grouped convolution"),
     "bgr_input_concat": (input_concat, "--bgr: the input's channels reach layer 'joined' (Concat)"),
     "bgr_gray_input": (lambda: image(L.Conv2D(4, 3), channels=1), "a 3-channel image is needed"),
 }

@@ -10,7 +10,8 @@
   that feeds it alone (directly or through its odd-'same' crops). Not exact: the rounding
   differs; verification measures it.
 - `input_to_bgr` (--bgr): the net takes the input's channels reversed. Channel-wise layers on the
-  input (Scale, BatchNorm, Power, activations, ...) get their per-channel constants reversed and
+  input (Scale, BatchNorm, Power, activations, depthwise convolutions with one output per
+  channel, zero padding, ...) get their per-channel constants reversed and
   pass the reversal on; the first Convolution / InnerProduct absorbs it in its input-channel
   weights. Anything else (a Concat, a grouped Convolution, a net output) is refused by name.
 - `preprocess_input` (--mean/--scale): the net takes raw values x and computes
@@ -343,16 +344,16 @@ def input_to_bgr(net: NetSpec, blob: str, shape: Sequence[int], where: str, appl
     for layer in net.layers:
         if not any(bottom in reversed_blobs for bottom in layer.bottoms):
             continue
-        problem = _bgr_problem(layer, reversed_blobs)
+        problem = _bgr_problem(layer, reversed_blobs, channels)
         if problem:
             raise ConversionError("%s: --bgr: the input's channels reach layer '%s' (%s), %s" % (
                 where, layer.name, layer.type, problem))
-        if mixes_channels(layer):
+        if mixes_channels(layer) and not _per_channel_convolution(layer, channels):
             layer.blobs[0] = _transformed(layer.blobs[0], lambda w: w.reshape(
                 (w.shape[0], channels, -1))[:, ::-1].reshape(w.shape))
             absorbed.append(layer.name)
         else:
-            if _per_channel_blobs(layer):
+            if _per_channel_blobs(layer, channels):
                 layer.blobs = [_reversed_per_channel(make, channels) for make in layer.blobs]
             reversed_blobs.update(layer.tops)
     applied.append("input '%s' takes BGR: channels reversed in %s" % (blob, ", ".join(
@@ -360,10 +361,10 @@ def input_to_bgr(net: NetSpec, blob: str, shape: Sequence[int], where: str, appl
     return reversed_blobs
 
 
-def _bgr_problem(layer: CaffeLayer, reversed_blobs: Set[str]) -> Optional[str]:
+def _bgr_problem(layer: CaffeLayer, reversed_blobs: Set[str], channels: int) -> Optional[str]:
     """Why the reversal cannot pass through or into `layer` (None when it can)."""
-    if layer.type == "Convolution":
-        return "a grouped convolution" if layer.params["convolution_param"].get("group", 1) != 1 else None
+    if layer.type == "Convolution" and layer.params["convolution_param"].get("group", 1) != 1:
+        return None if _per_channel_convolution(layer, channels) else "a grouped convolution"
     if mixes_channels(layer):
         return None
     if layer.type not in CHANNEL_WISE:
@@ -377,12 +378,19 @@ def _bgr_problem(layer: CaffeLayer, reversed_blobs: Set[str]) -> Optional[str]:
     return None
 
 
-def _per_channel_blobs(layer: CaffeLayer) -> bool:
-    """Whether the layer's blobs hold one value per channel (else none, or per position: a Scale
-    over axes 2 and 3 correcting pooling borders)."""
+def _per_channel_blobs(layer: CaffeLayer, channels: int) -> bool:
+    """Whether the layer's blobs hold one value (or kernel) per channel (else none, or per
+    position: a Scale over axes 2 and 3 correcting pooling borders)."""
     if layer.type == "Scale":
         return layer.params.get("scale_param", {}).get("axis", 1) == 1
-    return layer.type in ("BatchNorm", "PReLU")
+    return layer.type in ("BatchNorm", "PReLU") or _per_channel_convolution(layer, channels)
+
+
+def _per_channel_convolution(layer: CaffeLayer, channels: int) -> bool:
+    """A depthwise Convolution with one output per channel (zero padding's copy included):
+    output channel c reads input channel c alone."""
+    params = layer.params.get("convolution_param", {})
+    return layer.type == "Convolution" and params.get("group", 1) == params["num_output"] == channels
 
 
 def _reversed_per_channel(make, channels: int):
