@@ -203,3 +203,16 @@ def test_options_on_a_handwritten_prototxt_refused_before_any_work(tmp_path, cal
     source = [str(tmp_path / "missing.h5")] if call == "import_" else str(tmp_path / "missing.keras")
     with pytest.raises(ConversionError, match="--fold-bn rewrite the generated prototxt"):
         getattr(tf2caffe, call)(source, str(tmp_path), prototxt="hand.prototxt", deploy=DeployOptions(fold_bn=True))
+
+
+@pytest.mark.slow
+def test_efficientnet_b0_takes_raw_bgr_through_its_rescaling(tmp_path):
+    """The reversal passes through EfficientNet's Rescaling, Normalization and asymmetric stem
+    padding (kept: a grouped ones Convolution and a Slice) into stem_conv; exact."""
+    from test_zoo import conditioned_zoo_model
+    h5 = tmp_path / "efficientnet_b0.h5"
+    intermediate.write(str(h5), model_to_intermediate(conditioned_zoo_model("efficientnet_b0"), "efficientnet_b0",
+                                                      per_layer=True))
+    result = convert_h5_batch({"efficientnet_b0": h5}, tmp_path, extra=["--bgr", "--mean", MEAN, "--scale", SCALE])
+    assert_exact(result["efficientnet_b0"])
+    assert "channels reversed in 'stem_conv'" in applied(result["efficientnet_b0"])
