@@ -121,6 +121,26 @@ def test_convert_writes_the_model_and_a_short_report(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn.caffemodel", "cnn.h5", "cnn.prototxt"]
 
 
+@pytest.mark.chroot
+def test_convert_deployed_takes_raw_bgr_pixels_in_opencv(tmp_path):
+    """`convert --bgr --mean --scale`: OpenCV's blobFromImage of a BGR image, without any
+    preprocessing, through the net gives the model's output on the preprocessed RGB image."""
+    import cv2
+    import numpy as np
+    mean_bgr, scale = np.array([104.0, 117.0, 123.0]), 0.017
+    model = small_cnn()
+    model.save(str(tmp_path / "cnn.keras"))
+    completed = tf2caffe("convert", tmp_path / "cnn.keras", "-o", tmp_path / "out", "--bgr",
+                         "--mean", ",".join(map(str, mean_bgr)), "--scale", str(scale), "--fold-bn")
+    assert completed.returncode == 0, completed.stderr
+    image_bgr = np.random.default_rng(3).uniform(0, 255, (12, 12, 3)).astype(np.float32)
+    expected = model.predict(((image_bgr[..., ::-1] - mean_bgr[::-1]) * scale)[None], verbose=0)
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "out" / "cnn.prototxt"), str(tmp_path / "out" / "cnn.caffemodel"))
+    net.setInput(cv2.dnn.blobFromImage(image_bgr))
+    output = net.forward().reshape(expected.shape)
+    assert np.max(np.abs(output - expected)) / np.max(np.abs(expected)) <= 1e-4
+
+
 def with_flavour_activations(*activations):
     """small_cnn with ReLU6 and/or Swish (layer types of the opencv profile) after its convolution."""
     import keras

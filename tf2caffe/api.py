@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from . import report as import_report
+from .caffe.deploy import DeployOptions
 from .caffe.profiles import DEFAULT_PROFILE, get_profile
 from .errors import ConversionError, UnsupportedError
 from .import_options import DEFAULT_TOLERANCE, ImportOptions
@@ -120,10 +121,12 @@ def tensorflow_banner_hidden():
 
 # ---------------------------------------------------------------- import
 
-def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str]) -> None:
-    """Refuse, before any work starts, what the native backend cannot do, and pycaffe without a
-    Caffe."""
+def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str], deploy: Optional[DeployOptions]) -> None:
+    """Refuse, before any work starts, what the native backend cannot do, pycaffe without a
+    Caffe, and deployment options on a hand-written prototxt."""
     from . import runtimes
+    if deploy is not None:
+        deploy.check_prototxt(prototxt)
     if prototxt and (backend == "native" or (backend is None and not runtimes.available_caffes())):
         from .caffe.backends import PROTOTXT_NEEDS_PYCAFFE
         raise ConversionError(PROTOTXT_NEEDS_PYCAFFE % prototxt)
@@ -133,16 +136,17 @@ def refuse_what_cannot_work(backend: Optional[str], prototxt: Optional[str]) -> 
 def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, per_layer: bool = False, backend: Optional[str] = None,
             verify: bool = True, report: Optional[str] = None, debug: bool = False,
-            quiet: bool = False) -> ImportReport:
+            quiet: bool = False, deploy: Optional[DeployOptions] = None) -> ImportReport:
     """Intermediate files -> `out_dir/<stem>.prototxt` and `.caffemodel`, each written by pycaffe
     in the first Caffe here that has all its layer types, else natively (`runtimes.writers`;
     `backend` forces one), and verified against TensorFlow's reference outputs in every runtime
     here that can run it. Prints (unless `quiet`) the writers and the import stage's report per
-    file, and writes the JSON report to `report`."""
+    file, and writes the JSON report to `report`. `deploy`: the deployment options
+    (tf2caffe/caffe/deploy.py; default: zero padding folded, nothing else)."""
     from . import runtimes
 
     get_profile(profile)  # a bad name is refused before anything runs
-    refuse_what_cannot_work(backend, prototxt)
+    refuse_what_cannot_work(backend, prototxt, deploy)
     groups = runtimes.writers([str(path) for path in files], backend, profile, prototxt)
     work = tempfile.mkdtemp(prefix="tf2caffe-import-")
     imported = ImportReport(0, ",".join(sorted({choice.backend for choice, _ in groups})),
@@ -159,7 +163,8 @@ def import_(files: Sequence[str], out_dir: str, *, prototxt: Optional[str] = Non
             options = ImportOptions(choice.backend, prototxt=prototxt, profile=profile, tolerance=tolerance,
                                     report=group_report, per_layer=per_layer, verify=verify, debug=debug,
                                     progress=sys.stderr.isatty(),
-                                    runtime=choice.caffe.name if choice.caffe else None)
+                                    runtime=choice.caffe.name if choice.caffe else None,
+                                    deploy=deploy or DeployOptions())
             try:
                 status = run_import_stage(group, str(out_dir), options, choice, quiet)
             except KeyboardInterrupt as interrupt:
@@ -255,15 +260,17 @@ def import_here(files: List[str], out_dir: str, options: ImportOptions, quiet: b
 
 def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, backend: Optional[str] = None, verify: bool = True,
-            debug: bool = False, per_layer: bool = False, **export_options) -> ConvertReport:
+            debug: bool = False, per_layer: bool = False, deploy: Optional[DeployOptions] = None,
+            **export_options) -> ConvertReport:
     """export + import (verified in every runtime here that can run the net) of one model.
-    `export_options`: those of `export`."""
+    `deploy`: as for `import_`; `export_options`: those of `export`."""
 
     get_profile(profile)
-    refuse_what_cannot_work(backend, prototxt)  # before exporting
+    refuse_what_cannot_work(backend, prototxt, deploy)  # before exporting
     h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
     imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
-                       per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True)
+                       per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True,
+                       deploy=deploy)
     converted = ConvertReport(h5, imported.status, tolerance, writer=imported.writer,
                               opencv_only=imported.opencv_only.get(h5))
     if imported.report is None:

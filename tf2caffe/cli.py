@@ -12,7 +12,8 @@ from typing import List, Optional, Tuple
 from . import __version__
 from .caffe.profiles import get_profile
 from .errors import reported_errors
-from .import_options import add_backend_arguments, add_import_arguments, add_target_arguments
+from .import_options import (add_backend_arguments, add_deploy_arguments, add_import_arguments,
+                             add_target_arguments, deploy_options)
 from .measure import LAYER_TOLERANCE
 
 PROG = "tf2caffe"
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     add_export_arguments(convert)
     convert.add_argument("--prototxt", metavar="P", help="hand-written prototxt to fill (see `import`)")
     add_target_arguments(convert)
+    add_deploy_arguments(convert)
     add_backend_arguments(convert)
     convert.add_argument("--check-only", action="store_true",
                          help="list every layer that cannot be converted, write nothing (exit 0 if none, 2 otherwise)")
@@ -110,7 +112,8 @@ def run_import(args) -> int:
     from .api import import_
     return import_(args.files, args.output, prototxt=args.prototxt, profile=args.profile,
                    tolerance=args.tolerance, per_layer=args.per_layer, backend=args.backend,
-                   verify=not args.no_verify, report=args.report, debug=args.debug).status
+                   verify=not args.no_verify, report=args.report, debug=args.debug,
+                   deploy=deploy_options(args)).status
 
 
 def run_convert(args) -> int:
@@ -121,7 +124,7 @@ def run_convert(args) -> int:
         return 2 if checked.problems else 0
     converted = convert(args.src, args.output, prototxt=args.prototxt, profile=args.profile,
                         tolerance=args.tolerance, backend=args.backend, verify=not args.no_verify,
-                        per_layer=args.per_layer, **export_options(args))
+                        per_layer=args.per_layer, deploy=deploy_options(args), **export_options(args))
     if converted.result is not None and not converted.result.error:  # else the import stage said why
         print_convert(converted)
     return converted.status

@@ -5,9 +5,10 @@ that the one passes to the other. Imports nothing heavier than numpy: `tf2caffe 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
+from .caffe.deploy import DeployOptions
 from .caffe.profiles import DEFAULT_PROFILE, PROFILES
 from .measure import DEFAULT_TOLERANCE
 
@@ -21,6 +22,7 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
                    help="use this hand-written prototxt (its input shape is set from the HDF5 file) "
                         "instead of the generated one")
     add_target_arguments(p)
+    add_deploy_arguments(p)
     p.add_argument("--report", metavar="R.json", help="also write the verification report as JSON")
     p.add_argument("--per-layer", action="store_true",
                    help="report the error of every mapped layer (needs `export --per-layer`)")
@@ -49,6 +51,34 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
                    help="maximum relative error of the compared layers (default: %g)" % DEFAULT_TOLERANCE)
 
 
+def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
+    """The deployment options (tf2caffe/caffe/deploy.py), for a generated prototxt."""
+    p.add_argument("--bgr", action="store_true",
+                   help="the net takes BGR where the source takes RGB (the first layer's input channels reversed)")
+    p.add_argument("--mean", type=channel_values, metavar="M[,M,M]",
+                   help="the net takes raw values x and computes (x - mean)·scale per channel first, as "
+                        "OpenCV's blobFromImage does; mean in the net's input channel order (B,G,R with --bgr)")
+    p.add_argument("--scale", type=channel_values, metavar="S[,S,S]",
+                   help="the scale of --mean's preprocessing (one value, or one per channel)")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="merge BatchNorm + Scale into the Convolution / InnerProduct before them "
+                        "(not exact: the error is measured as always)")
+    p.add_argument("--no-fold-padding", dest="fold_padding", action="store_false",
+                   help="keep zero padding as its own layer instead of folding it into the next convolution's pad")
+
+
+def channel_values(text: str) -> List[float]:
+    try:
+        return [float(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number or a comma-separated list of numbers: %r" % text)
+
+
+def deploy_options(args) -> DeployOptions:
+    return DeployOptions(bgr=args.bgr, mean=args.mean, scale=args.scale, fold_bn=args.fold_bn,
+                         fold_padding=args.fold_padding)
+
+
 @dataclass
 class ImportOptions:
     """What the import stage is asked to do, besides which files and where to."""
@@ -62,6 +92,7 @@ class ImportOptions:
     debug: bool = False
     progress: bool = False  # progress bars on stderr even when it is not a terminal
     runtime: Optional[str] = None  # the runtime the stage runs in, as reports name it (runtimes.py)
+    deploy: DeployOptions = field(default_factory=DeployOptions)
 
     def argv(self, files: List[str], output: str) -> List[str]:
         """The import stage's command line for `files` -> `output`."""
@@ -73,6 +104,7 @@ class ImportOptions:
             argv += ["--report", self.report]
         if self.runtime:
             argv += ["--runtime", self.runtime]
+        argv += self.deploy.argv()
         for flag, wanted in (("--per-layer", self.per_layer), ("--no-verify", not self.verify),
                              ("--debug", self.debug), ("--progress", self.progress)):
             if wanted:

@@ -28,12 +28,12 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import intermediate, interrupts, report
-from .caffe import emit, verify
+from .caffe import deploy, emit, verify
 from .caffe.profiles import get_profile
 from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 from .errors import ConversionError, reported_errors
-from .import_options import add_import_arguments
+from .import_options import add_import_arguments, deploy_options
 
 PROG = "tf2caffe"
 
@@ -55,11 +55,15 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend: Ba
 
         progress.stage("emitting Caffe layers")
         net_spec, blobs = emit.build_net(model, args.profile)
+        options = deploy_options(args)
+        deployed = deploy.Deployed([], set()) if args.prototxt else deploy.apply(
+            net_spec, blobs, model.inputs, model.compared_layers(), options, path)
 
         progress.stage("writing the prototxt")
-        described = backend.describe(model=model, net_spec=net_spec, blobs=blobs, h5_path=path,
+        comparable = {name: blob for name, blob in blobs.items() if name not in deployed.unlike_source}
+        described = backend.describe(model=model, net_spec=net_spec, blobs=comparable, h5_path=path,
                                      prototxt=args.prototxt, prototxt_out=prototxt_out)
-        targets = described.targets_in(model, blobs, described.layer_tops)
+        targets = described.targets_in(model, comparable, described.layer_tops)
         compared = verify.compared_targets(model, targets)
         prototxt_tmp = os.path.join(scratch, stem + ".prototxt")
         try:
@@ -83,7 +87,8 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend: Ba
             verified_with=None if args.no_verify else args.runtime or backend.verifier,
             tensorflow_layers=len(model.layers), caffe_layers=len(described.layer_tops),
             caffe_types=described.types, inputs=described.inputs, prototxt=prototxt_out,
-            caffemodel=caffemodel_out, targets=verify.targets_to_json(compared))
+            caffemodel=caffemodel_out, targets=verify.targets_to_json(compared),
+            deployment=dict(options.to_json(), applied=deployed.applied))
         if not args.no_verify:
             progress.stage("verifying")
             try:
@@ -127,7 +132,8 @@ def verify_in(result: report.FileResult, backend: Backend, written, model, targe
                            targets=wanted)
 
     fetched, result.compared, per_layer, float64 = verify.measure(
-        model, {name: result.inputs[name] for name in model.inputs}, mapped, compared, run, model.source)
+        model, {name: result.inputs[name] for name in model.inputs}, mapped, compared, run, model.source,
+        deploy.DeployOptions.from_json(result.deployment))
     if mapped:
         result.per_layer = per_layer
         result.first_over_layer_tolerance = verify.first_over(result.per_layer, verify.names_in_order(model),
@@ -218,6 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     with reported_errors(args.debug):
         get_profile(args.profile)  # an unknown name is refused before any work
+        deploy_options(args).check_prototxt(args.prototxt)
         if not os.path.isdir(args.output):
             try:
                 os.makedirs(args.output)

@@ -87,6 +87,8 @@ class FileResult:
     worst_max_rel: Optional[float] = None
     seconds: Optional[float] = None
     stage_seconds: Dict[str, float] = field(default_factory=dict)
+    # caffe.deploy.DeployOptions.to_json plus "applied": what its passes changed, a line each
+    deployment: Dict = field(default_factory=dict)
 
     def to_json(self) -> Dict:
         if self.error is not None:
@@ -102,7 +104,7 @@ class FileResult:
             "targets": self.targets, "runtimes": self.runtimes, "verified": self.verified,
             "worst": None if self.worst_max_rel is None else {"layer": self.worst_layer,
                                                                "max_rel": self.worst_max_rel},
-            "seconds": self.seconds, "stage_seconds": self.stage_seconds}
+            "seconds": self.seconds, "stage_seconds": self.stage_seconds, "deployment": self.deployment}
 
     def add_runtime(self, name: str, errors: Dict[str, Dict], tolerance: float) -> None:
         """Another runtime's `runtime_errors`; `verified` stays true only if it is within `tolerance`."""
@@ -135,7 +137,8 @@ class FileResult:
                 {data["verified_with"]: runtime_errors(dict(data["compared"]), dict(data["per_layer"]))}
                 if data["verified_with"] else {}),
             worst_layer=worst_entry.get("layer"), worst_max_rel=worst_entry.get("max_rel"),
-            seconds=data.get("seconds"), stage_seconds=dict(data.get("stage_seconds") or {}))
+            seconds=data.get("seconds"), stage_seconds=dict(data.get("stage_seconds") or {}),
+            deployment=dict(data.get("deployment") or {}))
 
 
 @dataclass

@@ -14,16 +14,20 @@ from .. import intermediate, report
 from ..errors import ConversionError
 from ..intermediate import Model
 from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error, within
+from .deploy import DeployOptions
 from .emit import Blob, nchw
 from .layout import FlatOrder
 
 
-def reference_feeds(model: Model, inputs: Dict[str, str]) -> Dict[str, np.ndarray]:
-    """Caffe input blob -> the reference input in Caffe's layout (`inputs`: TF input -> blob)."""
+def reference_feeds(model: Model, inputs: Dict[str, str],
+                    deployment: Optional[DeployOptions] = None) -> Dict[str, np.ndarray]:
+    """Caffe input blob -> the reference input in Caffe's layout (`inputs`: TF input -> blob), as
+    the net built with `deployment` (default: none) takes it (raw values, BGR)."""
+    deployment = deployment or DeployOptions()
     feeds = {}
     for name, blob in inputs.items():
         value = model.reference_input(name)
-        feeds[blob] = Blob(blob, nchw(value.shape)).to_caffe(value)
+        feeds[blob] = deployment.raw_input(Blob(blob, nchw(value.shape)).to_caffe(value))
     return feeds
 
 
@@ -160,12 +164,13 @@ def check_not_degenerate(name: str, tf: np.ndarray, where: str) -> None:
 
 
 def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], compared: Dict[str, Target],
-            run: Callable, where: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, float]], Dict[str, float]]:
+            run: Callable, where: str, deployment: Optional[DeployOptions] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, float]], Dict[str, float]]:
     """Run the reference input once through a runtime (`run(feeds, targets)` -> each target's
     output) and measure it against TensorFlow's: (what was fetched, {compared layer:
     report.layer_error}, {mapped layer: relative error}). A compared layer's shape must match;
-    a mapped layer's mismatch counts as infinite error. `inputs`: TF input layer -> Caffe blob."""
-    fetched = run(reference_feeds(model, inputs), dict(mapped, **compared))
+    a mapped layer's mismatch counts as infinite error. `inputs`: TF input layer -> Caffe blob;
+    `deployment`: the options the net was built with (what it takes as input)."""
+    fetched = run(reference_feeds(model, inputs, deployment), dict(mapped, **compared))
     expected = {name: in_caffe_layout(target, model.activation(name), where) for name, target in compared.items()}
     for name, target in compared.items():
         check_shapes_match(target, fetched[name], expected[name], where)
@@ -180,7 +185,8 @@ def measure_again(result: report.FileResult, run: Callable, where: str) -> Dict[
     model = intermediate.read(result.file)
     try:
         _, compared, per_layer, float64 = measure(model, result.inputs, {name: targets[name] for name in result.per_layer},
-                                         {name: targets[name] for name in result.compared}, run, where)
+                                         {name: targets[name] for name in result.compared}, run, where,
+                                         DeployOptions.from_json(result.deployment))
     finally:
         model.file.close()
     return report.runtime_errors(compared, per_layer, float64)
