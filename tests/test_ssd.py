@@ -1,0 +1,271 @@
+"""SSD detectors end to end: a TF Object Detection API-style SSD (a Keras MobileNetV2 backbone +
+box predictor heads, and the `ssd { ... }` block of a pipeline config) -> an `ssd`-profile Caffe
+net ending in PriorBox + DetectionOutput, whose detections on scikit-learn's two photographs are
+TensorFlow's (same images and classes, scores and boxes within 1e-4), in OpenCV and in the
+source-built SSD Caffe, and whose priors are TF's anchors element-wise.
+
+The heads have random seeded weights (conditioned like trained ones); the class heads' common
+bias is set so that some dozens of (anchor, class) scores pass the threshold, with no score
+within 1e-3 of it and no overlap within 1e-3 of the NMS threshold: the comparison is neither
+empty nor decided by rounding.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import tf2caffe
+from tf2caffe import intermediate, source_caffe
+from tf2caffe.export.conditioned import condition_keras_model
+from tf2caffe.export.reference import reference_batch
+from tf2caffe.export.ssd import read_ssd_settings
+from tf2caffe.measure import detection_rows
+
+pytestmark = pytest.mark.slow
+
+SEED = 0
+CLASSES = 3
+MARGIN = 1e-3
+TOLERANCE = 1e-4
+# ssd_mobilenet_v2_coco.config's ssd block as the sample config has it (tensorflow/models
+# research/object_detection/samples/configs/), with 3 classes and a score threshold of 0.5 (the
+# sample's 1e-8 lets every box through: 100 detections decided by ties between random scores).
+PIPELINE = """
+model {
+  ssd {
+    num_classes: %(classes)d
+    box_coder {
+      faster_rcnn_box_coder {
+        y_scale: 10.0
+        x_scale: 10.0
+        height_scale: 5.0
+        width_scale: 5.0
+      }
+    }
+    anchor_generator {
+      ssd_anchor_generator {
+        num_layers: 6
+        min_scale: 0.2
+        max_scale: 0.95
+        aspect_ratios: 1.0
+        aspect_ratios: 2.0
+        aspect_ratios: 0.5
+        aspect_ratios: 3.0
+        aspect_ratios: 0.3333
+      }
+    }
+    image_resizer {
+      fixed_shape_resizer {
+        height: %(size)d
+        width: %(size)d
+      }
+    }
+    post_processing {
+      batch_non_max_suppression {
+        score_threshold: %(threshold)s
+        iou_threshold: 0.6
+        max_detections_per_class: 100
+        max_total_detections: 100
+      }
+      score_converter: %(converter)s
+    }
+  }
+}
+"""
+ANCHORS_PER_CELL = [3, 6, 6, 6, 6, 6]  # reduce_boxes_in_lowest_layer, then 5 ratios + interpolated
+
+
+def photographs(size: int) -> np.ndarray:
+    """scikit-learn's two sample photographs, resized and scaled as MobileNetV2 expects."""
+    from sklearn.datasets import load_sample_image
+    images = [cv2.resize(load_sample_image(name), (size, size), interpolation=cv2.INTER_AREA)
+              for name in ("china.jpg", "flower.jpg")]
+    return (np.stack(images).astype(np.float32) / 127.5 - 1.0)
+
+
+def build_detector(size: int) -> keras.Model:
+    """MobileNetV2 (alpha 0.35) feature maps at strides 16 and 32 plus four extra layers (1x1 then
+    3x3 stride-2 convolutions, BatchNorm, ReLU6), as ssd_mobilenet_v2's feature extractor, and a
+    3x3 box and class head per map, reshaped and concatenated as the API's box predictor does."""
+    keras.utils.set_random_seed(SEED)
+    backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, include_top=False,
+                                              weights=None)
+    maps = [backbone.get_layer("block_13_expand_relu").output, backbone.output]
+    x = maps[-1]
+    for index, depth in enumerate((64, 32, 32, 16)):
+        x = keras.layers.Conv2D(depth // 2, 1, use_bias=False, name="extra%d_1x1" % index)(x)
+        x = keras.layers.BatchNormalization(name="extra%d_1x1_bn" % index)(x)
+        x = keras.layers.ReLU(6.0, name="extra%d_1x1_relu6" % index)(x)
+        x = keras.layers.Conv2D(depth, 3, strides=2, padding="same", use_bias=False, name="extra%d_3x3" % index)(x)
+        x = keras.layers.BatchNormalization(name="extra%d_3x3_bn" % index)(x)
+        x = keras.layers.ReLU(6.0, name="extra%d_3x3_relu6" % index)(x)
+        maps.append(x)
+    boxes, classes = [], []
+    for index, (feature, anchors) in enumerate(zip(maps, ANCHORS_PER_CELL)):
+        box = keras.layers.Conv2D(anchors * 4, 3, padding="same", name="box_head%d" % index)(feature)
+        boxes.append(keras.layers.Reshape((-1, 4), name="box_head%d_reshape" % index)(box))
+        score = keras.layers.Conv2D(anchors * (CLASSES + 1), 3, padding="same", name="class_head%d" % index)(feature)
+        classes.append(keras.layers.Reshape((-1, CLASSES + 1), name="class_head%d_reshape" % index)(score))
+    model = keras.Model(backbone.input, [keras.layers.Concatenate(axis=1, name="box_encodings")(boxes),
+                                         keras.layers.Concatenate(axis=1, name="class_predictions")(classes)])
+    condition_keras_model(model, SEED)
+    return model
+
+
+def class_bias_shift(logits: np.ndarray, wanted: int) -> float:
+    """The shift of every class logit (background excluded) that puts the 0-logit threshold (score
+    0.5) in the widest gap between logits of any image of the batch, among the 40 after the cut at
+    which each photograph (items 1, 2; item 0 is the noise sample) has `wanted` logits above it."""
+    logits = logits[..., 1:]
+    ranked = np.sort(logits.ravel())[::-1]
+    start = int(np.searchsorted(-ranked, -min(np.sort(photo.ravel())[-wanted] for photo in logits[1:])))
+    gaps = ranked[start:start + 40] - ranked[start + 1:start + 41]
+    at = start + int(np.argmax(gaps))
+    return -float(ranked[at] + ranked[at + 1]) / 2.0
+
+
+def with_class_bias(model: keras.Model, images: np.ndarray, wanted: int) -> keras.Model:
+    """The model with the class heads' bias shifted (class_bias_shift) for the reference batch the
+    export will use: its seeded noise sample, then `images`."""
+    batch = reference_batch([[1] + list(images.shape[1:])], SEED, images)[0]
+    shift = class_bias_shift(np.asarray(model(batch)[1]), wanted)
+    for layer in model.layers:
+        if layer.name.startswith("class_head") and not layer.name.endswith("reshape"):
+            kernel, bias = layer.get_weights()
+            per_anchor = bias.reshape(-1, CLASSES + 1)
+            per_anchor[:, 1:] += shift
+            layer.set_weights([kernel, per_anchor.reshape(-1)])
+    return model
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
+def decisions_margins(h5: str, threshold: float, iou_threshold: float) -> dict:
+    """How far TensorFlow's scores are from the score threshold and the overlaps of same-class
+    candidates from the NMS threshold (numpy from the stored heads and anchors)."""
+    model = intermediate.read(h5)
+    try:
+        codes, logits = (model.activation(name) for name in model.outputs[:2])
+        anchors = model.layer("detection_output").array("anchors").astype(np.float64)
+    finally:
+        model.file.close()
+    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))[..., 1:]
+    ha, wa = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    yc, xc = anchors[:, 0] + ha / 2, anchors[:, 1] + wa / 2
+    score_margin, overlap_margin = float("inf"), float("inf")
+    for image in range(len(codes)):
+        ty, tx, th, tw = (codes[image, :, i] / s for i, s in enumerate((10.0, 10.0, 5.0, 5.0)))
+        h, w = np.exp(th) * ha, np.exp(tw) * wa
+        cy, cx = ty * ha + yc, tx * wa + xc
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+        score_margin = min(score_margin, float(np.min(np.abs(scores[image] - threshold))))
+        for label in range(scores.shape[2]):
+            passing = np.flatnonzero(scores[image, :, label] > threshold)
+            for i, a in enumerate(passing):
+                for b in passing[i + 1:]:
+                    overlap_margin = min(overlap_margin, abs(iou(boxes[a], boxes[b]) - iou_threshold))
+    return {"score": score_margin, "overlap": overlap_margin}
+
+
+def source_caffe_blobs(prototxt: Path, caffemodel: Path, image: np.ndarray, blobs, folder: Path) -> dict:
+    """Forward `image` (NCHW) in the source-built Caffe; the named blobs."""
+    np.save(folder / "input.npy", image)
+    script = (
+        "import sys, numpy as np, caffe\n"
+        "net = caffe.Net(sys.argv[1], caffe.TEST, weights=sys.argv[2])\n"
+        "x = np.load(sys.argv[3]); name = net.inputs[0]\n"
+        "net.blobs[name].reshape(*x.shape); net.blobs[name].data[...] = x\n"
+        "net.forward()\n"
+        "np.savez(sys.argv[4], **{b: net.blobs[b].data for b in sys.argv[5:]})\n")
+    out = folder / "blobs.npz"
+    subprocess.run([str(source_caffe.source_caffe_python()), "-c", script, str(prototxt), str(caffemodel),
+                    str(folder / "input.npy"), str(out)] + list(blobs), check=True, capture_output=True,
+                   env={"GLOG_minloglevel": "2", "PATH": "/usr/bin:/bin"})
+    return dict(np.load(out))
+
+
+@pytest.fixture(scope="module", params=[128, 300])
+def converted(request, tmp_path_factory):
+    size = request.param
+    folder = tmp_path_factory.mktemp("ssd%d" % size)
+    images = photographs(size)
+    model = with_class_bias(build_detector(size), images, wanted=20)
+    model.save(folder / "ssd_mobilenet_v2.keras")
+    np.save(folder / "photographs.npy", images)
+    config = folder / "pipeline.config"
+    config.write_text(PIPELINE % dict(classes=CLASSES, size=size, threshold="0.5", converter="SIGMOID"))
+    started = time.monotonic()
+    report = tf2caffe.convert(folder / "ssd_mobilenet_v2.keras", folder / "out", profile="ssd",
+                              reference_input=str(folder / "photographs.npy"), ssd_config=str(config))
+    seconds = time.monotonic() - started
+    return dict(size=size, folder=folder, report=report, seconds=seconds, images=images, config=config)
+
+
+def test_detections_match_in_opencv_and_the_source_caffe(converted):
+    report = converted["report"]
+    h5 = report.h5
+    model = intermediate.read(h5)
+    try:
+        expected = detection_rows(model.activation("detection_output"))
+    finally:
+        model.file.close()
+    margins = decisions_margins(h5, 0.5, 0.6)
+    runtimes = report.runtimes()
+    print(json.dumps(dict(size=converted["size"], seconds=round(converted["seconds"], 1),
+                          caffe_layers=report.result.caffe_layers, margins=margins, runtimes=runtimes,
+                          detections={int(i): int(np.sum(expected[:, 0] == i)) for i in range(3)}), default=str))
+    assert margins["score"] > MARGIN and margins["overlap"] > MARGIN
+    for photo in (1, 2):  # batch item 0 is the seeded noise sample
+        assert np.sum(expected[:, 0] == photo) >= 5
+    assert report.status == 0
+    assert set(runtimes) == {"pycaffe-source", "OpenCV"}
+    for errors in runtimes.values():
+        assert errors["detection_output"] <= TOLERANCE
+        assert errors["box_encodings"] <= TOLERANCE and errors["class_predictions"] <= TOLERANCE
+
+
+def test_priors_are_tf_anchors(converted, tmp_path):
+    out = converted["folder"] / "out"
+    prototxt, caffemodel = out / "ssd_mobilenet_v2.prototxt", out / "ssd_mobilenet_v2.caffemodel"
+    model = intermediate.read(converted["report"].h5)
+    try:
+        anchors = model.layer("detection_output").array("anchors")
+    finally:
+        model.file.close()
+    expected_corners = anchors[:, [1, 0, 3, 2]].ravel()  # TF's y, x first -> Caffe's x, y first
+    assert len(anchors) == sum(g * g * a for g, a in zip(grids(converted["size"]), ANCHORS_PER_CELL))
+    image = converted["images"][:1].transpose(0, 3, 1, 2)
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    net.setInput(image)
+    in_opencv = net.forward("detection_output/priors")
+    in_caffe = source_caffe_blobs(prototxt, caffemodel, image, ["detection_output/priors"], tmp_path)
+    for priors in (in_opencv, in_caffe["detection_output/priors"]):
+        priors = np.asarray(priors).reshape(2, -1)
+        print("priors", len(anchors), "max |prior - anchor|", np.max(np.abs(priors[0] - expected_corners)))
+        assert np.max(np.abs(priors[0] - expected_corners)) <= 2.0 ** -22
+        assert np.allclose(priors[1].reshape(-1, 4), [0.1, 0.1, 0.2, 0.2])
+
+
+def grids(size: int):
+    sizes = [-(-size // 16), -(-size // 32)]
+    while len(sizes) < 6:
+        sizes.append(-(-sizes[-1] // 2))
+    return sizes
+
+
+def test_the_config_is_read_as_the_api_reads_it(converted):
+    settings = read_ssd_settings(converted["config"])
+    assert settings.anchors.scales == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
+    assert settings.anchors.reduce_boxes_in_lowest_layer and settings.anchors.interpolated_scale_aspect_ratio == 1.0
+    assert settings.coder_scales == (10.0, 10.0, 5.0, 5.0)
+    assert (settings.score_converter, settings.iou_threshold, settings.max_total_detections) == ("SIGMOID", 0.6, 100)
