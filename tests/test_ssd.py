@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import tf2caffe
 from tf2caffe import intermediate, source_caffe
 from tf2caffe.export.conditioned import condition_keras_model
 from tf2caffe.export.reference import reference_batch
-from tf2caffe.export.ssd import read_ssd_settings
+from tf2caffe.export.ssd import box_specs, grid_anchors, read_ssd_settings
 from tf2caffe.measure import detection_rows
 
 pytestmark = pytest.mark.slow
@@ -33,10 +34,15 @@ pytestmark = pytest.mark.slow
 SEED = 0
 CLASSES = 3
 MARGIN = 1e-3
+THRESHOLD, IOU_THRESHOLD, MAX_TOTAL = 0.5, 0.6, 300  # as PIPELINE says
+# The class heads' kernels and biases times this: confident logits, as a trained detector's, so
+# that few scores lie near the threshold.
+CLASS_LOGIT_GAIN = 8.0
 TOLERANCE = 1e-4
 # ssd_mobilenet_v2_coco.config's ssd block as the sample config has it (tensorflow/models
-# research/object_detection/samples/configs/), with 3 classes and a score threshold of 0.5 (the
-# sample's 1e-8 lets every box through: 100 detections decided by ties between random scores).
+# research/object_detection/samples/configs/), with 3 classes, a score threshold of 0.5 (the
+# sample's 1e-8 lets every box through: 100 detections decided by ties between random scores) and
+# at most 300 detections (the seeded noise image of the reference batch finds over 100).
 PIPELINE = """
 model {
   ssd {
@@ -71,8 +77,8 @@ model {
       batch_non_max_suppression {
         score_threshold: %(threshold)s
         iou_threshold: 0.6
-        max_detections_per_class: 100
-        max_total_detections: 100
+        max_detections_per_class: %(most)d
+        max_total_detections: %(most)d
       }
       score_converter: %(converter)s
     }
@@ -131,50 +137,76 @@ def class_bias_shift(logits: np.ndarray, wanted: int) -> float:
     return -float(ranked[at] + ranked[at + 1]) / 2.0
 
 
-def with_class_bias(model: keras.Model, images: np.ndarray, wanted: int) -> keras.Model:
-    """The model with the class heads' bias shifted (class_bias_shift) for the reference batch the
-    export will use: its seeded noise sample, then `images`."""
-    batch = reference_batch([[1] + list(images.shape[1:])], SEED, images)[0]
-    shift = class_bias_shift(np.asarray(model(batch)[1]), wanted)
-    for layer in model.layers:
-        if layer.name.startswith("class_head") and not layer.name.endswith("reshape"):
-            kernel, bias = layer.get_weights()
-            per_anchor = bias.reshape(-1, CLASSES + 1)
-            per_anchor[:, 1:] += shift
-            layer.set_weights([kernel, per_anchor.reshape(-1)])
-    return model
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
     return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
-def decisions_margins(h5: str, threshold: float, iou_threshold: float) -> dict:
-    """How far TensorFlow's scores are from the score threshold and the overlaps of same-class
-    candidates from the NMS threshold (numpy from the stored heads and anchors)."""
-    model = intermediate.read(h5)
-    try:
-        codes, logits = (model.activation(name) for name in model.outputs[:2])
-        anchors = model.layer("detection_output").array("anchors").astype(np.float64)
-    finally:
-        model.file.close()
+def decisions(codes: np.ndarray, logits: np.ndarray, anchors: np.ndarray) -> dict:
+    """How far the detections are from flipping (numpy, float64): the scores from the threshold,
+    the overlaps of same-class candidates from the NMS threshold; and the candidates per image."""
+    anchors = anchors.astype(np.float64)
     scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))[..., 1:]
     ha, wa = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
     yc, xc = anchors[:, 0] + ha / 2, anchors[:, 1] + wa / 2
-    score_margin, overlap_margin = float("inf"), float("inf")
+    found = {"score": float(np.min(np.abs(scores - THRESHOLD))), "overlap": float("inf"), "candidates": []}
     for image in range(len(codes)):
         ty, tx, th, tw = (codes[image, :, i] / s for i, s in enumerate((10.0, 10.0, 5.0, 5.0)))
         h, w = np.exp(th) * ha, np.exp(tw) * wa
         cy, cx = ty * ha + yc, tx * wa + xc
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-        score_margin = min(score_margin, float(np.min(np.abs(scores[image] - threshold))))
+        found["candidates"].append(int(np.sum(scores[image] > THRESHOLD)))
         for label in range(scores.shape[2]):
-            passing = np.flatnonzero(scores[image, :, label] > threshold)
+            passing = np.flatnonzero(scores[image, :, label] > THRESHOLD)
             for i, a in enumerate(passing):
                 for b in passing[i + 1:]:
-                    overlap_margin = min(overlap_margin, abs(iou(boxes[a], boxes[b]) - iou_threshold))
-    return {"score": score_margin, "overlap": overlap_margin}
+                    found["overlap"] = min(found["overlap"], abs(iou(boxes[a], boxes[b]) - IOU_THRESHOLD))
+    return found
+
+
+def clear_of_thresholds(found: dict) -> bool:
+    """No decision within MARGIN of flipping, at least 5 candidates per photograph, and fewer than
+    max_total_detections per image (so the keep_top_k cut decides nothing)."""
+    return (found["score"] > MARGIN and found["overlap"] > MARGIN and min(found["candidates"][1:]) >= 5
+            and max(found["candidates"]) < MAX_TOTAL)
+
+
+def with_class_bias(model: keras.Model, images: np.ndarray, size: int) -> keras.Model:
+    """The model with the class heads' logits scaled by CLASS_LOGIT_GAIN, then shifted
+    (class_bias_shift) so that, on the reference
+    batch the export will use (its seeded noise sample, then `images`), the detections are
+    clear of every threshold."""
+    batch = reference_batch([[1] + list(images.shape[1:])], SEED, images)[0]
+    codes, logits = (np.asarray(value) for value in model(batch))
+    logits = logits * CLASS_LOGIT_GAIN
+    anchors = grid_anchors(box_specs(read_ssd_settings_text(size).anchors), [(g, g) for g in grids(size)], (size, size))
+    for wanted in range(6, 60, 2):
+        shift = class_bias_shift(logits, wanted)
+        moved = logits.copy()
+        moved[..., 1:] += shift
+        if clear_of_thresholds(decisions(codes, moved, anchors)):
+            break
+    else:
+        raise AssertionError("no class bias leaves the detections clear of the thresholds")
+    for layer in model.layers:
+        if layer.name.startswith("class_head") and not layer.name.endswith("reshape"):
+            kernel, bias = layer.get_weights()
+            per_anchor = bias.reshape(-1, CLASSES + 1) * CLASS_LOGIT_GAIN
+            per_anchor[:, 1:] += shift
+            layer.set_weights([kernel * CLASS_LOGIT_GAIN, per_anchor.reshape(-1)])
+    return model
+
+
+def pipeline_text(size: int) -> str:
+    return PIPELINE % dict(classes=CLASSES, size=size, threshold=THRESHOLD, converter="SIGMOID",
+                       most=MAX_TOTAL)
+
+
+def read_ssd_settings_text(size: int):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pipeline.config"
+        path.write_text(pipeline_text(size))
+        return read_ssd_settings(path)
 
 
 def source_caffe_blobs(prototxt: Path, caffemodel: Path, image: np.ndarray, blobs, folder: Path) -> dict:
@@ -199,11 +231,11 @@ def converted(request, tmp_path_factory):
     size = request.param
     folder = tmp_path_factory.mktemp("ssd%d" % size)
     images = photographs(size)
-    model = with_class_bias(build_detector(size), images, wanted=20)
+    model = with_class_bias(build_detector(size), images, size)
     model.save(folder / "ssd_mobilenet_v2.keras")
     np.save(folder / "photographs.npy", images)
     config = folder / "pipeline.config"
-    config.write_text(PIPELINE % dict(classes=CLASSES, size=size, threshold="0.5", converter="SIGMOID"))
+    config.write_text(pipeline_text(size))
     started = time.monotonic()
     report = tf2caffe.convert(folder / "ssd_mobilenet_v2.keras", folder / "out", profile="ssd",
                               reference_input=str(folder / "photographs.npy"), ssd_config=str(config))
@@ -219,12 +251,17 @@ def test_detections_match_in_opencv_and_the_source_caffe(converted):
         expected = detection_rows(model.activation("detection_output"))
     finally:
         model.file.close()
-    margins = decisions_margins(h5, 0.5, 0.6)
+    model = intermediate.read(h5)
+    try:
+        found = decisions(*(model.activation(name) for name in model.outputs[:2]),
+                          model.layer("detection_output").array("anchors"))
+    finally:
+        model.file.close()
     runtimes = report.runtimes()
     print(json.dumps(dict(size=converted["size"], seconds=round(converted["seconds"], 1),
-                          caffe_layers=report.result.caffe_layers, margins=margins, runtimes=runtimes,
+                          caffe_layers=report.result.caffe_layers, decisions=found, runtimes=runtimes,
                           detections={int(i): int(np.sum(expected[:, 0] == i)) for i in range(3)}), default=str))
-    assert margins["score"] > MARGIN and margins["overlap"] > MARGIN
+    assert clear_of_thresholds(found)
     for photo in (1, 2):  # batch item 0 is the seeded noise sample
         assert np.sum(expected[:, 0] == photo) >= 5
     assert report.status == 0
@@ -268,4 +305,4 @@ def test_the_config_is_read_as_the_api_reads_it(converted):
     assert settings.anchors.scales == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
     assert settings.anchors.reduce_boxes_in_lowest_layer and settings.anchors.interpolated_scale_aspect_ratio == 1.0
     assert settings.coder_scales == (10.0, 10.0, 5.0, 5.0)
-    assert (settings.score_converter, settings.iou_threshold, settings.max_total_detections) == ("SIGMOID", 0.6, 100)
+    assert (settings.score_converter, settings.iou_threshold, settings.max_total_detections) == ("SIGMOID", 0.6, 300)
