@@ -12,6 +12,7 @@ empty nor decided by rounding.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -26,10 +27,11 @@ import tf2caffe
 from tf2caffe import intermediate, source_caffe
 from tf2caffe.export.conditioned import condition_keras_model
 from tf2caffe.export.reference import reference_batch
+from tf2caffe.caffe.emit import unsupported_layers
+from tf2caffe.caffe.profiles import get_profile
+from tf2caffe.errors import ConversionError
 from tf2caffe.export.ssd import box_specs, grid_anchors, read_ssd_settings
 from tf2caffe.measure import detection_rows
-
-pytestmark = pytest.mark.slow
 
 SEED = 0
 CLASSES = 3
@@ -243,6 +245,7 @@ def converted(request, tmp_path_factory):
     return dict(size=size, folder=folder, report=report, seconds=seconds, images=images, config=config)
 
 
+@pytest.mark.slow
 def test_detections_match_in_opencv_and_the_source_caffe(converted):
     report = converted["report"]
     h5 = report.h5
@@ -271,6 +274,7 @@ def test_detections_match_in_opencv_and_the_source_caffe(converted):
         assert errors["box_encodings"] <= TOLERANCE and errors["class_predictions"] <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_priors_are_tf_anchors(converted, tmp_path):
     out = converted["folder"] / "out"
     prototxt, caffemodel = out / "ssd_mobilenet_v2.prototxt", out / "ssd_mobilenet_v2.caffemodel"
@@ -300,9 +304,74 @@ def grids(size: int):
     return sizes
 
 
+@pytest.mark.slow
 def test_the_config_is_read_as_the_api_reads_it(converted):
     settings = read_ssd_settings(converted["config"])
     assert settings.anchors.scales == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
     assert settings.anchors.reduce_boxes_in_lowest_layer and settings.anchors.interpolated_scale_aspect_ratio == 1.0
     assert settings.coder_scales == (10.0, 10.0, 5.0, 5.0)
     assert (settings.score_converter, settings.iou_threshold, settings.max_total_detections) == ("SIGMOID", 0.6, 300)
+
+
+@pytest.mark.slow
+def test_the_readme_snippet_draws_the_detections(converted, tmp_path):
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("<!-- ssd-opencv:start -->")[1].split("<!-- ssd-opencv:end -->")[0]
+    namespace = {}
+    exec(block.strip().strip("`").removeprefix("python"), namespace)
+    out = converted["folder"] / "out"
+    from sklearn.datasets import load_sample_image
+    for name in ("china.jpg", "flower.jpg"):
+        photo = cv2.cvtColor(load_sample_image(name), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(tmp_path / (name + ".png")), photo)
+        drawn = namespace["draw_detections"](str(out / "ssd_mobilenet_v2.prototxt"),
+                                             str(out / "ssd_mobilenet_v2.caffemodel"), str(tmp_path / (name + ".png")),
+                                             str(tmp_path / (name + ".drawn.png")), converted["size"])
+        picture = cv2.imread(str(tmp_path / (name + ".drawn.png")))  # PNG: the green stays exact
+        green = np.all(picture == (0, 255, 0), axis=2) & ~np.all(photo == (0, 255, 0), axis=2)
+        assert drawn >= 1 and green.sum() > 100 * drawn, (name, drawn, green.sum())
+
+
+@pytest.mark.slow
+def test_the_bvlc_profile_refuses_the_detection_layer(converted):
+    model = intermediate.read(converted["report"].h5)
+    try:
+        problems = [str(p) for p in unsupported_layers(model, get_profile("bvlc"))]
+    finally:
+        model.file.close()
+    # (the heads' reshapes need Permute too)
+    assert ("'detection_output' (ssd_detection_output): SSD post-processing needs PriorBox and DetectionOutput, "
+            "which the 'bvlc' profile lacks: use --profile ssd (or opencv)") in problems
+
+
+# Settings no combination of PriorBox and DetectionOutput expresses, or not supported yet: each
+# refused in one line saying why.
+REFUSED = {
+    "max_detections_per_class: %(most)d": ("max_detections_per_class: 50", "max_detections_per_class 50 < "
+                                           "max_total_detections 300: DetectionOutput caps each class before NMS"),
+    "faster_rcnn_box_coder {": ("keypoint_box_coder {", "only faster_rcnn_box_coder (centre-size)"),
+    "ssd_anchor_generator {": ("multiscale_anchor_generator {", "only ssd_anchor_generator converts"),
+    "iou_threshold: 0.6": ("iou_threshold: 0.6 use_class_agnostic_nms: true",
+                           "use_class_agnostic_nms: DetectionOutput does per-class hard NMS only"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(REFUSED))
+def test_refused_settings(setting, tmp_path):
+    replacement, reason = REFUSED[setting]
+    path = tmp_path / "pipeline.config"
+    path.write_text(PIPELINE.replace(setting, replacement) % dict(
+        classes=CLASSES, size=128, threshold=THRESHOLD, converter="SIGMOID", most=MAX_TOTAL))
+    with pytest.raises(ConversionError, match=re.escape(reason)):
+        read_ssd_settings(path)
+
+
+def test_anchors_of_the_sample_config():
+    """The API's ssd_mobilenet_v2 anchors at 300x300: 1917, the lowest layer's three per cell first."""
+    anchors = grid_anchors(box_specs(read_ssd_settings_text(300).anchors), [(g, g) for g in grids(300)], (300, 300))
+    assert anchors.shape == (1917, 4) and anchors.dtype == np.float32
+    # cell (0, 0) of the 19x19 map: centre 0.5/19, then (0.1, 1), (0.2, 2), (0.2, 0.5)
+    centre = 0.5 / 19
+    sizes = [(0.1, 0.1), (0.2 / np.sqrt(2), 0.2 * np.sqrt(2)), (0.2 * np.sqrt(2), 0.2 / np.sqrt(2))]
+    expected = [[centre - h / 2, centre - w / 2, centre + h / 2, centre + w / 2] for h, w in sizes]
+    assert np.allclose(anchors[:3], expected, atol=1e-7)

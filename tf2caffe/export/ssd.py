@@ -180,12 +180,18 @@ def read_ssd_settings(path) -> SSDSettings:
     converter = str(_one(post, "score_converter", where, "IDENTITY"))
     if converter not in SCORE_CONVERTERS:
         raise ConversionError("%s: score_converter %s (known: %s)" % (where, converter, ", ".join(SCORE_CONVERTERS)))
-    return SSDSettings(
+    settings = SSDSettings(
         int(_one(ssd, "num_classes", where)), anchors, coder_scales, converter,
         float(_one(post, "logit_scale", where, "1.0")),
         float(_one(nms, "score_threshold", where, "0.0")), float(_one(nms, "iou_threshold", where, "0.6")),
         int(_one(nms, "max_detections_per_class", where, "100")),
         int(_one(nms, "max_total_detections", where, "100")))
+    if settings.max_detections_per_class < settings.max_total_detections:
+        raise ConversionError(
+            "%s: max_detections_per_class %d < max_total_detections %d: DetectionOutput caps each class "
+            "before NMS (top_k) or all classes after it (keep_top_k), never each class after it" % (
+                where, settings.max_detections_per_class, settings.max_total_detections))
+    return settings
 
 
 # --------------------------------------------------------------- anchors
@@ -279,11 +285,6 @@ def add_detection_output(model: intermediate.Model, config_path) -> None:
     anchors = grid_anchors(specs, grids, image_hw)
     if len(anchors) != box_shape[1]:
         raise ConversionError("%s: %d anchors, but the box encodings have %d" % (where, len(anchors), box_shape[1]))
-    if settings.max_detections_per_class < settings.max_total_detections:
-        raise ConversionError(
-            "%s: max_detections_per_class %d < max_total_detections %d: DetectionOutput caps each class "
-            "before NMS (top_k) or all classes after it (keep_top_k), never each class after it" % (
-                where, settings.max_detections_per_class, settings.max_total_detections))
     config = {
         "image_size": list(image_hw),
         "feature_maps": [{"layer": head.name, "grid": list(grid), "boxes": [list(spec) for spec in layer_specs]}
