@@ -375,3 +375,61 @@ def test_anchors_of_the_sample_config():
     sizes = [(0.1, 0.1), (0.2 / np.sqrt(2), 0.2 * np.sqrt(2)), (0.2 * np.sqrt(2), 0.2 / np.sqrt(2))]
     expected = [[centre - h / 2, centre - w / 2, centre + h / 2, centre + w / 2] for h, w in sizes]
     assert np.allclose(anchors[:3], expected, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_frozen_graph_with_its_post_processing(converted, tmp_path):
+    """Form (a): the same detector frozen with the API's post-processing ops in the graph (anchors
+    as a constant, decoding, sigmoid, tf.image.combined_non_max_suppression). It converts up to
+    its heads (--outputs), the ssd block gives the rest, and the graph's own detections on the
+    photographs are the intermediate's TensorFlow reference, which DetectionOutput matches."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    size, folder = converted["size"], converted["folder"]
+    model = keras.models.load_model(folder / "ssd_mobilenet_v2.keras")
+    reference = intermediate.read(converted["report"].h5)
+    try:
+        anchors = reference.layer("detection_output").array("anchors")
+    finally:
+        reference.file.close()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    def detect(images):
+        codes, logits = model(images, training=False)
+        codes, logits = tf.identity(codes, name="box_encodings"), tf.identity(logits, name="class_logits")
+        constant = tf.constant(anchors, name="anchors")
+        ha, wa = constant[:, 2] - constant[:, 0], constant[:, 3] - constant[:, 1]
+        ty, tx, th, tw = tf.unstack(codes / [10.0, 10.0, 5.0, 5.0], axis=2)
+        h, w = tf.exp(th) * ha, tf.exp(tw) * wa
+        cy, cx = ty * ha + constant[:, 0] + ha / 2, tx * wa + constant[:, 1] + wa / 2
+        boxes = tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=2)
+        return tf.image.combined_non_max_suppression(
+            boxes[:, :, None, :], tf.sigmoid(logits)[:, :, 1:], MAX_TOTAL, MAX_TOTAL, IOU_THRESHOLD, THRESHOLD,
+            clip_boxes=False)
+
+    frozen = convert_variables_to_constants_v2(detect.get_concrete_function())
+    pb = tmp_path / "ssd_frozen.pb"
+    pb.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    started = time.monotonic()
+    report = tf2caffe.convert(pb, tmp_path / "out", profile="ssd", inputs="images:0",
+                              outputs="box_encodings:0,class_logits:0", input_shape=[1, size, size, 3],
+                              reference_input=str(folder / "photographs.npy"), ssd_config=str(converted["config"]))
+    seconds = time.monotonic() - started
+    runtimes = report.runtimes()
+    print(json.dumps(dict(form="a", size=size, seconds=round(seconds, 1), caffe_layers=report.result.caffe_layers,
+                          runtimes=runtimes)))
+    assert report.status == 0 and set(runtimes) == {"pycaffe-source", "OpenCV"}
+    assert all(errors["detection_output"] <= TOLERANCE for errors in runtimes.values())
+
+    converted_model = intermediate.read(report.h5)
+    try:
+        batch = converted_model.reference_input(converted_model.inputs[0])
+        expected = detection_rows(converted_model.activation("detection_output"))
+    finally:
+        converted_model.file.close()
+    boxes, scores, classes, counts = (np.asarray(t) for t in detect(tf.constant(batch)))
+    in_graph = detection_rows([[image, classes[image, k] + 1, scores[image, k]] + list(boxes[image, k, [1, 0, 3, 2]])
+                               for image in range(len(batch)) for k in range(counts[image])])
+    assert in_graph.shape == expected.shape and np.array_equal(in_graph[:, :2], expected[:, :2])
+    assert np.max(np.abs(in_graph[:, 2:] - expected[:, 2:])) <= TOLERANCE  # measured: 3.6e-6
