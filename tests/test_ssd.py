@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -433,3 +434,13 @@ def test_frozen_graph_with_its_post_processing(converted, tmp_path):
                                for image in range(len(batch)) for k in range(counts[image])])
     assert in_graph.shape == expected.shape and np.array_equal(in_graph[:, :2], expected[:, :2])
     assert np.max(np.abs(in_graph[:, 2:] - expected[:, 2:])) <= TOLERANCE  # measured: 3.6e-6
+
+
+def test_an_unusable_config_is_one_line_before_any_work(tmp_path):
+    config = tmp_path / "pipeline.config"
+    config.write_text("model { faster_rcnn { num_classes: 3 } }")
+    for path, message in ((tmp_path / "missing.config", "cannot read the pipeline config: No such file or directory"),
+                          (config, "no `ssd { ... }` block (expected model { ssd { ... } })")):
+        completed = subprocess.run([sys.executable, "-m", "tf2caffe", "export", str(tmp_path / "ssd.keras"), "-o",
+                                    str(tmp_path / "out"), "--ssd-config", str(path)], capture_output=True, text=True)
+        assert completed.returncode == 2 and completed.stderr == "tf2caffe: error: %s: %s\n" % (path, message)

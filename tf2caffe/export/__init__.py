@@ -68,6 +68,9 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
     src, out_dir = Path(src), Path(out_dir)
     shape = parse_input_shape(input_shape)
     user_input = load_user_input(reference_input) if reference_input is not None else None
+    if ssd_config is not None:  # a config that cannot be used is refused before any work
+        from .ssd import read_ssd_settings
+        ssd_settings = read_ssd_settings(ssd_config)
     kind = source_kind(src)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError("%s: output folder exists and is not a directory" % out_dir)
@@ -104,7 +107,7 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
             model.attrs["source_path"] = str(src)
         if ssd_config is not None:
             from .ssd import add_detection_output
-            add_detection_output(model, ssd_config)
+            add_detection_output(model, ssd_settings, "%s with %s" % (model.name, ssd_config))
     except ConversionError as error:
         if not str(error).startswith(str(src)):
             error.args = ("%s: %s" % (src, error),)

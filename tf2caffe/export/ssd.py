@@ -255,11 +255,10 @@ def heads(model: intermediate.Model, output: str) -> List[intermediate.Layer]:
     return [_producer_4d(model, part) for part in parts]
 
 
-def add_detection_output(model: intermediate.Model, config_path) -> None:
+def add_detection_output(model: intermediate.Model, settings: SSDSettings, where: str) -> None:
     """Append the `ssd_detection_output` layer (after the two outputs) with its config, TF's
-    anchors as its array, and TensorFlow's detections for the reference batch."""
-    settings = read_ssd_settings(config_path)
-    where = "%s with %s" % (model.name, config_path)
+    anchors as its array, and TensorFlow's detections for the reference batch (`where` names the
+    model and config in errors)."""
     if len(model.outputs) != 2:
         raise ConversionError("%s: an SSD model has two outputs (box encodings, class predictions with "
                               "background); this one has %d" % (where, len(model.outputs)))
