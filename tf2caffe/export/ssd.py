@@ -217,7 +217,7 @@ def grid_anchors(specs: List[List[Tuple[float, float]]], grids: List[Tuple[int, 
     f32 = np.float32
     height, width = (f32(d) for d in image_hw)
     smaller = min(height, width)
-    base = (f32(smaller / height) * f32(1.0), f32(smaller / width) * f32(1.0))
+    base = (f32(smaller / height), f32(smaller / width))  # times base_anchor_size [1, 1]
     layers = []
     for layer_specs, (grid_h, grid_w) in zip(specs, grids):
         scales = np.array([s for s, _ in layer_specs], f32)
@@ -227,10 +227,10 @@ def grid_anchors(specs: List[List[Tuple[float, float]]], grids: List[Tuple[int, 
         offset = (f32(0.5) * stride[0], f32(0.5) * stride[1])
         y = np.arange(grid_h, dtype=f32) * stride[0] + offset[0]
         x = np.arange(grid_w, dtype=f32) * stride[1] + offset[1]
-        centres = np.stack(np.broadcast_arrays(y[:, None, None], x[None, :, None], np.zeros((1, 1, len(scales)), f32)),
-                           -1)[..., :2].reshape(-1, 2)
-        sizes = np.stack(np.broadcast_arrays(heights[None, None, :], widths[None, None, :], np.zeros((grid_h, grid_w, 1), f32)),
-                         -1)[..., :2].reshape(-1, 2)
+        y_grid, x_grid, h_grid = np.meshgrid(y, x, heights, indexing="ij")  # (H, W, anchors)
+        w_grid = np.meshgrid(y, x, widths, indexing="ij")[2]
+        centres = np.stack([y_grid, x_grid], -1).reshape(-1, 2)
+        sizes = np.stack([h_grid, w_grid], -1).reshape(-1, 2)
         layers.append(np.concatenate([centres - f32(0.5) * sizes, centres + f32(0.5) * sizes], 1))
     return np.concatenate(layers).astype(f32)
 

@@ -110,7 +110,7 @@ class SSDDetectionOutput(Handler):
             return "score_converter %s (known: SIGMOID, SOFTMAX, IDENTITY)" % config["score_converter"]
         if any(float(s) <= 0 for s in config["coder_scales"]) or len(config["coder_scales"]) != 4:
             return "coder_scales %s: four positive numbers" % config["coder_scales"]
-        count = sum(int(g[0]) * int(g[1]) * len(m["boxes"]) for m in config["feature_maps"] for g in [m["grid"]])
+        count = sum(int(m["grid"][0]) * int(m["grid"][1]) * len(m["boxes"]) for m in config["feature_maps"])
         if count != model.layer(layer.inputs[0]).output_shape[1]:
             return "the feature maps make %d anchors; the box encodings have %d" % (
                 count, model.layer(layer.inputs[0]).output_shape[1])
