@@ -75,7 +75,7 @@ class CheckReport:
 
 def export(src, out_dir, *, checkpoint=None, input_shape: Optional[Sequence[int]] = None,
            per_layer: bool = False, seed: int = 0, inputs=None, outputs=None, signature=None,
-           reference_input=None, debug: bool = False) -> ExportReport:
+           reference_input=None, ssd_config=None, debug: bool = False) -> ExportReport:
     """TensorFlow model SRC -> `out_dir/<stem>.h5`, the intermediate with TensorFlow's reference
     outputs. `debug=False` keeps TensorFlow's start-up chatter off stderr."""
     if not debug:
@@ -83,7 +83,7 @@ def export(src, out_dir, *, checkpoint=None, input_shape: Optional[Sequence[int]
     from .export import export as export_intermediate
     path = export_intermediate(src, out_dir, checkpoint=checkpoint, input_shape=input_shape,
                                per_layer=per_layer, seed=seed, inputs=inputs, outputs=outputs,
-                               signature=signature, reference_input=reference_input)
+                               signature=signature, reference_input=reference_input, ssd_config=ssd_config)
     return ExportReport(str(path))
 
 

@@ -34,6 +34,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the reference input (default: 0)")
     p.add_argument("--reference-input", metavar="X.npy",
                    help="your own inputs (NHWC), verified too: appended to the seeded sample")
+    p.add_argument("--ssd-config", metavar="PIPELINE.config",
+                   help="a TF Object Detection API SSD: the pipeline config whose ssd { ... } block "
+                        "(anchors, box coder, post-processing) follows the model's two outputs (box "
+                        "encodings, class predictions); becomes PriorBox + DetectionOutput (--profile ssd)")
     graph = p.add_argument_group("graph sources (.pb, TF1/tflearn checkpoints, SavedModels)")
     graph.add_argument("--inputs", metavar="NAMES", help="input tensors, comma-separated (default: detected)")
     graph.add_argument("--outputs", metavar="NAMES", help="output tensors, comma-separated (default: detected)")
@@ -99,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def export_options(args) -> dict:
     return dict(checkpoint=args.checkpoint, input_shape=args.input_shape, seed=args.seed, inputs=args.inputs,
                 outputs=args.outputs, signature=args.signature, reference_input=args.reference_input,
-                debug=args.debug)
+                ssd_config=args.ssd_config, debug=args.debug)
 
 
 def run_export(args) -> int:

@@ -47,3 +47,23 @@ def within(error: float, tolerance: float, float64: Optional[Dict[str, float]] =
     if not float64:
         return error <= tolerance
     return float64["caffe"] <= max(tolerance, FLOAT32_NOISE_MULTIPLE * float64["tensorflow"])
+
+
+def detection_rows(rows) -> np.ndarray:
+    """DetectionOutput-style rows (image, label, score, xmin, ymin, xmax, ymax) in one order
+    (image, label, falling score), without padding: SSD-Caffe writes a row of -1 when it finds
+    nothing, OpenCV pads to keep_top_k rows per image with zeros; label 0 is the background,
+    never a detection."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+    rows = rows[(rows[:, 0] >= 0) & (rows[:, 1] > 0)]
+    return rows[np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))]
+
+
+def detection_error(value, reference) -> float:
+    """How far detections are from the reference's: the largest difference of a score or a box
+    coordinate (boxes are normalised: a fraction of the image size) when both found the same
+    (image, label) rows; infinite when they did not."""
+    value, reference = detection_rows(value), detection_rows(reference)
+    if value.shape != reference.shape or np.any(value[:, :2] != reference[:, :2]):
+        return float("inf")
+    return max_abs_error(value[:, 2:], reference[:, 2:])

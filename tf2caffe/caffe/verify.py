@@ -13,7 +13,7 @@ import numpy as np
 from .. import intermediate, report
 from ..errors import ConversionError
 from ..intermediate import Model
-from ..measure import LAYER_TOLERANCE, max_abs_error, relative_error, within
+from ..measure import LAYER_TOLERANCE, detection_error, max_abs_error, relative_error, within
 from .deploy import DeployOptions
 from .emit import Blob, nchw
 from .layout import FlatOrder
@@ -30,6 +30,11 @@ def reference_feeds(model: Model, inputs: Dict[str, str],
         feeds[blob] = deployment.raw_input(Blob(blob, nchw(value.shape)).to_caffe(value))
     return feeds
 
+
+# Layer types whose output is a set of detections (rows in no fixed order, as many as found):
+# compared with measure.detection_error, where an error is a difference in scores and in box
+# coordinates (fractions of the image size), not relative to the largest value.
+DETECTION_TYPES = frozenset(["ssd_detection_output"])
 
 # A compared tensor whose spread is below this fraction of its magnitude cannot reveal a
 # wrong conversion (e.g. a saturated softmax, a dead ReLU).
@@ -171,11 +176,18 @@ def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], com
     a mapped layer's mismatch counts as infinite error. `inputs`: TF input layer -> Caffe blob;
     `deployment`: the options the net was built with (what it takes as input)."""
     fetched = run(reference_feeds(model, inputs, deployment), dict(mapped, **compared))
-    expected = {name: in_caffe_layout(target, model.activation(name), where) for name, target in compared.items()}
-    for name, target in compared.items():
-        check_shapes_match(target, fetched[name], expected[name], where)
-    per_layer = {name: mapped_error(target, fetched[name], model.activation(name)) for name, target in mapped.items()}
-    return fetched, compare(fetched, expected), per_layer, float64_errors(dict(mapped, **compared), fetched, model)
+    detections = {name for name in dict(mapped, **compared) if model.layer(name).type in DETECTION_TYPES}
+    expected = {name: in_caffe_layout(target, model.activation(name), where)
+                for name, target in compared.items() if name not in detections}
+    for name, value in expected.items():
+        check_shapes_match(compared[name], fetched[name], value, where)
+    per_layer = {name: detection_error(fetched[name], model.activation(name)) if name in detections else
+                 mapped_error(target, fetched[name], model.activation(name)) for name, target in mapped.items()}
+    errors = compare(fetched, expected)
+    for name in detections & set(compared):
+        error = detection_error(fetched[name], model.activation(name))
+        errors[name] = report.layer_error(error, error)
+    return fetched, errors, per_layer, float64_errors(dict(mapped, **compared), fetched, model)
 
 
 def measure_again(result: report.FileResult, run: Callable, where: str) -> Dict[str, Dict]:

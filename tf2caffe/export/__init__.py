@@ -60,11 +60,17 @@ def source_kind(src: Path) -> str:
 
 def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
            input_shape: Optional[Sequence[int]] = None, per_layer: bool = False,
-           seed: int = 0, inputs=None, outputs=None, signature=None, reference_input=None) -> Path:
-    """Export SRC to `out_dir/<stem>.h5` (written atomically) and return that path."""
+           seed: int = 0, inputs=None, outputs=None, signature=None, reference_input=None,
+           ssd_config=None) -> Path:
+    """Export SRC to `out_dir/<stem>.h5` (written atomically) and return that path. `ssd_config`:
+    a TF Object Detection API pipeline config whose `ssd { ... }` block adds the detector's
+    post-processing after the model's two outputs (export/ssd.py)."""
     src, out_dir = Path(src), Path(out_dir)
     shape = parse_input_shape(input_shape)
     user_input = load_user_input(reference_input) if reference_input is not None else None
+    if ssd_config is not None:  # a config that cannot be used is refused before any work
+        from .ssd import read_ssd_settings
+        ssd_settings = read_ssd_settings(ssd_config)
     kind = source_kind(src)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError("%s: output folder exists and is not a directory" % out_dir)
@@ -99,6 +105,9 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
             model = model_to_intermediate(load_model(src, checkpoint), src.stem, shape,
                                           per_layer, seed, user_input)
             model.attrs["source_path"] = str(src)
+        if ssd_config is not None:
+            from .ssd import add_detection_output
+            add_detection_output(model, ssd_settings, "%s with %s" % (model.name, ssd_config))
     except ConversionError as error:
         if not str(error).startswith(str(src)):
             error.args = ("%s: %s" % (src, error),)

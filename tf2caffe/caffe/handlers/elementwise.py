@@ -10,6 +10,7 @@ import numpy as np
 
 from ..emit import nchw
 from ..netspec import CaffeLayer
+from ...errors import ConversionError
 from . import Handler, register
 from .chain import Chain, Earlier, Step, power
 from .shape import caffe_axis, order_problem
@@ -100,17 +101,26 @@ class Merge(Handler):
 @register("concat")
 class Concat(Handler):
     config_keys = ("axis",)
-    summary = "Concat, axis remapped from NHWC to NCHW"
+    summary = ("Concat, axis remapped from NHWC to NCHW; 3-D tensors (SSD's reshaped heads) held in "
+               "TensorFlow's order")
     caffe_layers = ("Concat",)
 
     def check(self, layer, model, profile):
-        if len(layer.output_shape) not in (2, 4):
-            return "only 2-D and 4-D tensors are supported"
+        if len(layer.output_shape) not in (2, 3, 4):
+            return "only 2-D, 3-D and 4-D tensors are supported"
         return order_problem(layer, model, profile)
 
     def emit(self, layer, ctx):
         name = ctx.name(layer)
-        bottoms = [ctx.bottom(layer, i).name for i in range(len(layer.inputs))]
+        inputs = [ctx.bottom(layer, i) for i in range(len(layer.inputs))]
+        if len(layer.output_shape) == 3:
+            # Caffe holds a 3-D tensor as TensorFlow does unless a layer left it otherwise.
+            held = [blob for blob in inputs if blob.flattened_from is not None
+                    or (blob.axes is not None and list(blob.axes) != [0, 1, 2])]
+            if held:
+                raise ConversionError("%s: layer '%s' (concat): input blob '%s' is not in TensorFlow's "
+                                      "order" % (ctx.model.source, layer.name, held[0].name))
+        bottoms = [blob.name for blob in inputs]
         axis = caffe_axis(layer.config["axis"], len(layer.output_shape))
         ctx.add(CaffeLayer(name, "Concat", bottoms, [name], {"concat_param": {"axis": axis}}))
         ctx.produce(layer, name)

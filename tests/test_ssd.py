@@ -1,0 +1,446 @@
+"""SSD detectors end to end: a TF Object Detection API-style SSD (a Keras MobileNetV2 backbone +
+box predictor heads, and the `ssd { ... }` block of a pipeline config) -> an `ssd`-profile Caffe
+net ending in PriorBox + DetectionOutput, whose detections on scikit-learn's two photographs are
+TensorFlow's (same images and classes, scores and boxes within 1e-4), in OpenCV and in the
+source-built SSD Caffe, and whose priors are TF's anchors element-wise.
+
+The heads have random seeded weights (conditioned like trained ones); the class heads' common
+bias is set so that some dozens of (anchor, class) scores pass the threshold, with no score
+within 1e-3 of it and no overlap within 1e-3 of the NMS threshold: the comparison is neither
+empty nor decided by rounding.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import tf2caffe
+from tf2caffe import intermediate, source_caffe
+from tf2caffe.export.conditioned import condition_keras_model
+from tf2caffe.export.reference import reference_batch
+from tf2caffe.caffe.emit import unsupported_layers
+from tf2caffe.caffe.profiles import get_profile
+from tf2caffe.errors import ConversionError
+from tf2caffe.export.ssd import box_specs, grid_anchors, read_ssd_settings
+from tf2caffe.measure import detection_rows
+
+SEED = 0
+CLASSES = 3
+MARGIN = 1e-3
+THRESHOLD, IOU_THRESHOLD, MAX_TOTAL = 0.5, 0.6, 300  # as PIPELINE says
+# The class heads' kernels and biases times this: confident logits, as a trained detector's, so
+# that few scores lie near the threshold.
+CLASS_LOGIT_GAIN = 8.0
+TOLERANCE = 1e-4
+# ssd_mobilenet_v2_coco.config's ssd block as the sample config has it (tensorflow/models
+# research/object_detection/samples/configs/), with 3 classes, a score threshold of 0.5 (the
+# sample's 1e-8 lets every box through: 100 detections decided by ties between random scores) and
+# at most 300 detections (the seeded noise image of the reference batch finds over 100).
+PIPELINE = """
+model {
+  ssd {
+    num_classes: %(classes)d
+    box_coder {
+      faster_rcnn_box_coder {
+        y_scale: 10.0
+        x_scale: 10.0
+        height_scale: 5.0
+        width_scale: 5.0
+      }
+    }
+    anchor_generator {
+      ssd_anchor_generator {
+        num_layers: 6
+        min_scale: 0.2
+        max_scale: 0.95
+        aspect_ratios: 1.0
+        aspect_ratios: 2.0
+        aspect_ratios: 0.5
+        aspect_ratios: 3.0
+        aspect_ratios: 0.3333
+      }
+    }
+    image_resizer {
+      fixed_shape_resizer {
+        height: %(size)d
+        width: %(size)d
+      }
+    }
+    post_processing {
+      batch_non_max_suppression {
+        score_threshold: %(threshold)s
+        iou_threshold: 0.6
+        max_detections_per_class: %(most)d
+        max_total_detections: %(most)d
+      }
+      score_converter: %(converter)s
+    }
+  }
+}
+"""
+ANCHORS_PER_CELL = [3, 6, 6, 6, 6, 6]  # reduce_boxes_in_lowest_layer, then 5 ratios + interpolated
+
+
+def photographs(size: int) -> np.ndarray:
+    """scikit-learn's two sample photographs, resized and scaled as MobileNetV2 expects."""
+    from sklearn.datasets import load_sample_image
+    images = [cv2.resize(load_sample_image(name), (size, size), interpolation=cv2.INTER_AREA)
+              for name in ("china.jpg", "flower.jpg")]
+    return (np.stack(images).astype(np.float32) / 127.5 - 1.0)
+
+
+def build_detector(size: int) -> keras.Model:
+    """MobileNetV2 (alpha 0.35) feature maps at strides 16 and 32 plus four extra layers (1x1 then
+    3x3 stride-2 convolutions, BatchNorm, ReLU6), as ssd_mobilenet_v2's feature extractor, and a
+    3x3 box and class head per map, reshaped and concatenated as the API's box predictor does."""
+    keras.utils.set_random_seed(SEED)
+    backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, include_top=False,
+                                              weights=None)
+    maps = [backbone.get_layer("block_13_expand_relu").output, backbone.output]
+    x = maps[-1]
+    for index, depth in enumerate((64, 32, 32, 16)):
+        x = keras.layers.Conv2D(depth // 2, 1, use_bias=False, name="extra%d_1x1" % index)(x)
+        x = keras.layers.BatchNormalization(name="extra%d_1x1_bn" % index)(x)
+        x = keras.layers.ReLU(6.0, name="extra%d_1x1_relu6" % index)(x)
+        x = keras.layers.Conv2D(depth, 3, strides=2, padding="same", use_bias=False, name="extra%d_3x3" % index)(x)
+        x = keras.layers.BatchNormalization(name="extra%d_3x3_bn" % index)(x)
+        x = keras.layers.ReLU(6.0, name="extra%d_3x3_relu6" % index)(x)
+        maps.append(x)
+    boxes, classes = [], []
+    for index, (feature, anchors) in enumerate(zip(maps, ANCHORS_PER_CELL)):
+        box = keras.layers.Conv2D(anchors * 4, 3, padding="same", name="box_head%d" % index)(feature)
+        boxes.append(keras.layers.Reshape((-1, 4), name="box_head%d_reshape" % index)(box))
+        score = keras.layers.Conv2D(anchors * (CLASSES + 1), 3, padding="same", name="class_head%d" % index)(feature)
+        classes.append(keras.layers.Reshape((-1, CLASSES + 1), name="class_head%d_reshape" % index)(score))
+    model = keras.Model(backbone.input, [keras.layers.Concatenate(axis=1, name="box_encodings")(boxes),
+                                         keras.layers.Concatenate(axis=1, name="class_predictions")(classes)])
+    condition_keras_model(model, SEED)
+    return model
+
+
+def class_bias_shift(logits: np.ndarray, wanted: int) -> float:
+    """The shift of every class logit (background excluded) that puts the 0-logit threshold (score
+    0.5) in the widest gap between logits of any image of the batch, among the 40 after the cut at
+    which each photograph (items 1, 2; item 0 is the noise sample) has `wanted` logits above it."""
+    logits = logits[..., 1:]
+    ranked = np.sort(logits.ravel())[::-1]
+    start = int(np.searchsorted(-ranked, -min(np.sort(photo.ravel())[-wanted] for photo in logits[1:])))
+    gaps = ranked[start:start + 40] - ranked[start + 1:start + 41]
+    at = start + int(np.argmax(gaps))
+    return -float(ranked[at] + ranked[at + 1]) / 2.0
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
+def decisions(codes: np.ndarray, logits: np.ndarray, anchors: np.ndarray) -> dict:
+    """How far the detections are from flipping (numpy, float64): the scores from the threshold,
+    the overlaps of same-class candidates from the NMS threshold; and the candidates per image."""
+    anchors = anchors.astype(np.float64)
+    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))[..., 1:]
+    ha, wa = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    yc, xc = anchors[:, 0] + ha / 2, anchors[:, 1] + wa / 2
+    found = {"score": float(np.min(np.abs(scores - THRESHOLD))), "overlap": float("inf"), "candidates": []}
+    for image in range(len(codes)):
+        ty, tx, th, tw = (codes[image, :, i] / s for i, s in enumerate((10.0, 10.0, 5.0, 5.0)))
+        h, w = np.exp(th) * ha, np.exp(tw) * wa
+        cy, cx = ty * ha + yc, tx * wa + xc
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+        found["candidates"].append(int(np.sum(scores[image] > THRESHOLD)))
+        for label in range(scores.shape[2]):
+            passing = np.flatnonzero(scores[image, :, label] > THRESHOLD)
+            for i, a in enumerate(passing):
+                for b in passing[i + 1:]:
+                    found["overlap"] = min(found["overlap"], abs(iou(boxes[a], boxes[b]) - IOU_THRESHOLD))
+    return found
+
+
+def clear_of_thresholds(found: dict) -> bool:
+    """No decision within MARGIN of flipping, at least 5 candidates per photograph, and fewer than
+    max_total_detections per image (so the keep_top_k cut decides nothing)."""
+    return (found["score"] > MARGIN and found["overlap"] > MARGIN and min(found["candidates"][1:]) >= 5
+            and max(found["candidates"]) < MAX_TOTAL)
+
+
+def with_class_bias(model: keras.Model, images: np.ndarray, size: int) -> keras.Model:
+    """The model with the class heads' logits scaled by CLASS_LOGIT_GAIN, then shifted
+    (class_bias_shift) so that, on the reference
+    batch the export will use (its seeded noise sample, then `images`), the detections are
+    clear of every threshold."""
+    batch = reference_batch([[1] + list(images.shape[1:])], SEED, images)[0]
+    codes, logits = (np.asarray(value) for value in model(batch))
+    logits = logits * CLASS_LOGIT_GAIN
+    anchors = grid_anchors(box_specs(read_ssd_settings_text(size).anchors), [(g, g) for g in grids(size)], (size, size))
+    for wanted in range(6, 60, 2):
+        shift = class_bias_shift(logits, wanted)
+        moved = logits.copy()
+        moved[..., 1:] += shift
+        if clear_of_thresholds(decisions(codes, moved, anchors)):
+            break
+    else:
+        raise AssertionError("no class bias leaves the detections clear of the thresholds")
+    for layer in model.layers:
+        if layer.name.startswith("class_head") and not layer.name.endswith("reshape"):
+            kernel, bias = layer.get_weights()
+            per_anchor = bias.reshape(-1, CLASSES + 1) * CLASS_LOGIT_GAIN
+            per_anchor[:, 1:] += shift
+            layer.set_weights([kernel * CLASS_LOGIT_GAIN, per_anchor.reshape(-1)])
+    return model
+
+
+def pipeline_text(size: int) -> str:
+    return PIPELINE % dict(classes=CLASSES, size=size, threshold=THRESHOLD, converter="SIGMOID",
+                       most=MAX_TOTAL)
+
+
+def read_ssd_settings_text(size: int):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pipeline.config"
+        path.write_text(pipeline_text(size))
+        return read_ssd_settings(path)
+
+
+def source_caffe_blobs(prototxt: Path, caffemodel: Path, image: np.ndarray, blobs, folder: Path) -> dict:
+    """Forward `image` (NCHW) in the source-built Caffe; the named blobs."""
+    np.save(folder / "input.npy", image)
+    script = (
+        "import sys, numpy as np, caffe\n"
+        "net = caffe.Net(sys.argv[1], caffe.TEST, weights=sys.argv[2])\n"
+        "x = np.load(sys.argv[3]); name = net.inputs[0]\n"
+        "net.blobs[name].reshape(*x.shape); net.blobs[name].data[...] = x\n"
+        "net.forward()\n"
+        "np.savez(sys.argv[4], **{b: net.blobs[b].data for b in sys.argv[5:]})\n")
+    out = folder / "blobs.npz"
+    subprocess.run([str(source_caffe.source_caffe_python()), "-c", script, str(prototxt), str(caffemodel),
+                    str(folder / "input.npy"), str(out)] + list(blobs), check=True, capture_output=True,
+                   env={"GLOG_minloglevel": "2", "PATH": "/usr/bin:/bin"})
+    return dict(np.load(out))
+
+
+@pytest.fixture(scope="module", params=[128, 300])
+def converted(request, tmp_path_factory):
+    size = request.param
+    folder = tmp_path_factory.mktemp("ssd%d" % size)
+    images = photographs(size)
+    model = with_class_bias(build_detector(size), images, size)
+    model.save(folder / "ssd_mobilenet_v2.keras")
+    np.save(folder / "photographs.npy", images)
+    config = folder / "pipeline.config"
+    config.write_text(pipeline_text(size))
+    started = time.monotonic()
+    report = tf2caffe.convert(folder / "ssd_mobilenet_v2.keras", folder / "out", profile="ssd",
+                              reference_input=str(folder / "photographs.npy"), ssd_config=str(config))
+    seconds = time.monotonic() - started
+    return dict(size=size, folder=folder, report=report, seconds=seconds, images=images, config=config)
+
+
+@pytest.mark.slow
+def test_detections_match_in_opencv_and_the_source_caffe(converted):
+    report = converted["report"]
+    h5 = report.h5
+    model = intermediate.read(h5)
+    try:
+        expected = detection_rows(model.activation("detection_output"))
+    finally:
+        model.file.close()
+    model = intermediate.read(h5)
+    try:
+        found = decisions(*(model.activation(name) for name in model.outputs[:2]),
+                          model.layer("detection_output").array("anchors"))
+    finally:
+        model.file.close()
+    runtimes = report.runtimes()
+    print(json.dumps(dict(size=converted["size"], seconds=round(converted["seconds"], 1),
+                          caffe_layers=report.result.caffe_layers, decisions=found, runtimes=runtimes,
+                          detections={int(i): int(np.sum(expected[:, 0] == i)) for i in range(3)}), default=str))
+    assert clear_of_thresholds(found)
+    for photo in (1, 2):  # batch item 0 is the seeded noise sample
+        assert np.sum(expected[:, 0] == photo) >= 5
+    assert report.status == 0
+    assert set(runtimes) == {"pycaffe-source", "OpenCV"}
+    for errors in runtimes.values():
+        assert errors["detection_output"] <= TOLERANCE
+        assert errors["box_encodings"] <= TOLERANCE and errors["class_predictions"] <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_priors_are_tf_anchors(converted, tmp_path):
+    out = converted["folder"] / "out"
+    prototxt, caffemodel = out / "ssd_mobilenet_v2.prototxt", out / "ssd_mobilenet_v2.caffemodel"
+    model = intermediate.read(converted["report"].h5)
+    try:
+        anchors = model.layer("detection_output").array("anchors")
+    finally:
+        model.file.close()
+    expected_corners = anchors[:, [1, 0, 3, 2]].ravel()  # TF's y, x first -> Caffe's x, y first
+    assert len(anchors) == sum(g * g * a for g, a in zip(grids(converted["size"]), ANCHORS_PER_CELL))
+    image = converted["images"][:1].transpose(0, 3, 1, 2)
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    net.setInput(image)
+    in_opencv = net.forward("detection_output/priors")
+    in_caffe = source_caffe_blobs(prototxt, caffemodel, image, ["detection_output/priors"], tmp_path)
+    for priors in (in_opencv, in_caffe["detection_output/priors"]):
+        priors = np.asarray(priors).reshape(2, -1)
+        print("priors", len(anchors), "max |prior - anchor|", np.max(np.abs(priors[0] - expected_corners)))
+        assert np.max(np.abs(priors[0] - expected_corners)) <= 2.0 ** -22
+        assert np.allclose(priors[1].reshape(-1, 4), [0.1, 0.1, 0.2, 0.2])
+
+
+def grids(size: int):
+    sizes = [-(-size // 16), -(-size // 32)]
+    while len(sizes) < 6:
+        sizes.append(-(-sizes[-1] // 2))
+    return sizes
+
+
+@pytest.mark.slow
+def test_the_config_is_read_as_the_api_reads_it(converted):
+    settings = read_ssd_settings(converted["config"])
+    assert settings.anchors.scales == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
+    assert settings.anchors.reduce_boxes_in_lowest_layer and settings.anchors.interpolated_scale_aspect_ratio == 1.0
+    assert settings.coder_scales == (10.0, 10.0, 5.0, 5.0)
+    assert (settings.score_converter, settings.iou_threshold, settings.max_total_detections) == ("SIGMOID", 0.6, 300)
+
+
+@pytest.mark.slow
+def test_the_readme_snippet_draws_the_detections(converted, tmp_path):
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("<!-- ssd-opencv:start -->")[1].split("<!-- ssd-opencv:end -->")[0]
+    namespace = {}
+    exec(block.strip().strip("`").removeprefix("python"), namespace)
+    out = converted["folder"] / "out"
+    from sklearn.datasets import load_sample_image
+    for name in ("china.jpg", "flower.jpg"):
+        photo = cv2.cvtColor(load_sample_image(name), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(tmp_path / (name + ".png")), photo)
+        drawn = namespace["draw_detections"](str(out / "ssd_mobilenet_v2.prototxt"),
+                                             str(out / "ssd_mobilenet_v2.caffemodel"), str(tmp_path / (name + ".png")),
+                                             str(tmp_path / (name + ".drawn.png")), converted["size"])
+        picture = cv2.imread(str(tmp_path / (name + ".drawn.png")))  # PNG: the green stays exact
+        green = np.all(picture == (0, 255, 0), axis=2) & ~np.all(photo == (0, 255, 0), axis=2)
+        assert drawn >= 1 and green.sum() > 100 * drawn, (name, drawn, green.sum())
+
+
+@pytest.mark.slow
+def test_the_bvlc_profile_refuses_the_detection_layer(converted):
+    model = intermediate.read(converted["report"].h5)
+    try:
+        problems = [str(p) for p in unsupported_layers(model, get_profile("bvlc"))]
+    finally:
+        model.file.close()
+    # (the heads' reshapes need Permute too)
+    assert ("'detection_output' (ssd_detection_output): SSD post-processing needs PriorBox and DetectionOutput, "
+            "which the 'bvlc' profile lacks: use --profile ssd (or opencv)") in problems
+
+
+# Settings no combination of PriorBox and DetectionOutput expresses, or not supported yet: each
+# refused in one line saying why.
+REFUSED = {
+    "max_detections_per_class: %(most)d": ("max_detections_per_class: 50", "max_detections_per_class 50 < "
+                                           "max_total_detections 300: DetectionOutput caps each class before NMS"),
+    "faster_rcnn_box_coder {": ("keypoint_box_coder {", "only faster_rcnn_box_coder (centre-size)"),
+    "ssd_anchor_generator {": ("multiscale_anchor_generator {", "only ssd_anchor_generator converts"),
+    "iou_threshold: 0.6": ("iou_threshold: 0.6 use_class_agnostic_nms: true",
+                           "use_class_agnostic_nms: DetectionOutput does per-class hard NMS only"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(REFUSED))
+def test_refused_settings(setting, tmp_path):
+    replacement, reason = REFUSED[setting]
+    path = tmp_path / "pipeline.config"
+    path.write_text(PIPELINE.replace(setting, replacement) % dict(
+        classes=CLASSES, size=128, threshold=THRESHOLD, converter="SIGMOID", most=MAX_TOTAL))
+    with pytest.raises(ConversionError, match=re.escape(reason)):
+        read_ssd_settings(path)
+
+
+def test_anchors_of_the_sample_config():
+    """The API's ssd_mobilenet_v2 anchors at 300x300: 1917, the lowest layer's three per cell first."""
+    anchors = grid_anchors(box_specs(read_ssd_settings_text(300).anchors), [(g, g) for g in grids(300)], (300, 300))
+    assert anchors.shape == (1917, 4) and anchors.dtype == np.float32
+    # cell (0, 0) of the 19x19 map: centre 0.5/19, then (0.1, 1), (0.2, 2), (0.2, 0.5)
+    centre = 0.5 / 19
+    sizes = [(0.1, 0.1), (0.2 / np.sqrt(2), 0.2 * np.sqrt(2)), (0.2 * np.sqrt(2), 0.2 / np.sqrt(2))]
+    expected = [[centre - h / 2, centre - w / 2, centre + h / 2, centre + w / 2] for h, w in sizes]
+    assert np.allclose(anchors[:3], expected, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_frozen_graph_with_its_post_processing(converted, tmp_path):
+    """Form (a): the same detector frozen with the API's post-processing ops in the graph (anchors
+    as a constant, decoding, sigmoid, tf.image.combined_non_max_suppression). It converts up to
+    its heads (--outputs), the ssd block gives the rest, and the graph's own detections on the
+    photographs are the intermediate's TensorFlow reference, which DetectionOutput matches."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    size, folder = converted["size"], converted["folder"]
+    model = keras.models.load_model(folder / "ssd_mobilenet_v2.keras")
+    reference = intermediate.read(converted["report"].h5)
+    try:
+        anchors = reference.layer("detection_output").array("anchors")
+    finally:
+        reference.file.close()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    def detect(images):
+        codes, logits = model(images, training=False)
+        codes, logits = tf.identity(codes, name="box_encodings"), tf.identity(logits, name="class_logits")
+        constant = tf.constant(anchors, name="anchors")
+        ha, wa = constant[:, 2] - constant[:, 0], constant[:, 3] - constant[:, 1]
+        ty, tx, th, tw = tf.unstack(codes / [10.0, 10.0, 5.0, 5.0], axis=2)
+        h, w = tf.exp(th) * ha, tf.exp(tw) * wa
+        cy, cx = ty * ha + constant[:, 0] + ha / 2, tx * wa + constant[:, 1] + wa / 2
+        boxes = tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=2)
+        return tf.image.combined_non_max_suppression(
+            boxes[:, :, None, :], tf.sigmoid(logits)[:, :, 1:], MAX_TOTAL, MAX_TOTAL, IOU_THRESHOLD, THRESHOLD,
+            clip_boxes=False)
+
+    frozen = convert_variables_to_constants_v2(detect.get_concrete_function())
+    pb = tmp_path / "ssd_frozen.pb"
+    pb.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    started = time.monotonic()
+    report = tf2caffe.convert(pb, tmp_path / "out", profile="ssd", inputs="images:0",
+                              outputs="box_encodings:0,class_logits:0", input_shape=[1, size, size, 3],
+                              reference_input=str(folder / "photographs.npy"), ssd_config=str(converted["config"]))
+    seconds = time.monotonic() - started
+    runtimes = report.runtimes()
+    print(json.dumps(dict(form="a", size=size, seconds=round(seconds, 1), caffe_layers=report.result.caffe_layers,
+                          runtimes=runtimes)))
+    assert report.status == 0 and set(runtimes) == {"pycaffe-source", "OpenCV"}
+    assert all(errors["detection_output"] <= TOLERANCE for errors in runtimes.values())
+
+    converted_model = intermediate.read(report.h5)
+    try:
+        batch = converted_model.reference_input(converted_model.inputs[0])
+        expected = detection_rows(converted_model.activation("detection_output"))
+    finally:
+        converted_model.file.close()
+    boxes, scores, classes, counts = (np.asarray(t) for t in detect(tf.constant(batch)))
+    in_graph = detection_rows([[image, classes[image, k] + 1, scores[image, k]] + list(boxes[image, k, [1, 0, 3, 2]])
+                               for image in range(len(batch)) for k in range(counts[image])])
+    assert in_graph.shape == expected.shape and np.array_equal(in_graph[:, :2], expected[:, :2])
+    assert np.max(np.abs(in_graph[:, 2:] - expected[:, 2:])) <= TOLERANCE  # measured: 3.6e-6
+
+
+def test_an_unusable_config_is_one_line_before_any_work(tmp_path):
+    config = tmp_path / "pipeline.config"
+    config.write_text("model { faster_rcnn { num_classes: 3 } }")
+    for path, message in ((tmp_path / "missing.config", "cannot read the pipeline config: No such file or directory"),
+                          (config, "no `ssd { ... }` block (expected model { ssd { ... } })")):
+        completed = subprocess.run([sys.executable, "-m", "tf2caffe", "export", str(tmp_path / "ssd.keras"), "-o",
+                                    str(tmp_path / "out"), "--ssd-config", str(path)], capture_output=True, text=True)
+        assert completed.returncode == 2 and completed.stderr == "tf2caffe: error: %s: %s\n" % (path, message)

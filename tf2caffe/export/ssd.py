@@ -1,0 +1,332 @@
+"""A TF Object Detection API SSD's post-processing, from the `ssd { ... }` block of its pipeline
+config (`--ssd-config`), as one `ssd_detection_output` layer of the intermediate.
+
+The model is the API's detector up to its box predictor: two outputs, the box encodings
+(N, anchors, 4) in the centre-size coder's (ty, tx, th, tw) order, and the class predictions
+with background (N, anchors, classes + 1), logits; each the concatenation, feature map by
+feature map, of a head's (N, H, W, A·4 or A·(classes + 1)) reshaped, as the API's
+ConvolutionalBoxPredictor builds them. What follows them in the API (SSDMetaArch.postprocess)
+is rebuilt here from the config:
+
+- anchors: the MultipleGridAnchorGenerator of `ssd_anchor_generator`, reimplemented in numpy
+  float32 op by op after tensorflow/models research/object_detection/anchor_generators/
+  multiple_grid_anchor_generator.py (create_ssd_anchors: box specs per layer) and
+  grid_anchor_generator.py (tile_anchors: centres (y, x) · stride + offset, sizes scale /
+  sqrt(ratio) and scale · sqrt(ratio), corners centre ∓ size / 2, in (y, x, anchor) order);
+- decoding: `faster_rcnn_box_coder`'s scales (FasterRcnnBoxCoder._decode);
+- scores: `score_converter` (SIGMOID, SOFTMAX or IDENTITY, after `logit_scale`), the background
+  column dropped;
+- per-class NMS: `batch_non_max_suppression` (post_processing.multiclass_non_max_suppression:
+  per class tf.image.non_max_suppression with the score and IoU thresholds and at most
+  max_detections_per_class boxes, then the max_total_detections best over all classes).
+
+The layer's reference output is TensorFlow's detections for the reference batch, computed with
+those TensorFlow ops, in DetectionOutput's row format (image, label, score, xmin, ymin, xmax,
+ymax); the import stage compares DetectionOutput's rows with them. The API finally clips the
+kept boxes to the image window (and drops boxes left with no area): DetectionOutput does not,
+so a deployment clips its rows to [0, 1] as the README's snippet does.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Tuple
+
+import numpy as np
+
+from .. import intermediate
+from ..errors import ConversionError
+
+LAYER_TYPE = "ssd_detection_output"
+SCORE_CONVERTERS = ("SIGMOID", "SOFTMAX", "IDENTITY")
+
+# --------------------------------------------------------------- the pipeline config (text proto)
+
+_TOKEN = re.compile(r'\s*(?:#[^\n]*\n?|([A-Za-z_][\w.]*|[-+]?[\d.]+(?:[eE][-+]?\d+)?|"[^"]*"|\'[^\']*\'|[{}:,;]))')
+
+
+def _tokens(text: str, where: str) -> List[str]:
+    tokens, position = [], 0
+    text = text.rstrip()
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match or match.end() == position:
+            raise ConversionError("%s: cannot parse the pipeline config near %r" % (where, text[position:position + 30]))
+        if match.group(1):
+            tokens.append(match.group(1))
+        position = match.end()
+    return tokens
+
+
+def parse_text_proto(text: str, where: str) -> Dict[str, list]:
+    """Protocol buffer text format -> {field: [value or nested dict, ...]} (values as strings)."""
+    tokens = _tokens(text, where)
+
+    def message(index: int, closing: bool) -> Tuple[Dict[str, list], int]:
+        fields: Dict[str, list] = {}
+        while index < len(tokens):
+            token = tokens[index]
+            if token == "}":
+                if not closing:
+                    break
+                return fields, index + 1
+            if token in (",", ";"):
+                index += 1
+                continue
+            name = token
+            index += 1
+            if index < len(tokens) and tokens[index] == ":":
+                index += 1
+            if index >= len(tokens):
+                break
+            if tokens[index] == "{":
+                value, index = message(index + 1, True)
+            else:
+                value, index = tokens[index].strip("\"'"), index + 1
+            fields.setdefault(name, []).append(value)
+        if closing:
+            raise ConversionError("%s: the pipeline config ends inside a message" % where)
+        if index < len(tokens):
+            raise ConversionError("%s: unbalanced '}' in the pipeline config" % where)
+        return fields, index
+
+    return message(0, False)[0]
+
+
+class AnchorSettings(NamedTuple):
+    num_layers: int
+    scales: List[float]          # one per layer, then 1.0 (create_ssd_anchors' scale_next)
+    aspect_ratios: List[float]
+    interpolated_scale_aspect_ratio: float
+    reduce_boxes_in_lowest_layer: bool
+
+
+class SSDSettings(NamedTuple):
+    num_classes: int
+    anchors: AnchorSettings
+    coder_scales: Tuple[float, float, float, float]  # y, x, height, width
+    score_converter: str
+    logit_scale: float
+    score_threshold: float
+    iou_threshold: float
+    max_detections_per_class: int
+    max_total_detections: int
+
+
+def _one(fields: Dict[str, list], name: str, where: str, default=None):
+    values = fields.get(name)
+    if not values:
+        if default is None:
+            raise ConversionError("%s: the ssd block has no '%s'" % (where, name))
+        return default
+    return values[-1]
+
+
+def _bool(value: str) -> bool:
+    return str(value).lower() in ("true", "1", "t")
+
+
+def read_ssd_settings(path) -> SSDSettings:
+    """The settings of a pipeline config's `model { ssd { ... } }` block (or of a file holding
+    just `ssd { ... }`) that decide the detections, with the API's defaults (its .proto files)."""
+    where = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConversionError("%s: cannot read the pipeline config: %s" % (where, error.strerror))
+    top = parse_text_proto(text, where)
+    ssd = top["model"][-1].get("ssd") if "model" in top else top.get("ssd")
+    if not ssd or not isinstance(ssd[-1], dict):
+        raise ConversionError("%s: no `ssd { ... }` block (expected model { ssd { ... } })" % where)
+    ssd = ssd[-1]
+    generators = _one(ssd, "anchor_generator", where)
+    if "ssd_anchor_generator" not in generators:
+        raise ConversionError("%s: anchor_generator %s: only ssd_anchor_generator converts to PriorBox "
+                              "layers here" % (where, ", ".join(sorted(generators))))
+    anchor = generators["ssd_anchor_generator"][-1]
+    for field in ("anchor_offset", "height_stride", "width_stride", "height_offset", "width_offset"):
+        if field in anchor:
+            raise ConversionError("%s: ssd_anchor_generator.%s: explicit anchor strides and offsets are "
+                                  "not supported yet" % (where, field))
+    if float(_one(anchor, "base_anchor_height", where, "1.0")) != float(_one(anchor, "base_anchor_width", where, "1.0")):
+        raise ConversionError("%s: ssd_anchor_generator: a non-square base anchor is not supported yet" % where)
+    num_layers = int(_one(anchor, "num_layers", where, "6"))
+    scales = [float(s) for s in anchor.get("scales", [])]
+    if not scales:
+        low, high = float(_one(anchor, "min_scale", where, "0.2")), float(_one(anchor, "max_scale", where, "0.95"))
+        scales = [low + (high - low) * i / (num_layers - 1) for i in range(num_layers)]
+    if len(scales) != num_layers:
+        raise ConversionError("%s: ssd_anchor_generator has %d scales for %d layers" % (where, len(scales), num_layers))
+    anchors = AnchorSettings(
+        num_layers, scales + [1.0],
+        [float(r) for r in anchor.get("aspect_ratios", [])] or [1.0, 2.0, 0.5, 3.0, 1.0 / 3],
+        float(_one(anchor, "interpolated_scale_aspect_ratio", where, "1.0")),
+        _bool(_one(anchor, "reduce_boxes_in_lowest_layer", where, "true")))
+
+    coders = _one(ssd, "box_coder", where)
+    if "faster_rcnn_box_coder" not in coders:
+        raise ConversionError("%s: box_coder %s: only faster_rcnn_box_coder (centre-size) is what "
+                              "DetectionOutput's CENTER_SIZE decodes" % (where, ", ".join(sorted(coders))))
+    coder = coders["faster_rcnn_box_coder"][-1]
+    coder_scales = tuple(float(_one(coder, name, where, default)) for name, default in (
+        ("y_scale", "10.0"), ("x_scale", "10.0"), ("height_scale", "5.0"), ("width_scale", "5.0")))
+
+    post = _one(ssd, "post_processing", where)
+    nms = _one(post, "batch_non_max_suppression", where)
+    for field, default in (("use_class_agnostic_nms", "false"), ("soft_nms_sigma", "0")):
+        if str(_one(nms, field, where, default)).lower() not in ("false", "0", "0.0"):
+            raise ConversionError("%s: batch_non_max_suppression.%s: DetectionOutput does per-class hard "
+                                  "NMS only" % (where, field))
+    converter = str(_one(post, "score_converter", where, "IDENTITY"))
+    if converter not in SCORE_CONVERTERS:
+        raise ConversionError("%s: score_converter %s (known: %s)" % (where, converter, ", ".join(SCORE_CONVERTERS)))
+    settings = SSDSettings(
+        int(_one(ssd, "num_classes", where)), anchors, coder_scales, converter,
+        float(_one(post, "logit_scale", where, "1.0")),
+        float(_one(nms, "score_threshold", where, "0.0")), float(_one(nms, "iou_threshold", where, "0.6")),
+        int(_one(nms, "max_detections_per_class", where, "100")),
+        int(_one(nms, "max_total_detections", where, "100")))
+    if settings.max_detections_per_class < settings.max_total_detections:
+        raise ConversionError(
+            "%s: max_detections_per_class %d < max_total_detections %d: DetectionOutput caps each class "
+            "before NMS (top_k) or all classes after it (keep_top_k), never each class after it" % (
+                where, settings.max_detections_per_class, settings.max_total_detections))
+    return settings
+
+
+# --------------------------------------------------------------- anchors
+
+def box_specs(anchors: AnchorSettings) -> List[List[Tuple[float, float]]]:
+    """(scale, aspect ratio) of each anchor of a cell, per layer: create_ssd_anchors."""
+    specs = []
+    for layer, (scale, scale_next) in enumerate(zip(anchors.scales[:-1], anchors.scales[1:])):
+        if layer == 0 and anchors.reduce_boxes_in_lowest_layer:
+            specs.append([(0.1, 1.0), (scale, 2.0), (scale, 0.5)])
+            continue
+        layer_specs = [(scale, ratio) for ratio in anchors.aspect_ratios]
+        if anchors.interpolated_scale_aspect_ratio > 0.0:
+            layer_specs.append((float(np.sqrt(scale * scale_next)), anchors.interpolated_scale_aspect_ratio))
+        specs.append(layer_specs)
+    return specs
+
+
+def grid_anchors(specs: List[List[Tuple[float, float]]], grids: List[Tuple[int, int]],
+                 image_hw: Tuple[int, int]) -> np.ndarray:
+    """MultipleGridAnchorGenerator._generate with default strides and offsets: every layer's
+    tile_anchors, concatenated: (anchors, 4) float32 [ymin, xmin, ymax, xmax], normalised."""
+    f32 = np.float32
+    height, width = (f32(d) for d in image_hw)
+    smaller = min(height, width)
+    base = (f32(smaller / height), f32(smaller / width))  # times base_anchor_size [1, 1]
+    layers = []
+    for layer_specs, (grid_h, grid_w) in zip(specs, grids):
+        scales = np.array([s for s, _ in layer_specs], f32)
+        ratio_sqrts = np.sqrt(np.array([r for _, r in layer_specs], f32))
+        heights, widths = scales / ratio_sqrts * base[0], scales * ratio_sqrts * base[1]
+        stride = (f32(1.0) / f32(grid_h), f32(1.0) / f32(grid_w))
+        offset = (f32(0.5) * stride[0], f32(0.5) * stride[1])
+        y = np.arange(grid_h, dtype=f32) * stride[0] + offset[0]
+        x = np.arange(grid_w, dtype=f32) * stride[1] + offset[1]
+        y_grid, x_grid, h_grid = np.meshgrid(y, x, heights, indexing="ij")  # (H, W, anchors)
+        w_grid = np.meshgrid(y, x, widths, indexing="ij")[2]
+        centres = np.stack([y_grid, x_grid], -1).reshape(-1, 2)
+        sizes = np.stack([h_grid, w_grid], -1).reshape(-1, 2)
+        layers.append(np.concatenate([centres - f32(0.5) * sizes, centres + f32(0.5) * sizes], 1))
+    return np.concatenate(layers).astype(f32)
+
+
+# --------------------------------------------------------------- the model's heads
+
+def _producer_4d(model: intermediate.Model, name: str) -> intermediate.Layer:
+    """The nearest layer at or before `name`, through single-input layers, with a 4-D output."""
+    layer = model.layer(name)
+    while len(layer.output_shape) != 4:
+        if len(layer.inputs) != 1:
+            raise ConversionError("layer '%s' (%s): cannot trace a box predictor head back to its "
+                                  "feature map" % (layer.name, layer.type))
+        layer = model.layer(layer.inputs[0])
+    return layer
+
+
+def heads(model: intermediate.Model, output: str) -> List[intermediate.Layer]:
+    """The head convolutions (N, H, W, A·k) whose reshapes the output concatenates, in order."""
+    layer = model.layer(output)
+    parts = layer.inputs if layer.type == "concat" else [output]
+    return [_producer_4d(model, part) for part in parts]
+
+
+def add_detection_output(model: intermediate.Model, settings: SSDSettings, where: str) -> None:
+    """Append the `ssd_detection_output` layer (after the two outputs) with its config, TF's
+    anchors as its array, and TensorFlow's detections for the reference batch (`where` names the
+    model and config in errors)."""
+    if len(model.outputs) != 2:
+        raise ConversionError("%s: an SSD model has two outputs (box encodings, class predictions with "
+                              "background); this one has %d" % (where, len(model.outputs)))
+    box_name, class_name = model.outputs
+    box_shape, class_shape = model.layer(box_name).output_shape, model.layer(class_name).output_shape
+    classes = settings.num_classes + 1
+    if len(box_shape) != 3 or box_shape[2] != 4 or list(class_shape) != [box_shape[0], box_shape[1], classes]:
+        raise ConversionError("%s: outputs %s %s and %s %s: expected (N, anchors, 4) box encodings, then "
+                              "(N, anchors, num_classes + 1 = %d) class predictions" % (
+                                  where, box_name, box_shape, class_name, class_shape, classes))
+    specs = box_specs(settings.anchors)
+    box_heads = heads(model, box_name)
+    if len(box_heads) != len(specs):
+        raise ConversionError("%s: %d feature maps, but the anchor generator has %d layers" % (
+            where, len(box_heads), len(specs)))
+    for head, layer_specs in zip(box_heads, specs):
+        if head.output_shape[3] != 4 * len(layer_specs):
+            raise ConversionError("%s: head '%s' has %d channels; %d anchors per cell need %d" % (
+                where, head.name, head.output_shape[3], len(layer_specs), 4 * len(layer_specs)))
+    image = model.layer(model.inputs[0])
+    image_hw = tuple(int(d) for d in image.output_shape[1:3])
+    grids = [tuple(int(d) for d in head.output_shape[1:3]) for head in box_heads]
+    anchors = grid_anchors(specs, grids, image_hw)
+    if len(anchors) != box_shape[1]:
+        raise ConversionError("%s: %d anchors, but the box encodings have %d" % (where, len(anchors), box_shape[1]))
+    config = {
+        "image_size": list(image_hw),
+        "feature_maps": [{"layer": head.name, "grid": list(grid), "boxes": [list(spec) for spec in layer_specs]}
+                         for head, grid, layer_specs in zip(box_heads, grids, specs)],
+        "coder_scales": list(settings.coder_scales), "score_converter": settings.score_converter,
+        "logit_scale": settings.logit_scale, "score_threshold": settings.score_threshold,
+        "iou_threshold": settings.iou_threshold, "max_total_detections": settings.max_total_detections}
+    name = "detection_output"
+    rows = tf_detections(model.activation(box_name), model.activation(class_name), anchors, settings)
+    layer = intermediate.Layer(name, LAYER_TYPE, [box_name, class_name, image.name] + [h.name for h in box_heads],
+                               config, [1, 1, len(rows), 7], arrays={"anchors": anchors},
+                               tf_names={"anchors": "MultipleGridAnchorGenerator (numpy)"})
+    model.layers.append(layer)
+    model._by_name[name] = layer
+    model.outputs.append(name)
+    model.reference_activations[name] = rows.reshape(1, 1, -1, 7)
+
+
+def tf_detections(box_encodings: np.ndarray, class_predictions: np.ndarray, anchors: np.ndarray,
+                  settings: SSDSettings) -> np.ndarray:
+    """TensorFlow's detections, as the API computes them before clipping: (rows, 7) float32
+    (image, label = class + 1, score, xmin, ymin, xmax, ymax), per image best first."""
+    import tensorflow as tf
+
+    anchors = tf.constant(anchors)
+    ha, wa = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    yca, xca = anchors[:, 0] + ha / 2.0, anchors[:, 1] + wa / 2.0
+    rows = []
+    for image, (codes, logits) in enumerate(zip(box_encodings, class_predictions)):
+        ty, tx, th, tw = tf.unstack(tf.constant(codes), axis=1)
+        ty, tx, th, tw = (t / s for t, s in zip((ty, tx, th, tw), settings.coder_scales))
+        w, h = tf.exp(tw) * wa, tf.exp(th) * ha
+        ycenter, xcenter = ty * ha + yca, tx * wa + xca
+        boxes = tf.stack([ycenter - h / 2.0, xcenter - w / 2.0, ycenter + h / 2.0, xcenter + w / 2.0], axis=1)
+        logits = tf.constant(logits) / settings.logit_scale
+        scores = {"SIGMOID": tf.sigmoid, "SOFTMAX": tf.nn.softmax, "IDENTITY": tf.identity}[settings.score_converter](logits)
+        found = []
+        for label in range(1, scores.shape[1]):
+            kept = tf.image.non_max_suppression(boxes, scores[:, label], settings.max_detections_per_class,
+                                                settings.iou_threshold, settings.score_threshold).numpy()
+            found.extend((float(scores[i, label]), label, boxes[i].numpy()) for i in kept)
+        found.sort(key=lambda item: -item[0])
+        for score, label, (ymin, xmin, ymax, xmax) in found[:settings.max_total_detections]:
+            rows.append([image, label, score, xmin, ymin, xmax, ymax])
+    return np.array(rows, np.float32).reshape(-1, 7)
+
