@@ -230,11 +230,11 @@ def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> N
             imported.opencv_only[result.file] = runtimes.why_opencv_only(result.caffe_types)
         if not quiet:
             import_report.print_runtimes(result, tolerance, imported.opencv_only.get(result.file))
-        for runtime, layer, error in result.failures(tolerance):
+        for runtime, layer, error, run_in_words in result.failures(tolerance):
             if runtime != result.verified_with:  # whose failures the import stage reported itself
                 sys.stderr.write("tf2caffe: verification failed: %s: layer '%s' has relative error %.3g in %s > "
                                  "tolerance %g (the files were written)\n" % (
-                                     result.file, layer, error, runtime, tolerance))
+                                     result.file, layer, error, run_in_words, tolerance))
         if result.verified is False:
             imported.status = max(imported.status, 1)
 

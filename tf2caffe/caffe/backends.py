@@ -70,6 +70,12 @@ class Backend(Protocol):
         """Forward `feeds` (Caffe input blob -> array in Caffe's layout) once through the saved
         net; each target's output."""
 
+    def deployed(self, *, model: "Model", inputs: Dict[str, str], outputs: Dict[str, "Target"], prototxt: str,
+                 caffemodel: str) -> Tuple[Dict[str, Dict[str, float]], List[List[str]]]:
+        """The model's `outputs` measured as a user runs the net, where that differs from `run`
+        (OpenCV fuses layers unless they are fetched): ({output: report.layer_error}, the fused
+        groups of Caffe layers); ({}, []) where it does not."""
+
 
 def generated_inputs(model, blobs) -> Dict[str, str]:
     return {name: blobs[name].name for name in model.inputs}

@@ -883,7 +883,8 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     result = intermediate.Model(
         name, walk.layers, outputs,
         attrs=dict(source_framework="keras", source_version=keras.__version__,
-                   tensorflow_version=tf.__version__, source_path="(in memory)"),
+                   tensorflow_version=tf.__version__, source_path="(in memory)",
+                   output_names=json.dumps([tensor._keras_history.operation.name for tensor in graph.outputs])),
         reference_inputs={layer.name: value for layer, value in zip(walk.layers, inputs)})
     stored = [layer.name for layer in walk.layers] if per_layer else result.compared_layers()
     result.reference_activations = {layer: np.asarray(walk.activations[layer], dtype=np.float32)
