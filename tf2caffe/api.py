@@ -54,6 +54,8 @@ class ConvertReport:
     result: Optional[import_report.FileResult] = None  # None: the import stage wrote no report
     writer: str = ""  # as ImportReport's
     opencv_only: Optional[str] = None  # why it was verified in OpenCV alone, if it was
+    report: Optional[str] = None  # the JSON report written (report.py's structure)
+    html: Optional[str] = None  # the page written beside it (report_html.py)
 
     def runtimes(self) -> Dict[str, Dict[str, float]]:
         """runtime -> {compared layer: relative error}, for every runtime the model was verified in."""
@@ -255,15 +257,20 @@ def import_here(files: List[str], out_dir: str, options: ImportOptions, quiet: b
 
 def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, backend: Optional[str] = None, verify: bool = True,
-            debug: bool = False, per_layer: bool = False, **export_options) -> ConvertReport:
-    """export + import (verified in every runtime here that can run the net) of one model.
+            debug: bool = False, per_layer: bool = True, report: Optional[str] = None,
+            **export_options) -> ConvertReport:
+    """export + import (verified in every runtime here that can run the net) of one model, and
+    its report: `report` (default `out_dir/<stem>.report.json`, report.py's structure) and the
+    page beside it (`.report.html`, report_html.py), with the reference input the page's
+    snippets read. `per_layer=False` records no per-layer activations (very large models).
     `export_options`: those of `export`."""
 
     get_profile(profile)
     refuse_what_cannot_work(backend, prototxt)  # before exporting
     h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
+    report = report or os.path.join(str(out_dir), os.path.splitext(os.path.basename(h5))[0] + ".report.json")
     imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
-                       per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True)
+                       per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True, report=report)
     converted = ConvertReport(h5, imported.status, tolerance, writer=imported.writer,
                               opencv_only=imported.opencv_only.get(h5))
     if imported.report is None:
@@ -272,7 +279,22 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFA
     converted.result = next(iter(imported.report.results.values()))  # the only file
     if converted.result.error:
         converted.status = imported.status or 2
+        return converted
+    converted.report, converted.html = report, os.path.splitext(report)[0] + ".html"
+    write_html_report(converted.html, imported.report, converted.result)
     return converted
+
+
+def write_html_report(path: str, imported: import_report.Report, result: import_report.FileResult) -> None:
+    """The page, and the reference input its snippets read, next to the converted files."""
+    from . import intermediate, report_html
+    model = intermediate.read(result.file)
+    try:
+        report_html.write_reference_files(result, {name: model.reference_input(name) for name in model.inputs},
+                                          os.path.dirname(result.prototxt))
+        report_html.write(path, imported, result, [layer.name for layer in model.layers])
+    finally:
+        model.file.close()
 
 
 def check(src, *, profile: str = DEFAULT_PROFILE, debug: bool = False, **export_options) -> CheckReport:

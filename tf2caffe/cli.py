@@ -74,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--prototxt", metavar="P", help="hand-written prototxt to fill (see `import`)")
     add_target_arguments(convert)
     add_backend_arguments(convert)
+    convert.add_argument("--report", metavar="PATH",
+                         help="where to write the JSON report (default: DIR/<stem>.report.json); the HTML "
+                              "page goes beside it (.html)")
+    convert.add_argument("--no-per-layer", action="store_true",
+                         help="record no per-layer activations (very large models): the report then has "
+                              "the outputs' errors only")
     convert.add_argument("--check-only", action="store_true",
                          help="list every layer that cannot be converted, write nothing (exit 0 if none, 2 otherwise)")
     convert.set_defaults(run=run_convert)
@@ -121,7 +127,7 @@ def run_convert(args) -> int:
         return 2 if checked.problems else 0
     converted = convert(args.src, args.output, prototxt=args.prototxt, profile=args.profile,
                         tolerance=args.tolerance, backend=args.backend, verify=not args.no_verify,
-                        per_layer=args.per_layer, **export_options(args))
+                        per_layer=not args.no_per_layer, report=args.report, **export_options(args))
     if converted.result is not None and not converted.result.error:  # else the import stage said why
         print_convert(converted)
     return converted.status
@@ -154,6 +160,7 @@ def print_convert(converted) -> None:
         print("top-1 accuracy: Caffe %.4f, TensorFlow %.4f (%d labelled inputs)" % (
             result.accuracy["caffe"], result.accuracy["tensorflow"], result.accuracy["count"]))
     print("wrote: %s, %s, %s" % (converted.h5, result.prototxt, result.caffemodel))
+    print("report: %s, %s" % (converted.report, converted.html))
 
 
 def print_check(checked) -> None:
