@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
+from . import progress
 from . import report as import_report
 from .caffe.profiles import DEFAULT_PROFILE, get_profile
 from .errors import ConversionError, UnsupportedError
@@ -217,11 +218,13 @@ def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> N
         if not wanted:
             continue
         try:
-            if runtime.is_caffe:
+            if runtime.is_caffe:  # one process for all files
+                progress.note("verifying in %s: %d file%s" % (runtime.name, len(wanted), "" if len(wanted) == 1 else "s"))
                 measured = measure_in(runtime, import_report.Report(tolerance, {result.file: result
                                                                                 for result in wanted}))
             else:
-                measured = {result.file: check_result(result) for result in wanted}
+                measured = {result.file: check_result(result)
+                            for result in progress.each(wanted, "verifying in %s" % runtime.name, "file")}
         except ConversionError as error:
             error.args = ("%s (the files were written)" % error,)
             raise
