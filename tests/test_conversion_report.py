@@ -141,3 +141,14 @@ def test_no_per_layer_still_writes_both_reports(tmp_path):
     assert converted.status == 0 and converted.report == str(tmp_path / "r" / "mine.json")
     assert converted.result.per_layer == {} and converted.result.layer_table
     assert "No per-layer errors were recorded" in open(converted.html).read()
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_plain_line_otherwise(monkeypatch, capsys):
+    from tf2caffe import progress
+    monkeypatch.setattr(progress, "on_a_terminal", lambda: False)
+    assert list(progress.each([1, 2, 3], "forward pass", "layer")) == [1, 2, 3]
+    assert capsys.readouterr().out == "forward pass: 3 layers\n"
+    monkeypatch.setattr(progress, "on_a_terminal", lambda: True)
+    assert list(progress.each([1, 2], "verifying", "file")) == [1, 2]
+    captured = capsys.readouterr()
+    assert captured.out == "" and "verifying" in captured.err  # tqdm's bar

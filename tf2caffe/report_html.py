@@ -48,12 +48,19 @@ def read_layers(prototxt_text: str) -> List[CaffeNetLayer]:
             block.append(stripped)
         depth += stripped.count("{") - stripped.count("}")
         if depth == 0:
-            fields = [re.match(r'^(\w+)\s*:\s*"?([^"]*)"?$', item) for item in block]
-            values = [(m.group(1), m.group(2)) for m in fields if m]
-            get = lambda key: [value for k, value in values if k == key]  # noqa: E731
-            layers.append(CaffeNetLayer((get("name") or ["?"])[0], (get("type") or ["?"])[0],
-                                        get("bottom"), get("top")))
+            layers.append(_layer_of(block))
     return layers
+
+
+def _layer_of(block: List[str]) -> CaffeNetLayer:
+    """A layer from the top-level `key: value` lines of its block."""
+    fields = [re.match(r'^(\w+)\s*:\s*"?([^"]*)"?$', item) for item in block]
+    values = [(m.group(1), m.group(2)) for m in fields if m]
+
+    def get(key: str) -> List[str]:
+        return [value for k, value in values if k == key]
+
+    return CaffeNetLayer((get("name") or ["?"])[0], (get("type") or ["?"])[0], get("bottom"), get("top"))
 
 
 # ---------------------------------------------------------------- the diagram
