@@ -161,7 +161,7 @@ def deployable_outputs(model: Model, net: NetSpec, blobs: Dict[str, Blob]) -> No
     logits = {blobs[name].name for name in model.compared_layers() if name not in model.outputs and name in blobs}
     for output, tf_name in zip(model.outputs, model.output_names()):
         blob = blobs.get(output)
-        writers = [layer for layer in net.layers if blob is not None and blob.name in layer.tops]
+        writers = _writers_of(net, blob.name) if blob is not None else []
         if not writers:  # an output that is an input: nothing in the net writes it
             continue
         writer = writers[-1]
@@ -173,7 +173,7 @@ def deployable_outputs(model: Model, net: NetSpec, blobs: Dict[str, Blob]) -> No
                 layer.name = _freed_name(tf_name, layer.type, layer.tops and layer.tops[0] in logits)
         for other in {top for layer in net.layers for top in layer.tops} - {blob.name}:
             if other == tf_name:
-                _rename_blob(net, blobs, other, _freed_name(tf_name, writers_of(net, other)[-1].type,
+                _rename_blob(net, blobs, other, _freed_name(tf_name, _writers_of(net, other)[-1].type,
                                                             other in logits))
         if shared:
             if blob.name == tf_name:  # the Split takes the name
@@ -190,7 +190,7 @@ def deployable_outputs(model: Model, net: NetSpec, blobs: Dict[str, Blob]) -> No
             _rename_blob(net, blobs, blob.name, tf_name)
 
 
-def writers_of(net: NetSpec, blob: str) -> List[CaffeLayer]:
+def _writers_of(net: NetSpec, blob: str) -> List[CaffeLayer]:
     return [layer for layer in net.layers if blob in layer.tops]
 
 
