@@ -142,6 +142,11 @@ def print_convert(converted) -> None:
         print("max relative error: %s (compared: %s; tolerance %g)" % (
             ", ".join("%s %.3g" % (runtime, max(errors.values())) for runtime, errors in runtimes.items()),
             ", ".join(result.compared), tolerance))
+        for runtime, errors in result.runtimes.items():
+            if errors.get("deployed"):
+                print("%s as deployed (default settings, only the outputs asked for; %d groups of layers fused): %s" % (
+                    runtime, len(errors["fused"]), ", ".join(
+                        "%s %.3g" % (name, value["max_rel"]) for name, value in errors["deployed"].items())))
         if converted.opencv_only:
             print("verified in OpenCV only: %s" % converted.opencv_only)
     else:
