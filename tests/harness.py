@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from tf2caffe import intermediate, runtimes
+from tf2caffe import intermediate, report, runtimes
 from tf2caffe.caffe import verify
 from tf2caffe.measure import within
 
@@ -45,6 +45,10 @@ class Result:
         self.runtimes: Dict[str, Dict[str, float]] = {}  # runtime -> compared layer -> relative error
         self.per_layer_in: Dict[str, Dict[str, float]] = {}  # runtime -> mapped layer -> relative error
         self.per_layer: Dict[str, float] = {}  # the writer's
+        # runtime -> output -> relative error as a user runs the net (OpenCV: default settings,
+        # fusion on, only the outputs asked for); runtime -> the layers it fused
+        self.deployed: Dict[str, Dict[str, float]] = {}
+        self.fused: Dict[str, List[List[str]]] = {}
         # runtime -> layer -> {"caffe", "tensorflow"}: errors against the float64 truth, where the
         # export computed one
         self.float64: Dict[str, Dict[str, Dict[str, float]]] = {}
@@ -136,6 +140,9 @@ def _fill(result: Result, entry: Dict) -> None:
                        for runtime, measured in entry["runtimes"].items()}
     result.per_layer_in = {runtime: dict(measured["per_layer"]) for runtime, measured in entry["runtimes"].items()}
     result.per_layer = dict(entry["per_layer"])
+    result.deployed = {runtime: {name: errors["max_rel"] for name, errors in measured["deployed"].items()}
+                       for runtime, measured in entry["runtimes"].items() if measured["deployed"]}
+    result.fused = {runtime: measured["fused"] for runtime, measured in entry["runtimes"].items()}
     result.float64 = {runtime: dict(measured.get("float64") or {}) for runtime, measured in entry["runtimes"].items()}
     result.caffe_types = list(entry["layers"]["caffe_types"])
     result.accuracy = entry.get("accuracy")
@@ -146,7 +153,8 @@ def _fill(result: Result, entry: Dict) -> None:
 def assert_exact(result: Result, tol: float = 1e-4, layer_tol: float = 1e-5) -> None:
     """The model converted, was written by the Caffe this run asks for (when it has the model's
     layer types) and verified in every runtime here that can run it, OpenCV included; in each,
-    every compared layer is within `tol`, and in each Caffe (and the writer's runtime) every
+    every compared layer is within `tol`, OpenCV's outputs as deployed (default settings: layer
+    fusion on) too, and in each Caffe (and the writer's runtime) every
     mapped layer within `layer_tol` (judged against the float64 truth where the export computed
     one: measure.within); the message names the first layer that diverges."""
     assert result.error is None, "%s: %s" % (result.name, result.error)
@@ -158,6 +166,13 @@ def assert_exact(result: Result, tol: float = 1e-4, layer_tol: float = 1e-5) -> 
         if wanted.runs(result.caffe_types):
             assert result.verified_with == wanted.name, "%s: written by %s, not %s" % (
                 result.name, result.verified_with, wanted.name)
+    assert "OpenCV" in result.deployed, "%s: OpenCV did not run the net as deployed" % result.name
+    for runtime, errors in result.deployed.items():
+        for name, value in errors.items():
+            assert report.passes(result.report["runtimes"][runtime], name, tol, "deployed"), (
+                "%s: %s as deployed (default settings) has relative error %.3g > %g on output '%s' "
+                "(fused: %s; with fusion off: %s)" % (result.name, runtime, value, tol, name, result.fused[runtime],
+                                                      result.runtimes[runtime].get(name)))
     for runtime, errors in result.runtimes.items():
         # Layer by layer in every Caffe and in the writer's runtime (OpenCV, for the native writer):
         # OpenCV's Winograd convolutions add about 5e-6 each, so deep nets pass its logits only.

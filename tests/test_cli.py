@@ -118,7 +118,9 @@ def test_convert_writes_the_model_and_a_short_report(tmp_path):
     assert completed.returncode == 0, completed.stderr
     writer = runtimes.available_caffes()[0].name  # the Caffe this run prefers (TF2CAFFE_CAFFE)
     assert "max relative error: %s" % writer in completed.stdout and "OpenCV" in completed.stdout
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn.caffemodel", "cnn.h5", "cnn.prototxt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "cnn.caffemodel", "cnn.h5", "cnn.prototxt", "cnn.reference.npy", "cnn.reference.tiff", "cnn.report.html",
+        "cnn.report.json"]
 
 
 @pytest.mark.chroot

@@ -115,7 +115,7 @@ CONVERTED = [(label, name) for label, (_, cases) in OPTION_SETS.items() if label
 
 
 def applied(result) -> str:
-    return "\n".join(result.report["deployment"]["applied"])
+    return "\n".join(result.report["deploy_options"]["applied"])
 
 
 @pytest.mark.parametrize("label,name", CONVERTED, ids=["%s-%s" % pair for pair in CONVERTED])
@@ -123,7 +123,7 @@ def test_exact_as_deployed(results, label, name):
     """Verified in every runtime here (pycaffe and OpenCV) on the input as the deployed net takes it."""
     result = results[label, name]
     assert_exact(result)
-    assert result.report["deployment"]["bgr"] == ("bgr" in label)
+    assert result.report["deploy_options"]["bgr"] == ("bgr" in label)
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED_BGR))

@@ -4,6 +4,7 @@ import numpy as np
 
 from tf2caffe import opencv_check
 from tf2caffe.caffe import native_backend, verify
+from tf2caffe.caffe.deploy import DeployOptions
 from tf2caffe.caffe.emit import Blob
 from tf2caffe.caffe.netspec import CaffeLayer, NetSpec, shape_param
 
@@ -43,3 +44,56 @@ def test_outputs_of_in_place_layers_second_tops_and_renamed_convolutions(tmp_pat
     fetched = opencv_check.run(opencv_check.load(prototxt, caffemodel), {"data": x}, targets, prototxt)
     for name, value in expected.items():
         np.testing.assert_allclose(fetched[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_deployed_run_sees_what_fusion_breaks_and_names_the_fused_layers(tmp_path):
+    """A conv + sigmoid output that a Concat reads too, written without the Split that emit puts
+    there: fetched blob by blob (fusion off) OpenCV computes it right; as deployed (default
+    settings, only the outputs asked for) it fuses conv + sigmoid and returns garbage. The
+    deployed run must see that, and the report name the fused layers."""
+    from tf2caffe import intermediate, report
+    rng = np.random.RandomState(0)
+    x = rng.randn(1, 3, 4, 4).astype(np.float32)
+    w1, b1 = rng.randn(2, 3, 1, 1).astype(np.float32), rng.randn(2).astype(np.float32)
+    w2, b2 = rng.randn(2, 3, 1, 1).astype(np.float32), rng.randn(2).astype(np.float32)
+    net = NetSpec("fused")
+    for layer in [
+        CaffeLayer("data", "Input", [], ["data"], {"input_param": {"shape": shape_param(x.shape)}}),
+        CaffeLayer("sig/logits", "Convolution", ["data"], ["sig/logits"],
+                   {"convolution_param": {"num_output": 2, "kernel_size": 1}}, [w1, b1]),
+        CaffeLayer("sig", "Sigmoid", ["sig/logits"], ["sig"]),
+        CaffeLayer("other", "Convolution", ["data"], ["other"],
+                   {"convolution_param": {"num_output": 2, "kernel_size": 1}}, [w2, b2]),
+        CaffeLayer("cat", "Concat", ["sig", "other"], ["cat"]),
+    ]:
+        net.add(layer)
+    prototxt, caffemodel = str(tmp_path / "fused.prototxt"), str(tmp_path / "fused.caffemodel")
+    native_backend.save(net, prototxt, caffemodel)
+    sig = 1 / (1 + np.exp(-one_by_one(x, w1, b1)))
+    cat = np.concatenate([sig, one_by_one(x, w2, b2)], axis=1)
+    nhwc = lambda value: value.transpose(0, 2, 3, 1)  # noqa: E731
+    model = intermediate.Model("fused", [
+        intermediate.Layer("data", "input", [], {}, [1, 4, 4, 3]),
+        intermediate.Layer("sig", "activation", ["data"], {"function": "linear"}, [1, 4, 4, 2]),
+        intermediate.Layer("cat", "concat", ["sig", "data"], {"axis": 3}, [1, 4, 4, 4])],
+        ["sig", "cat"], reference_inputs={"data": nhwc(x)},
+        reference_activations={"sig": nhwc(sig), "cat": nhwc(cat)})
+    writers = verify.last_writers([(layer.name, layer.tops) for layer in net.layers])
+    targets = {name: verify.Target(name, Blob(name, value.shape), *writers[name])
+               for name, value in {"sig": sig, "cat": cat}.items()}
+
+    # Fetching the logits too (as verification compares them) keeps OpenCV from fusing them.
+    logits = verify.Target("logits", Blob("sig/logits", sig.shape), *writers["sig/logits"])
+    fetched = opencv_check.run(opencv_check.load(prototxt, caffemodel), {"data": x}, dict(targets, logits=logits),
+                               prototxt)
+    np.testing.assert_allclose(fetched["sig"], sig, rtol=1e-5, atol=1e-5)
+    deployed, fused = opencv_check.deployed(model, {"data": "data"}, targets, prototxt, caffemodel, DeployOptions())
+    assert not deployed["sig"]["max_rel"] <= 1e-4 and deployed["cat"]["max_rel"] < 1e-5, deployed  # garbage or NaN
+    assert ["sig/logits", "sig"] in fused, fused
+
+    result = report.FileResult("fused.h5", targets=verify.targets_to_json(targets), verified=True)
+    result.add_runtime("OpenCV", report.runtime_errors(
+        {"sig": report.layer_error(0.0, 1e-7)}, {}, None, deployed, fused), 1e-4)
+    assert result.verified is False
+    (failure,) = result.failures(1e-4)
+    assert failure[:2] == ("OpenCV", "sig") and "it fuses sig/logits + sig" in failure[3], failure

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
+from . import progress
 from . import report as import_report
 from .caffe.deploy import DeployOptions
 from .caffe.profiles import DEFAULT_PROFILE, get_profile
@@ -55,6 +56,8 @@ class ConvertReport:
     result: Optional[import_report.FileResult] = None  # None: the import stage wrote no report
     writer: str = ""  # as ImportReport's
     opencv_only: Optional[str] = None  # why it was verified in OpenCV alone, if it was
+    report: Optional[str] = None  # the JSON report written (report.py's structure)
+    html: Optional[str] = None  # the page written beside it (report_html.py)
 
     def runtimes(self) -> Dict[str, Dict[str, float]]:
         """runtime -> {compared layer: relative error}, for every runtime the model was verified in."""
@@ -220,11 +223,13 @@ def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> N
         if not wanted:
             continue
         try:
-            if runtime.is_caffe:
+            if runtime.is_caffe:  # one process for all files
+                progress.note("verifying in %s: %d file%s" % (runtime.name, len(wanted), "" if len(wanted) == 1 else "s"))
                 measured = measure_in(runtime, import_report.Report(tolerance, {result.file: result
                                                                                 for result in wanted}))
             else:
-                measured = {result.file: check_result(result) for result in wanted}
+                measured = {result.file: check_result(result)
+                            for result in progress.each(wanted, "verifying in %s" % runtime.name, "file")}
         except ConversionError as error:
             error.args = ("%s (the files were written)" % error,)
             raise
@@ -235,11 +240,11 @@ def verify_elsewhere(imported: ImportReport, tolerance: float, quiet: bool) -> N
             imported.opencv_only[result.file] = runtimes.why_opencv_only(result.caffe_types)
         if not quiet:
             import_report.print_runtimes(result, tolerance, imported.opencv_only.get(result.file))
-        for runtime, layer, error in result.failures(tolerance):
+        for runtime, layer, error, run_in_words in result.failures(tolerance):
             if runtime != result.verified_with:  # whose failures the import stage reported itself
                 sys.stderr.write("tf2caffe: verification failed: %s: layer '%s' has relative error %.3g in %s > "
                                  "tolerance %g (the files were written)\n" % (
-                                     result.file, layer, error, runtime, tolerance))
+                                     result.file, layer, error, run_in_words, tolerance))
         if result.verified is False:
             imported.status = max(imported.status, 1)
 
@@ -260,17 +265,21 @@ def import_here(files: List[str], out_dir: str, options: ImportOptions, quiet: b
 
 def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFAULT_PROFILE,
             tolerance: float = DEFAULT_TOLERANCE, backend: Optional[str] = None, verify: bool = True,
-            debug: bool = False, per_layer: bool = False, deploy: Optional[DeployOptions] = None,
-            **export_options) -> ConvertReport:
-    """export + import (verified in every runtime here that can run the net) of one model.
+            debug: bool = False, per_layer: bool = True, report: Optional[str] = None,
+            deploy: Optional[DeployOptions] = None, **export_options) -> ConvertReport:
+    """export + import (verified in every runtime here that can run the net) of one model, and
+    its report: `report` (default `out_dir/<stem>.report.json`, report.py's structure) and the
+    page beside it (`.report.html`, report_html.py), with the reference input the page's
+    snippets read. `per_layer=False` records no per-layer activations (very large models).
     `deploy`: as for `import_`; `export_options`: those of `export`."""
 
     get_profile(profile)
     refuse_what_cannot_work(backend, prototxt, deploy)  # before exporting
     h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
+    report = report or os.path.join(str(out_dir), os.path.splitext(os.path.basename(h5))[0] + ".report.json")
     imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
                        per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True,
-                       deploy=deploy)
+                       report=report, deploy=deploy)
     converted = ConvertReport(h5, imported.status, tolerance, writer=imported.writer,
                               opencv_only=imported.opencv_only.get(h5))
     if imported.report is None:
@@ -279,7 +288,22 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFA
     converted.result = next(iter(imported.report.results.values()))  # the only file
     if converted.result.error:
         converted.status = imported.status or 2
+        return converted
+    converted.report, converted.html = report, os.path.splitext(report)[0] + ".html"
+    write_html_report(converted.html, imported.report, converted.result)
     return converted
+
+
+def write_html_report(path: str, imported: import_report.Report, result: import_report.FileResult) -> None:
+    """The page, and the reference input its snippets read, next to the converted files."""
+    from . import intermediate, report_html
+    model = intermediate.read(result.file)
+    try:
+        report_html.write_reference_files(result, {name: model.reference_input(name) for name in model.inputs},
+                                          os.path.dirname(result.prototxt))
+        report_html.write(path, imported, result, [layer.name for layer in model.layers])
+    finally:
+        model.file.close()
 
 
 def check(src, *, profile: str = DEFAULT_PROFILE, debug: bool = False, **export_options) -> CheckReport:

@@ -80,6 +80,12 @@ def parser() -> argparse.ArgumentParser:
     add_target_arguments(convert)
     add_deploy_arguments(convert)
     add_backend_arguments(convert)
+    convert.add_argument("--report", metavar="PATH",
+                         help="where to write the JSON report (default: DIR/<stem>.report.json); the HTML "
+                              "page goes beside it (.html)")
+    convert.add_argument("--no-per-layer", action="store_true",
+                         help="record no per-layer activations (very large models): the report then has "
+                              "the outputs' errors only")
     convert.add_argument("--check-only", action="store_true",
                          help="list every layer that cannot be converted, write nothing (exit 0 if none, 2 otherwise)")
     convert.set_defaults(run=run_convert)
@@ -128,7 +134,8 @@ def run_convert(args) -> int:
         return 2 if checked.problems else 0
     converted = convert(args.src, args.output, prototxt=args.prototxt, profile=args.profile,
                         tolerance=args.tolerance, backend=args.backend, verify=not args.no_verify,
-                        per_layer=args.per_layer, deploy=deploy_options(args), **export_options(args))
+                        per_layer=not args.no_per_layer, report=args.report, deploy=deploy_options(args),
+                        **export_options(args))
     if converted.result is not None and not converted.result.error:  # else the import stage said why
         print_convert(converted)
     return converted.status
@@ -143,6 +150,11 @@ def print_convert(converted) -> None:
         print("max relative error: %s (compared: %s; tolerance %g)" % (
             ", ".join("%s %.3g" % (runtime, max(errors.values())) for runtime, errors in runtimes.items()),
             ", ".join(result.compared), tolerance))
+        for runtime, errors in result.runtimes.items():
+            if errors.get("deployed"):
+                print("%s as deployed (default settings, only the outputs asked for; %d groups of layers fused): %s" % (
+                    runtime, len(errors["fused"]), ", ".join(
+                        "%s %.3g" % (name, value["max_rel"]) for name, value in errors["deployed"].items())))
         if converted.opencv_only:
             print("verified in OpenCV only: %s" % converted.opencv_only)
     else:
@@ -161,6 +173,7 @@ def print_convert(converted) -> None:
         print("top-1 accuracy: Caffe %.4f, TensorFlow %.4f (%d labelled inputs)" % (
             result.accuracy["caffe"], result.accuracy["tensorflow"], result.accuracy["count"]))
     print("wrote: %s, %s, %s" % (converted.h5, result.prototxt, result.caffemodel))
+    print("report: %s, %s" % (converted.report, converted.html))
 
 
 def print_check(checked) -> None:

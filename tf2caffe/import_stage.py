@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import intermediate, interrupts, report
-from .caffe import deploy, emit, verify
+from .caffe import deploy, deployed_net, emit, verify
 from .caffe.profiles import get_profile
 from .caffe.backends import Backend, get_backend
 from .caffe.caffemodel import MAX_CAFFEMODEL_BYTES
@@ -88,7 +88,14 @@ def import_file(path: str, args, scratch: str, progress: "Progress", backend: Ba
             tensorflow_layers=len(model.layers), caffe_layers=len(described.layer_tops),
             caffe_types=described.types, inputs=described.inputs, prototxt=prototxt_out,
             caffemodel=caffemodel_out, targets=verify.targets_to_json(compared),
-            deployment=dict(options.to_json(), applied=deployed.applied))
+            source=report.source_entry(str(model.attrs.get("source_path", path)),
+                                       str(model.attrs.get("source_framework", "")),
+                                       str(model.attrs.get("source_version", ""))),
+            profile=args.profile,
+            deployment={"inputs": deployed_net.inputs(model, blobs, described.inputs, options),
+                        "outputs": deployed_net.outputs(model, verify.targets_to_json(targets))},
+            layer_table=deployed_net.layer_table(model, net_spec, blobs, args.prototxt is not None),
+            deploy_options=dict(options.to_json(), applied=deployed.applied))
         if not args.no_verify:
             progress.stage("verifying")
             try:
@@ -133,20 +140,24 @@ def verify_in(result: report.FileResult, backend: Backend, written, model, targe
 
     fetched, result.compared, per_layer, float64 = verify.measure(
         model, {name: result.inputs[name] for name in model.inputs}, mapped, compared, run, model.source,
-        deploy.DeployOptions.from_json(result.deployment))
+        deploy.DeployOptions.from_json(result.deploy_options))
     if mapped:
         result.per_layer = per_layer
         result.first_over_layer_tolerance = verify.first_over(result.per_layer, verify.names_in_order(model),
                                                               float64=float64)
         result.targets = verify.targets_to_json(dict(mapped, **compared))
-    errors = report.runtime_errors(result.compared, result.per_layer, float64)
+    deployed, fused = backend.deployed(model=model, inputs=result.inputs,
+                                       outputs={name: compared[name] for name in model.outputs},
+                                       prototxt=result.prototxt, caffemodel=result.caffemodel,
+                                       deployment=deploy.DeployOptions.from_json(result.deploy_options))
+    errors = report.runtime_errors(result.compared, result.per_layer, float64, deployed, fused)
     result.runtimes = {result.verified_with: errors}
     if model.labels is not None:
         output = model.compared_layers()[0]
         result.accuracy = verify.accuracy(fetched[output], verify.in_caffe_layout(
             compared[output], model.activation(output), model.source), model.labels)
     result.worst_layer, result.worst_max_rel = report.worst(result.compared)
-    result.verified = all(report.passes(errors, layer, args.tolerance) for layer in result.compared)
+    result.verified = report.runtime_passes(errors, args.tolerance)
 
 
 def commit(renames) -> None:
@@ -268,10 +279,11 @@ def run(args) -> int:
                 result.stage_seconds = progress.seconds()
                 results.results[path] = result
                 report.print_file_result(result, args.tolerance)
-                if result.verified is False:
-                    sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g > "
+                for _, layer, error, run_in_words in result.failures(args.tolerance):
+                    sys.stderr.write("%s: verification failed: %s: layer '%s' has relative error %.3g in %s > "
                                      "tolerance %g (the files were written)\n" % (
-                                         PROG, path, result.worst_layer, result.worst_max_rel, args.tolerance))
+                                         PROG, path, layer, error, run_in_words, args.tolerance))
+                if result.verified is False:
                     status = max(status, 1)
             if args.report:
                 report.write(args.report, results)

@@ -104,6 +104,12 @@ class Model:
             names.append(name)
         return list(dict.fromkeys(names))
 
+    def output_names(self) -> List[str]:
+        """The TensorFlow name of each output (a Keras output layer's name, a graph's output
+        node), in `outputs`' order: the attribute `output_names`, else the layer names."""
+        names = self.attrs.get("output_names")
+        return list(json.loads(names)) if names else list(self.outputs)
+
     def activation(self, name) -> np.ndarray:
         return _values(self.reference_activations[name], "%sreference activation '%s'" % (_at(self.source), name))
 

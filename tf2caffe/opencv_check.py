@@ -3,6 +3,12 @@
 TensorFlow side (OpenCV 4.x, `cv2.dnn.readNetFromCaffe`). The blobs to compare come from the
 import report's targets, so both runtimes compare exactly the same tensors.
 
+Two runs. `deployed`: the net as a user runs it, default settings, asking only for the model's
+outputs; OpenCV then fuses layers (an activation, BatchNorm/Scale or Eltwise into the
+convolution before it, a convolution into the Concat after it), and that is what verification
+passes or fails. `run`: every compared (and, per layer, every mapped) blob fetched, which turns
+fusion off for those layers: the diagnosis, naming the first layer that diverges.
+
 OpenCV fetches outputs by LAYER name (`forwardAndRetrieve` returns every top of a layer), so a
 target names the Caffe layer that writes its blob last (in-place layers overwrite the blob in
 Caffe; OpenCV keeps each layer's output apart). OpenCV 4.x renames a Convolution layer after its
@@ -10,12 +16,14 @@ top, so a name OpenCV does not know is looked up by the blob's name.
 """
 from __future__ import annotations
 
-from typing import Dict
+import re
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from . import intermediate, report
 from .caffe import verify
+from .caffe.deploy import DeployOptions
 from .errors import ConversionError
 
 
@@ -51,13 +59,53 @@ def run(net, inputs: Dict[str, np.ndarray], targets: Dict[str, verify.Target], w
         outputs = dict(zip(layers, net.forwardAndRetrieve(layers)))
     except cv2.error as error:
         raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _last_line(error)))
-    fetched = {tf_layer: np.asarray(outputs[names[tf_layer]][target.top_index])
-               for tf_layer, target in targets.items()}
-    for tf_layer, target in targets.items():
-        value = fetched[tf_layer]
-        if len(target.blob.shape) == 1 and value.ndim == 2 and value.shape[1] == 1:
-            fetched[tf_layer] = value.reshape(-1)  # an OpenCV Mat has at least two dimensions
-    return fetched
+    return {tf_layer: _as_blob(target, outputs[names[tf_layer]][target.top_index])
+            for tf_layer, target in targets.items()}
+
+
+def _as_blob(target: verify.Target, value) -> np.ndarray:
+    value = np.asarray(value)
+    if len(target.blob.shape) == 1 and value.ndim == 2 and value.shape[1] == 1:
+        return value.reshape(-1)  # an OpenCV Mat has at least two dimensions
+    return value
+
+
+def deployed(model: intermediate.Model, inputs: Dict[str, str], outputs: Dict[str, verify.Target],
+             prototxt: str, caffemodel: str,
+             deployment: DeployOptions) -> Tuple[Dict[str, Dict[str, float]], List[List[str]]]:
+    """The model's outputs (`outputs`: their targets) from a fresh net with OpenCV's default
+    settings asked for them alone, fed as the net built with `deployment` takes its input:
+    ({output: report.layer_error}, the groups of Caffe layers OpenCV fused)."""
+    import cv2
+    net = load(prototxt, caffemodel)
+    where = "%s (OpenCV as deployed)" % prototxt
+
+    def forward(feeds, targets):
+        names = [opencv_layer_name(net, target, where) for target in targets.values()]
+        try:
+            for blob, value in feeds.items():
+                net.setInput(np.ascontiguousarray(value, dtype=np.float32), blob)
+            values = net.forward(names)
+        except cv2.error as error:
+            raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _last_line(error)))
+        return {tf_layer: _as_blob(target, value) for (tf_layer, target), value in zip(targets.items(), values)}
+
+    _, errors, _, _ = verify.measure(model, inputs, {}, outputs, forward, where, deployment)
+    return errors, fused_groups(net.dump())
+
+
+# OpenCV's dump (Graphviz text) draws a fused group as one record: "{name\nType...| name\nType...}".
+FUSED_RECORD = re.compile(r'label="\{(.*?)\}" fillcolor')
+
+
+def fused_groups(dump: str) -> List[List[str]]:
+    """The groups of Caffe layers OpenCV fused, from `Net.dump()` after a forward pass."""
+    return [[part.strip().split("\\n")[0] for part in record.split(" | ")]
+            for record in FUSED_RECORD.findall(dump)]
+
+
+def output_targets(model: intermediate.Model, targets: Dict[str, verify.Target]) -> Dict[str, verify.Target]:
+    return {name: targets[name] for name in model.outputs}
 
 
 def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
@@ -72,10 +120,18 @@ def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
 
 
 def check_result(result: report.FileResult) -> Dict[str, Dict]:
-    """The compared and mapped layers of one file of an import report, measured in OpenCV:
+    """One file of an import report measured in OpenCV, as deployed and layer by layer:
     `report.runtime_errors`."""
-    return verify.measure_again(result, _runner(result.prototxt, result.caffemodel),
-                                "%s (OpenCV)" % result.prototxt)
+    errors = verify.measure_again(result, _runner(result.prototxt, result.caffemodel),
+                                  "%s (OpenCV)" % result.prototxt)
+    model = intermediate.read(result.file)
+    try:
+        errors["deployed"], errors["fused"] = deployed(
+            model, result.inputs, output_targets(model, verify.targets_from_json(result.targets)),
+            result.prototxt, result.caffemodel, DeployOptions.from_json(result.deploy_options))
+    finally:
+        model.file.close()
+    return errors
 
 
 def _runner(prototxt: str, caffemodel: str):

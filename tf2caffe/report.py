@@ -14,10 +14,11 @@ from typing import Dict, List, Optional, TextIO, Tuple
 
 from .atomic import atomic_file
 from .errors import ConversionError
-from .measure import LAYER_TOLERANCE, within
+from .measure import FLOAT32_NOISE_MULTIPLE, LAYER_TOLERANCE, within
 
 FORMAT_NAME = "tf2caffe-import-report"
-FORMAT_VERSION = 2  # 2: `runtimes`
+FORMAT_VERSION = 3  # 2: `runtimes`; 3: `deployed`/`fused` per runtime, `source`, `profile`, `deployment`, `layer_table`,
+# `deploy_options`
 
 
 def layer_error(max_abs: float, max_rel: float) -> Dict[str, float]:
@@ -26,17 +27,44 @@ def layer_error(max_abs: float, max_rel: float) -> Dict[str, float]:
 
 
 def runtime_errors(compared: Dict[str, Dict[str, float]], per_layer: Dict[str, float],
-                   float64: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, Dict]:
+                   float64: Optional[Dict[str, Dict[str, float]]] = None,
+                   deployed: Optional[Dict[str, Dict[str, float]]] = None,
+                   fused: Optional[List[List[str]]] = None) -> Dict[str, Dict]:
     """What one runtime measured of a converted file: its compared layers' `layer_error`s, its
     mapped layers' relative errors ({} without per-layer activations) and, where the export
     computed the float64 truth, {layer: {"caffe", "tensorflow"}}: this runtime's and TensorFlow
-    float32's relative errors against it (verify.float64_errors; {} without)."""
-    return {"compared": compared, "per_layer": per_layer, "float64": float64 or {}}
+    float32's relative errors against it (verify.float64_errors; {} without). A runtime whose
+    run with every compared blob fetched is not the run a user makes (OpenCV: fetching a blob
+    turns its layer fusion off) also measured the net as deployed: `deployed`, the model
+    outputs' `layer_error`s with its default settings, and `fused`, the groups of Caffe layers
+    it fused there."""
+    return {"compared": compared, "per_layer": per_layer, "float64": float64 or {},
+            "deployed": deployed or {}, "fused": fused or []}
 
 
-def passes(errors: Dict[str, Dict], layer: str, tolerance: float) -> bool:
-    """One runtime's verdict on one compared layer (measure.within, with the float64 truth)."""
-    return within(errors["compared"][layer]["max_rel"], tolerance, errors.get("float64", {}).get(layer))
+def passes(errors: Dict[str, Dict], layer: str, tolerance: float, kind: str = "compared") -> bool:
+    """One runtime's verdict on one compared layer (measure.within, with the float64 truth);
+    `kind` "deployed": on one output as deployed, within `tolerance` of TensorFlow's float32
+    output or, where the float64 truth judged the run with fusion off, no further from it than
+    FLOAT32_NOISE_MULTIPLE times that run (the truth was measured on that run only)."""
+    error = errors[kind][layer]["max_rel"]
+    truth = errors.get("float64", {}).get(layer)
+    if kind == "compared":
+        return within(error, tolerance, truth)
+    fusion_off = errors["compared"].get(layer)
+    return error <= tolerance or bool(truth and fusion_off and passes(errors, layer, tolerance) and
+                                      error <= FLOAT32_NOISE_MULTIPLE * fusion_off["max_rel"])
+
+
+def runtime_passes(errors: Dict[str, Dict], tolerance: float) -> bool:
+    """Every compared layer, and every output as deployed, of one runtime within `tolerance`."""
+    return all(passes(errors, layer, tolerance, kind) for kind in ("compared", "deployed")
+               for layer in errors.get(kind, {}))
+
+
+def fused_with(errors: Dict[str, Dict], blob: str) -> List[str]:
+    """The Caffe layers a runtime fused together with the one writing `blob` ([] if none)."""
+    return next((group for group in errors.get("fused", []) if blob in group), [])
 
 
 def max_rel(errors: Dict[str, Dict[str, float]]) -> Dict[str, float]:
@@ -56,6 +84,32 @@ def worst(errors: Dict[str, Dict[str, float]]) -> Tuple[Optional[str], float]:
 def accuracy(count: int, caffe: float, tensorflow: float, agreement: float) -> Dict[str, float]:
     """Top-1 accuracy of both runtimes on the labelled reference inputs, and how often they agree."""
     return {"count": count, "caffe": caffe, "tensorflow": tensorflow, "agreement": agreement}
+
+
+def input_entry(tf_layer: str, blob: str, shape: List[int], dtype: str, channel_order: Optional[str],
+                value_range, preprocessing_inside: List[Dict], left_to_user: str) -> Dict:
+    """One input of the net as a user feeds it (caffe/deployed_net.py)."""
+    return {"tf_layer": tf_layer, "blob": blob, "shape": list(shape), "dtype": dtype,
+            "channel_order": channel_order, "value_range": value_range,
+            "preprocessing_inside": preprocessing_inside, "left_to_user": left_to_user}
+
+
+def output_entry(tf_name: str, tf_layer: str, blob: str, shape: List[int], holds: str,
+                 logits_blob: Optional[str]) -> Dict:
+    """One output: its TensorFlow name, the Caffe blob holding it, what it holds."""
+    return {"tf_name": tf_name, "tf_layer": tf_layer, "blob": blob, "shape": list(shape), "holds": holds,
+            "logits_blob": logits_blob}
+
+
+def layer_row(tf_layer: str, tf_type: str, tf_shape: List[int], caffe_layers: List[str], caffe_types: List[str],
+              blob: Optional[str], blob_shape: Optional[List[int]]) -> Dict:
+    """One TensorFlow layer and the Caffe layers emitted for it."""
+    return {"tf_layer": tf_layer, "tf_type": tf_type, "tf_shape": list(tf_shape), "caffe_layers": caffe_layers,
+            "caffe_types": caffe_types, "blob": blob, "blob_shape": blob_shape}
+
+
+def source_entry(path: str, framework: str, framework_version: str) -> Dict:
+    return {"path": path, "framework": framework, "version": framework_version}
 
 
 @dataclass
@@ -88,7 +142,12 @@ class FileResult:
     seconds: Optional[float] = None
     stage_seconds: Dict[str, float] = field(default_factory=dict)
     # caffe.deploy.DeployOptions.to_json plus "applied": what its passes changed, a line each
-    deployment: Dict = field(default_factory=dict)
+    deploy_options: Dict = field(default_factory=dict)
+    source: Dict = field(default_factory=dict)  # source_entry
+    profile: str = ""
+    # {"inputs": [input_entry], "outputs": [output_entry]}
+    deployment: Dict[str, List[Dict]] = field(default_factory=dict)
+    layer_table: List[Dict] = field(default_factory=list)  # layer_row per TensorFlow layer
 
     def to_json(self) -> Dict:
         if self.error is not None:
@@ -104,17 +163,36 @@ class FileResult:
             "targets": self.targets, "runtimes": self.runtimes, "verified": self.verified,
             "worst": None if self.worst_max_rel is None else {"layer": self.worst_layer,
                                                                "max_rel": self.worst_max_rel},
-            "seconds": self.seconds, "stage_seconds": self.stage_seconds, "deployment": self.deployment}
+            "seconds": self.seconds, "stage_seconds": self.stage_seconds, "source": self.source,
+            "profile": self.profile, "deployment": self.deployment, "layer_table": self.layer_table,
+            "deploy_options": self.deploy_options}
 
     def add_runtime(self, name: str, errors: Dict[str, Dict], tolerance: float) -> None:
         """Another runtime's `runtime_errors`; `verified` stays true only if it is within `tolerance`."""
         self.runtimes[name] = errors
-        self.verified = bool(self.verified) and all(passes(errors, layer, tolerance) for layer in errors["compared"])
+        self.verified = bool(self.verified) and runtime_passes(errors, tolerance)
 
-    def failures(self, tolerance: float) -> List[Tuple[str, str, float]]:
-        """(runtime, compared layer, relative error) over `tolerance`, in every runtime."""
-        return [(runtime, layer, error) for runtime, errors in self.runtimes.items()
-                for layer, error in max_rel(errors["compared"]).items() if not passes(errors, layer, tolerance)]
+    def failures(self, tolerance: float) -> List[Tuple[str, str, float, str]]:
+        """(runtime, compared layer, relative error, the run in words) over `tolerance`, in every
+        runtime, as deployed too (`as_deployed`)."""
+        failed = []
+        for runtime, errors in self.runtimes.items():
+            for kind in ("compared", "deployed"):
+                for layer, error in max_rel(errors.get(kind, {})).items():
+                    if not passes(errors, layer, tolerance, kind):
+                        failed.append((runtime, layer, error,
+                                       runtime if kind == "compared" else self.as_deployed(runtime, layer)))
+        return failed
+
+    def as_deployed(self, runtime: str, layer: str) -> str:
+        """How a failure as deployed names its runtime: with the Caffe layers it fused at that
+        output, and the output's error with fusion off (where every layer is fetched)."""
+        errors = self.runtimes[runtime]
+        group = fused_with(errors, self.targets.get(layer, {}).get("blob", layer))
+        off = errors["compared"].get(layer)
+        return "%s as deployed (default settings%s%s)" % (
+            runtime, "; it fuses %s" % " + ".join(group) if group else "",
+            "; %.3g with its layer fusion off" % off["max_rel"] if off else "")
 
     def max_errors(self) -> Dict[str, Tuple[str, float]]:
         """runtime -> (its compared layer with the largest relative error, that error)."""
@@ -138,7 +216,10 @@ class FileResult:
                 if data["verified_with"] else {}),
             worst_layer=worst_entry.get("layer"), worst_max_rel=worst_entry.get("max_rel"),
             seconds=data.get("seconds"), stage_seconds=dict(data.get("stage_seconds") or {}),
-            deployment=dict(data.get("deployment") or {}))
+            # version 3 added these
+            source=dict(data.get("source") or {}), profile=data.get("profile", ""),
+            deployment=dict(data.get("deployment") or {}), layer_table=list(data.get("layer_table") or []),
+            deploy_options=dict(data.get("deploy_options") or {}))
 
 
 @dataclass

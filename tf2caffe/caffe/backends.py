@@ -20,6 +20,7 @@ from ..errors import ConversionError
 
 if TYPE_CHECKING:
     from ..intermediate import Model
+    from .deploy import DeployOptions
     from .emit import Blob
     from .netspec import NetSpec
     from .verify import Target
@@ -69,6 +70,13 @@ class Backend(Protocol):
             targets: Dict[str, "Target"]) -> Dict[str, np.ndarray]:
         """Forward `feeds` (Caffe input blob -> array in Caffe's layout) once through the saved
         net; each target's output."""
+
+    def deployed(self, *, model: "Model", inputs: Dict[str, str], outputs: Dict[str, "Target"], prototxt: str,
+                 caffemodel: str, deployment: "DeployOptions") -> Tuple[Dict[str, Dict[str, float]], List[List[str]]]:
+        """The model's `outputs` measured as a user runs the net (fed as the net built with
+        `deployment` takes its input), where that differs from `run`
+        (OpenCV fuses layers unless they are fetched): ({output: report.layer_error}, the fused
+        groups of Caffe layers); ({}, []) where it does not."""
 
 
 def generated_inputs(model, blobs) -> Dict[str, str]:

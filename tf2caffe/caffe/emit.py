@@ -75,6 +75,7 @@ class EmitContext:
                                   "its caffe_layers (%s) do not declare" % (
                                       self.model.source, layer.name, layer.type, type(handler).__name__,
                                       caffe_layer.type, ", ".join(handler.caffe_layers)))
+        caffe_layer.source = layer.name
         return self.net.add(caffe_layer)
 
     def produce(self, layer: Layer, top: str, shape: Optional[Sequence[int]] = None,
@@ -140,9 +141,69 @@ def build_net(model: Model, profile_name: str = "bvlc") -> Tuple[NetSpec, Dict[s
         ctx.emitting = (layer, handler)
         with malformed_config_reported(model, layer):
             handler.emit(layer, ctx)
+    deployable_outputs(model, net, ctx.blobs)
     profile.enforce(net)
     names = [layer.name for layer in net.layers]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConversionError("%s: Caffe layer names would repeat: %s" % (model.source, ", ".join(duplicates)))
     return net, ctx.blobs
+
+
+def deployable_outputs(model: Model, net: NetSpec, blobs: Dict[str, Blob]) -> None:
+    """Give each model output's Caffe blob, and the layer writing it, the output's TensorFlow name
+    (what a user asks Caffe and OpenCV for); whatever held that name before becomes
+    `<name>/logits` (the input of an output's softmax or sigmoid) or `<name>/<its Caffe type>`.
+    An output that other layers also read is written by a one-top Split named like it: OpenCV
+    fuses an activation into the convolution before it and, when a Concat reads the result too,
+    never fills the activation's own output blob (OpenCV 4.14 returns ~1e35 there); a Split keeps
+    the requested blob apart from the fused one (tests/test_deployed_opencv.py)."""
+    logits = {blobs[name].name for name in model.compared_layers() if name not in model.outputs and name in blobs}
+    for output, tf_name in zip(model.outputs, model.output_names()):
+        blob = blobs.get(output)
+        writers = _writers_of(net, blob.name) if blob is not None else []
+        if not writers:  # an output that is an input: nothing in the net writes it
+            continue
+        writer = writers[-1]
+        after = net.layers[net.layers.index(writer) + 1:]
+        # A Split too where the writer has several tops: OpenCV hands out a layer's first only.
+        shared = len(writer.tops) > 1 or any(blob.name in layer.bottoms for layer in after)
+        for layer in net.layers:
+            if layer.name == tf_name and (shared or layer is not writer):
+                layer.name = _freed_name(tf_name, layer.type, layer.tops and layer.tops[0] in logits)
+        for other in {top for layer in net.layers for top in layer.tops} - {blob.name}:
+            if other == tf_name:
+                _rename_blob(net, blobs, other, _freed_name(tf_name, _writers_of(net, other)[-1].type,
+                                                            other in logits))
+        if shared:
+            if blob.name == tf_name:  # the Split takes the name
+                _rename_blob(net, blobs, tf_name, _freed_name(tf_name, writer.type, False))
+                blob = blobs[output]
+            split = CaffeLayer(tf_name, "Split", [blob.name], [tf_name])
+            split.source = output
+            net.layers.insert(net.layers.index(writer) + 1, split)
+            for layer in after:
+                layer.bottoms = [tf_name if bottom == blob.name else bottom for bottom in layer.bottoms]
+            blobs[output] = Blob(tf_name, blob.shape, blob.flattened_from, blob.axes)
+        else:
+            writer.name = tf_name
+            _rename_blob(net, blobs, blob.name, tf_name)
+
+
+def _writers_of(net: NetSpec, blob: str) -> List[CaffeLayer]:
+    return [layer for layer in net.layers if blob in layer.tops]
+
+
+def _freed_name(name: str, caffe_type: str, is_logits: bool) -> str:
+    return "%s/%s" % (name, "logits" if is_logits else caffe_type.lower())
+
+
+def _rename_blob(net: NetSpec, blobs: Dict[str, Blob], old: str, new: str) -> None:
+    if old == new:
+        return
+    for layer in net.layers:
+        layer.bottoms = [new if name == old else name for name in layer.bottoms]
+        layer.tops = [new if name == old else name for name in layer.tops]
+    for tf_layer, blob in list(blobs.items()):
+        if blob.name == old:
+            blobs[tf_layer] = Blob(new, blob.shape, blob.flattened_from, blob.axes)

@@ -6,7 +6,7 @@ backend (see backends.py); `save` writes both files from Python.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from ..intermediate import Model
 from . import verify
 from .backends import PROTOTXT_NEEDS_PYCAFFE, NetDescription, Progress, generated_inputs
 from .caffemodel import write_caffemodel
+from .deploy import DeployOptions
 from .emit import Blob
 from .netspec import NetSpec
 
@@ -62,3 +63,8 @@ class Native:
                                   "(opencv-python-headless<5), which is not installed; pass --no-verify "
                                   "to skip verification" % caffemodel) from None
         return opencv_check.run(net, feeds, targets, prototxt)
+
+    def deployed(self, *, model: Model, inputs: Dict[str, str], outputs: Dict[str, verify.Target], prototxt: str,
+                 caffemodel: str, deployment: DeployOptions) -> Tuple[Dict[str, Dict[str, float]], List[List[str]]]:
+        from .. import opencv_check
+        return opencv_check.deployed(model, inputs, outputs, prototxt, caffemodel, deployment)

@@ -27,6 +27,7 @@ class CaffeLayer:
         self.params = dict(params or {})
         self.blobs: List[Callable[[], np.ndarray]] = [
             blob if callable(blob) else (lambda value=blob: value) for blob in blobs]
+        self.source: Optional[str] = None  # the TensorFlow layer it was emitted for (the report's table)
 
     def __repr__(self):
         return "CaffeLayer(%r, %r, %r -> %r)" % (self.name, self.type, self.bottoms, self.tops)

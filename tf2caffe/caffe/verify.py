@@ -198,7 +198,7 @@ def measure_again(result: report.FileResult, run: Callable, where: str) -> Dict[
     try:
         _, compared, per_layer, float64 = measure(model, result.inputs, {name: targets[name] for name in result.per_layer},
                                          {name: targets[name] for name in result.compared}, run, where,
-                                         DeployOptions.from_json(result.deployment))
+                                         DeployOptions.from_json(result.deploy_options))
     finally:
         model.file.close()
     return report.runtime_errors(compared, per_layer, float64)

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import intermediate
+from .. import intermediate, progress
 from ..errors import ConversionError, Refusal, Unmappable, UnsupportedError
 from ..measure import relative_error
 from .reference import reference_batch
@@ -865,10 +865,10 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     walk = GraphWalk(graph, name)
     for tensor, value in zip(graph.inputs, inputs):
         walk.add_input(tensor, value)
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            if node.operation and not node.is_input:
-                walk.visit(node)
+    nodes = [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]
+             if node.operation and not node.is_input]
+    for node in progress.each(nodes, "forward pass, layer by layer", "layer"):
+        walk.visit(node)
     outputs = [walk.names[id(tensor)] for tensor in graph.outputs]
     if walk.problems or walk.failures:
         raise walk.error(outputs) from walk.failure
@@ -883,7 +883,8 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     result = intermediate.Model(
         name, walk.layers, outputs,
         attrs=dict(source_framework="keras", source_version=keras.__version__,
-                   tensorflow_version=tf.__version__, source_path="(in memory)"),
+                   tensorflow_version=tf.__version__, source_path="(in memory)",
+                   output_names=json.dumps([tensor._keras_history.operation.name for tensor in graph.outputs])),
         reference_inputs={layer.name: value for layer, value in zip(walk.layers, inputs)})
     stored = [layer.name for layer in walk.layers] if per_layer else result.compared_layers()
     result.reference_activations = {layer: np.asarray(walk.activations[layer], dtype=np.float32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 
 import tensorflow as tf
@@ -45,11 +46,12 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
         mapper = Mapper(graph_def, inputs, outputs, values, session, feed_dict, layer_names)
         layers = mapper.run()
         direct = session.run([graph.get_tensor_by_name(full_tensor_name(o)) for o in outputs], feed_dict)
-    output_layers = []
+    output_layers, output_names = [], []
     for tensor in outputs:
         layer = mapper.layer_input(node_of_tensor(tensor))
         if layer not in output_layers:
             output_layers.append(layer)
+            output_names.append(node_of_tensor(tensor))
     for tensor, value in zip(outputs, direct):
         recorded = values[mapper.tensor_of[mapper.layer_input(node_of_tensor(tensor))]]
         if relative_error(recorded, value) > 1e-6:
@@ -59,7 +61,7 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
         name, layers, output_layers,
         attrs={"source_framework": source_framework, "source_version": _source_version(source_framework),
                "tensorflow_version": tf.__version__, "source_path": str(source_path),
-               "created_by": "tf2caffe %s" % __version__},
+               "created_by": "tf2caffe %s" % __version__, "output_names": json.dumps(output_names)},
         reference_inputs={mapper.layer_input(node_of_tensor(i)): feeds[i] for i in inputs})
     recorded = [layer.name for layer in layers] if per_layer else model.compared_layers()
     model.reference_activations = {layer: values[mapper.tensor_of[layer]] for layer in recorded}
