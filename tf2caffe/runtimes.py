@@ -69,7 +69,7 @@ class BullseyeCaffe(Runtime):
     def command(self, argv: Sequence[str], paths: Iterable[str], cwd: str) -> List[str]:
         """`python3 ARGV...` in the chroot, with `paths` (and cwd) visible at their real paths."""
         from . import environments
-        return environments.caffe_command(["python3", *argv], environments.PROJECT_ROOT, paths, cwd)
+        return environments.caffe_command(["python3", *argv], paths, cwd)
 
 
 @lru_cache(maxsize=None)
