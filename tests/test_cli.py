@@ -246,3 +246,34 @@ def test_check_only_lists_export_and_import_refusals_together(tmp_path, capsys):
     assert status == 2
     assert "'layer_norm' (LayerNormalization)" in stdout
     assert "'swap' (permute)" in stdout
+
+
+def test_check_only_needs_no_output_folder(tmp_path, capsys):
+    small_cnn().save(str(tmp_path / "cnn.keras"))
+    assert cli.main(["convert", str(tmp_path / "cnn.keras"), "--check-only"]) == 0
+    assert "can be converted" in capsys.readouterr().out
+
+
+def test_convert_without_output_folder_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["convert", str(tmp_path / "cnn.keras")])
+    assert refused.value.code == 2
+    assert "the following arguments are required: -o/--output" in capsys.readouterr().err
+
+
+def test_plain_convert_refuses_with_every_unsupported_layer_as_check_only_does(tmp_path):
+    """The export's refusal and the import side's, in the one line of a plain convert."""
+    import keras
+    from tf2caffe.api import convert
+    from tf2caffe.errors import UnsupportedError
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.LayerNormalization(axis=1, name="layer_norm")(x)  # refused on export
+    x = keras.layers.Conv2D(4, 1)(keras.layers.Permute((2, 1, 3), name="swap")(x))  # bvlc: refused on import
+    keras.Model(inputs, x).save(str(tmp_path / "two_bad.keras"))
+    with pytest.raises(UnsupportedError) as refused:
+        convert(str(tmp_path / "two_bad.keras"), str(tmp_path / "out"), backend="native")
+    assert "'layer_norm' (LayerNormalization)" in str(refused.value)
+    assert "'swap' (permute)" in str(refused.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

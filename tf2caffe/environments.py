@@ -212,6 +212,16 @@ def built_caffe_root() -> Path | None:
     return final if final.is_dir() else None
 
 
+def caffe_root_unusable() -> str:
+    """"" if this user can use the Caffe root, building it if needed; else why not, in words."""
+    if _is_root():
+        return ""
+    if built_caffe_root() is None:
+        return (f"{_caffe_root_path()} is not built, and building it (debootstrap, chroot) needs root: "
+                "`make env` as root builds it (with TF2CAFFE_CACHE a shared folder, for every user)")
+    return userns_error()
+
+
 def _chroot_env(root: Path) -> list[str]:
     return ["chroot", str(root), "/usr/bin/env", "-i",
             "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C",
@@ -493,7 +503,8 @@ def ensure_tf_env(project_root: str | os.PathLike = PROJECT_ROOT,
 
     if current():
         return python
-    with locked(heavy.with_name(heavy.name + ".lock"), progress):
+    # A lock of the checkout's own (the cache may be a shared one this user cannot write).
+    with locked(project_root / ".venv.lock", progress):
         if current():
             return python
         with timed_step(progress, f"tf venv: linking {dot}"):
@@ -541,7 +552,11 @@ def main(args: Sequence[str] | None = None) -> int:
     if ns.command in ("tf", "all"):
         ensure_tf_env(PROJECT_ROOT, say)
     if ns.command in ("caffe", "all"):
-        ensure_caffe_root(say)
+        unusable = caffe_root_unusable()
+        if unusable:
+            say(f"caffe root: {unusable}; tf2caffe writes natively and verifies in OpenCV")
+        else:
+            ensure_caffe_root(say)
     if ns.command == "caffe-root":
         print(ensure_caffe_root(_stderr))
     if ns.command == "caffe-source":
