@@ -277,3 +277,54 @@ def test_plain_convert_refuses_with_every_unsupported_layer_as_check_only_does(t
     assert "'layer_norm' (LayerNormalization)" in str(refused.value)
     assert "'swap' (permute)" in str(refused.value)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def two_input_cnn():
+    import keras
+    keras.utils.set_random_seed(0)
+    image, mask = keras.Input((6, 6, 3), name="image"), keras.Input((6, 6, 3), name="mask")
+    x = keras.layers.Add()([keras.layers.Conv2D(4, 3)(image), keras.layers.Conv2D(4, 3)(mask)])
+    return keras.Model([image, mask], keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+
+
+def test_reference_input_npz_gives_each_input_its_arrays_and_verifies(tmp_path, capsys):
+    import numpy as np
+    from tf2caffe.api import convert
+    two_input_cnn().save(str(tmp_path / "two.keras"))
+    rng = np.random.default_rng(3)
+    user = {"image": rng.uniform(0, 1, (2, 6, 6, 3)).astype(np.float32),
+            "mask": rng.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32)}
+    np.savez(str(tmp_path / "x.npz"), **user)
+    converted = convert(str(tmp_path / "two.keras"), str(tmp_path / "out"), backend="native",
+                        reference_input=str(tmp_path / "x.npz"))
+    assert converted.status == 0 and max(converted.runtimes()["OpenCV"].values()) <= 1e-4
+    model = intermediate.read(converted.h5)
+    for name, value in user.items():
+        batch = model.reference_input(name)
+        assert batch.shape == (3, 6, 6, 3) and np.array_equal(batch[1:], value)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"image": (1, 6, 6, 3), "masks": (1, 6, 6, 3)},
+     "--reference-input has an array 'masks', but the model has no such input (its inputs: image, mask)"),
+    ({"image": (1, 6, 6, 3)}, "--reference-input has no array for input(s) 'mask' (it has 'image')"),
+    ({"image": (1, 6, 6, 3), "mask": (1, 5, 6, 3)},
+     "--reference-input['mask'] has shape [1, 5, 6, 3]; the model's input 'mask' is [None, 6, 6, 3]"),
+    ({"image": (1, 6, 6, 3), "mask": (2, 6, 6, 3)},
+     "--reference-input has different batch sizes per input: 'image' 1, 'mask' 2"),
+    (None, "2 inputs (image, mask): --reference-input X.npy is for a single input; give an .npz"),
+])
+def test_reference_input_of_wrong_names_or_shapes_is_one_line(tmp_path, capsys, arrays, message):
+    import numpy as np
+    two_input_cnn().save(str(tmp_path / "two.keras"))
+    if arrays is None:
+        path = tmp_path / "x.npy"
+        np.save(str(path), np.zeros((1, 6, 6, 3), np.float32))
+    else:
+        path = tmp_path / "x.npz"
+        np.savez(str(path), **{name: np.zeros(shape, np.float32) for name, shape in arrays.items()})
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["export", str(tmp_path / "two.keras"), "-o", str(tmp_path / "out"), "--reference-input", str(path)])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

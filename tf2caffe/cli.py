@@ -31,8 +31,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-layer", action="store_true",
                    help="store every layer's reference activation (per-layer verification)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference input (default: 0)")
-    p.add_argument("--reference-input", metavar="X.npy",
-                   help="your own inputs (NHWC), verified too: appended to the seeded sample")
+    p.add_argument("--reference-input", metavar="X.npy|X.npz",
+                   help="your own inputs (NHWC), verified too: appended to the seeded sample; .npy for a "
+                        "single input, .npz with one array per input name")
     graph = p.add_argument_group("graph sources (.pb, TF1/tflearn checkpoints, SavedModels)")
     graph.add_argument("--inputs", metavar="NAMES", help="input tensors, comma-separated (default: detected)")
     graph.add_argument("--outputs", metavar="NAMES", help="output tensors, comma-separated (default: detected)")

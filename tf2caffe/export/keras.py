@@ -858,10 +858,8 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     has been walked."""
     graph = functional_graph(model)
     shapes = input_shapes(graph, input_shape)
-    if user_input is not None and len(shapes) != 1:
-        raise ConversionError("model '%s' has %d inputs; --reference-input needs a single-input "
-                              "model" % (name, len(shapes)))
-    inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name)
+    inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name,
+                             [tensor._keras_history.operation.name for tensor in graph.inputs])
     walk = GraphWalk(graph, name)
     for tensor, value in zip(graph.inputs, inputs):
         walk.add_input(tensor, value)

@@ -30,11 +30,8 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
     `layer_names` {output tensor: name} names the layers (tflearn's own names)."""
     _refuse_control_flow(graph_def)
     shapes = input_shapes(graph_def, inputs, input_shape, source_path)
-    if user_input is not None and len(shapes) != 1:
-        raise ConversionError("%s: %d inputs; --reference-input needs a single-input graph" % (
-            source_path, len(shapes)))
     feeds = reference or dict(zip(shapes, reference_batch(list(shapes.values()), seed, user_input,
-                                                          "%s: " % source_path)))
+                                                          "%s: " % source_path, list(shapes))))
     graph = import_graph(graph_def)
     with v1.Session(graph=graph, config=SESSION_CONFIG) as session:
         data_nodes = [op for op in graph.get_operations()
