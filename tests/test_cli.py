@@ -328,3 +328,28 @@ def test_reference_input_of_wrong_names_or_shapes_is_one_line(tmp_path, capsys, 
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_degenerate_reference_advice_works(tmp_path):
+    """A net whose output is 0 for every seeded input (a ReLU behind a large negative bias): the
+    refusal's two suggestions, --reference-input with inputs that reach it and --no-verify, both
+    convert it."""
+    import keras
+    import numpy as np
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, activation="relu", name="dense")
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.ones((4, 3), np.float32) * [[1, 2, 3]], np.full(3, -50, np.float32)])
+    model.save(str(tmp_path / "dead.keras"))
+    refused = tf2caffe("convert", tmp_path / "dead.keras", "-o", tmp_path / "a", "--backend", "native")
+    assert refused.returncode == 2 and "degenerate" in refused.stderr
+    assert "--reference-input X.npy or X.npz" in refused.stderr and "--no-verify" in refused.stderr
+    np.save(str(tmp_path / "x.npy"), np.full((2, 4), 20, np.float32))
+    verified = tf2caffe("convert", tmp_path / "dead.keras", "-o", tmp_path / "b", "--backend", "native",
+                        "--reference-input", tmp_path / "x.npy")
+    assert verified.returncode == 0, verified.stderr
+    assert "max relative error: OpenCV" in verified.stdout
+    unverified = tf2caffe("convert", tmp_path / "dead.keras", "-o", tmp_path / "c", "--backend", "native",
+                          "--no-verify")
+    assert unverified.returncode == 0, unverified.stderr
+    assert (tmp_path / "c" / "dead.caffemodel").exists()
