@@ -22,6 +22,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from . import interrupts
 from .atomic import atomic_file
+from .errors import ConversionError
 
 CAFFE_ENV = "TF2CAFFE_CAFFE"
 NO_CAFFE = "none"
@@ -88,7 +89,7 @@ def _bullseye_layer_types() -> FrozenSet[str]:
     try:
         with atomic_file(str(recorded), mode="w") as out:
             out.write(listed.stdout)
-    except OSError:
+    except ConversionError:
         pass  # a shared cache this user cannot write: asked again next time
     return frozenset(listed.stdout.split())
 
@@ -138,7 +139,6 @@ def caffe_order() -> List[Runtime]:
     if wanted == NO_CAFFE:
         return []
     if wanted not in CAFFES:
-        from .errors import ConversionError
         raise ConversionError("%s=%s: expected one of %s" % (CAFFE_ENV, wanted, ", ".join(CAFFES + (NO_CAFFE,))))
     return [RUNTIMES[wanted]] + [RUNTIMES[key] for key in CAFFES if key != wanted]
 
@@ -241,7 +241,6 @@ def choose_writer(backend: Optional[str], types: Optional[Iterable[str]]) -> Cho
         return Choice(None)
     if backend == "pycaffe":
         if not caffes:
-            from .errors import ConversionError
             raise ConversionError("the pycaffe backend needs a Caffe environment: run `make env` (or "
                                   "`make env CAFFE=source`), or pass --backend native")
         return Choice((fitting or caffes)[0])

@@ -58,6 +58,24 @@ def _parse_names(names) -> Optional[List[str]]:
     return names or None
 
 
+def _named_in(graph_def, names: Optional[List[str]], renames: Dict[str, str]) -> Optional[List[str]]:
+    """--inputs/--outputs as the user gives them -> the graph's own names: messages name nodes as
+    `_rename` does (without the call scopes), and those names are accepted back."""
+    if names is None:
+        return None
+    own = {n.name for n in graph_def.node}
+    shown: Dict[str, List[str]] = {}
+    for n in graph_def.node:
+        shown.setdefault(renames.get(n.name) or CALL_PREFIX.sub("", n.name), []).append(n.name)
+    found = []
+    for name in names:
+        node = split_input(name)[0]
+        if node not in own and len(shown.get(node, [])) == 1:
+            name = shown[node][0] + name[len(node):]
+        found.append(name)
+    return found
+
+
 def load_graph(src, inputs=None, outputs=None, signature=None, input_shape=None):
     """Load a checkpoint prefix (TF1 or tflearn: `X.meta` + `X.index` + `X.data-*`), a frozen
     GraphDef `.pb` or a SavedModel folder, and return (frozen, pruned inference GraphDef,
@@ -78,7 +96,8 @@ def freeze(source: GraphSource, path, inputs, outputs, input_shape):
     """A loaded source -> (frozen, pruned inference GraphDef, input and output tensor names),
     checked against the source run with training flags off. Closes the source's session."""
     try:
-        inputs, outputs = _parse_names(inputs), _parse_names(outputs)
+        inputs = _named_in(source.graph_def, _parse_names(inputs), source.variable_names)
+        outputs = _named_in(source.graph_def, _parse_names(outputs), source.variable_names)
         resolved, flags = resolve_training(source.graph_def, [node_of_tensor(i) for i in inputs or []])
         if inputs is None and source.inputs is not None:
             inputs = [i for i in source.inputs if node_of_tensor(i) not in flags]
