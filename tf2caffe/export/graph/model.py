@@ -10,7 +10,7 @@ from ... import __version__, intermediate
 from ...errors import ConversionError, UnsupportedError
 from ...measure import relative_error
 from .float64 import float64_run
-from .freeze import freeze
+from .freeze import freeze_with_cuts
 from .inference import CONTROL_FLOW_OPS
 from .load import load_source, model_stem
 from .mapper import Mapper
@@ -91,11 +91,13 @@ def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input
     """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`."""
     given = outputs is not None
     source = load_source(Path(src), signature)
-    graph_def, inputs, outputs = freeze(source, Path(src), inputs, outputs, input_shape)
+    graph_def, inputs, outputs, reference = freeze_with_cuts(source, Path(src), inputs, outputs, input_shape,
+                                                             seed, user_input)
     try:
         return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), source.framework, src,
-                                     input_shape=input_shape, per_layer=per_layer, seed=seed,
-                                     user_input=user_input, layer_names=source.layer_tensors)
+                                     input_shape=None if reference else input_shape, per_layer=per_layer,
+                                     seed=seed, user_input=user_input, reference=reference,
+                                     layer_names=source.layer_tensors)
     except UnsupportedError as error:
         if not given:  # a wrongly guessed output (a loss) shows up as unsupported ops
             error.args = ("%s (output found: %s; pass --outputs to convert another tensor)" % (
