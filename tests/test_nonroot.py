@@ -19,8 +19,7 @@ from test_packaging import AS_NOBODY, NOBODY, SYSTEM_PYTHON, open_to_others
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tflearn_convnet_mnist"
 
-pytestmark = [pytest.mark.slow, pytest.mark.chroot,
-              pytest.mark.skipif(os.geteuid() != 0, reason="makes a shared cache as root")]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switches to nobody, as root")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +57,8 @@ def make_as_nobody(checkout: Path, cache: Path) -> subprocess.CompletedProcess:
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
 
 
+@pytest.mark.slow
+@pytest.mark.chroot
 def test_make_as_nobody_uses_the_caffe_root_root_built(shared_cache, tmp_path):
     if subprocess.call(AS_NOBODY + ["unshare", "-rm", "true"], stderr=subprocess.DEVNULL):
         pytest.skip("this kernel does not allow unprivileged user namespaces")
@@ -69,6 +70,7 @@ def test_make_as_nobody_uses_the_caffe_root_root_built(shared_cache, tmp_path):
     assert "pycaffe-bullseye" in made.stdout and "OpenCV" in made.stdout
 
 
+@pytest.mark.slow
 def test_make_as_nobody_without_a_caffe_root_says_so_and_converts_natively(shared_cache, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -81,3 +83,17 @@ def test_make_as_nobody_without_a_caffe_root_says_so_and_converts_natively(share
     assert "is not built, and building it (debootstrap, chroot) needs root" in made.stdout
     assert "backend: native (no Caffe environment found)" in made.stdout
     assert "verified in OpenCV only" in made.stdout
+
+
+def test_environment_steps_as_nobody_say_what_needs_root(tmp_path):
+    """`make env` / `make test`'s steps for the Caffes, with nothing built: one line each, no
+    traceback, success (the conversions then use the native backend and OpenCV)."""
+    open_to_others(tmp_path)
+    os.chown(str(tmp_path), NOBODY, NOBODY)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TF2CAFFE_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(PROJECT_ROOT)}
+    for command, said in [("caffe", "is not built, and building it (debootstrap, chroot) needs root"),
+                          ("caffe-source", "caffe source: not built, and building it (apt-get) needs root")]:
+        ran = subprocess.run(AS_NOBODY + [SYSTEM_PYTHON, "-m", "tf2caffe.environments", command], cwd=str(tmp_path),
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        assert ran.returncode == 0 and said in ran.stdout and "Traceback" not in ran.stdout, ran.stdout

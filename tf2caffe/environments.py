@@ -560,8 +560,12 @@ def main(args: Sequence[str] | None = None) -> int:
     if ns.command == "caffe-root":
         print(ensure_caffe_root(_stderr))
     if ns.command == "caffe-source":
-        from .source_caffe import source_caffe_python  # it imports this module
-        print(source_caffe_python(_stderr))
+        from .source_caffe import built_source_caffe_python, source_caffe_python  # it imports this module
+        if _is_root() or built_source_caffe_python() is not None:
+            print(source_caffe_python(_stderr))
+        else:
+            _stderr("caffe source: not built, and building it (apt-get) needs root: `make env CAFFE=source` "
+                    "as root builds it; tf2caffe uses the other runtimes")
     if ns.command == "caffe-run":
         cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
         if not cmd:
