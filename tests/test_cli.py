@@ -353,3 +353,17 @@ def test_degenerate_reference_advice_works(tmp_path):
                           "--no-verify")
     assert unverified.returncode == 0, unverified.stderr
     assert (tmp_path / "c" / "dead.caffemodel").exists()
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check-only", "convert"])
+def test_a_lambda_is_refused_with_the_other_unsupported_layers(tmp_path, capsys, check):
+    import keras
+    inputs = keras.Input((6, 4))
+    x = keras.layers.LSTM(3, return_sequences=True, name="recurrent")(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2, name="double")(x)
+    keras.Model(inputs, x).save(str(tmp_path / "code.keras"))
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["convert", str(tmp_path / "code.keras")] + (["--check-only"] if check else ["-o", str(tmp_path / "o")]))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'double' (Lambda)" in err and "'recurrent' (LSTM)" in err, err
