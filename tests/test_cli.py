@@ -367,3 +367,18 @@ def test_a_lambda_is_refused_with_the_other_unsupported_layers(tmp_path, capsys,
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'double' (Lambda)" in err and "'recurrent' (LSTM)" in err, err
+
+
+@pytest.mark.chroot
+@pytest.mark.slow
+def test_the_readmes_python_api_example_runs(tmp_path, monkeypatch):
+    text = (PROJECT_ROOT / "README.md").read_text()
+    block = text.split("<!-- api-example:start -->")[1].split("<!-- api-example:end -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    (tmp_path / "architectures").symlink_to(PROJECT_ROOT / "architectures")
+    small_cnn().save(str(tmp_path / "model.keras"))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["converted"].status == 0
+    assert (tmp_path / "build" / "digits" / "digits.caffemodel").exists()
