@@ -124,7 +124,9 @@ def test_build_context_holds_only_the_package_and_stage_files(engine, tmp_path):
     files = {os.path.relpath(path, "/context") for path in listing}
     stage_files = {"export/requirements.txt", "tf2caffe/recipes/debian-packages.txt", "import/entrypoint.sh"}
     assert stage_files | {"tf2caffe/import_stage.py", "tf2caffe/cli.py"} <= files
-    assert all(f.startswith("tf2caffe/") and f.endswith(".py") for f in files - stage_files), sorted(files)
+    # The rest: the package, its code and the environments' recipes (package data).
+    assert all(f.startswith("tf2caffe/") and (f.endswith(".py") or f.startswith("tf2caffe/recipes/"))
+               for f in files - stage_files), sorted(files)
 
 
 def picked_engine(env) -> str:
