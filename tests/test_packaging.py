@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import intermediate_models
 import tf2caffe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,12 @@ def test_without_extras_one_line_names_the_extra(wheel, tmp_path):
     assert refused.returncode == 2
     assert refused.stderr == ("tf2caffe: error: the Python module 'tensorflow' is not installed: "
                               "pip install 'tf2caffe[tensorflow]' (in a checkout: make env)\n")
+    # An intermediate imports natively without TensorFlow; verifying it without a Caffe needs OpenCV.
+    h5 = intermediate_models.write(intermediate_models.mlp(), tmp_path)
+    unverified = run([bin_folder / "tf2caffe", "import", h5, "-o", tmp_path / "out"], cwd=str(tmp_path),
+                     env=dict(os.environ, TF2CAFFE_CAFFE="none"))
+    assert unverified.returncode == 2 and unverified.stderr.count("\n") == 1
+    assert "pip install 'tf2caffe[opencv]'" in unverified.stderr, unverified.stderr
 
 
 @pytest.mark.slow
