@@ -24,7 +24,7 @@ OUT         ?= build/converted
 
 TF2CAFFE := .venv/bin/tf2caffe
 REQS     := requirements.txt requirements-no-deps.txt export/requirements.txt
-DEBS     := import/debian-packages.txt
+DEBS     := tf2caffe/recipes/debian-packages.txt
 ENVS_PY  := tf2caffe/environments.py
 
 # The Caffe that writes converted nets (tf2caffe/runtimes.py; each net is also verified in the

@@ -432,7 +432,7 @@ BAD_INPUTS = [
     row("report_not_writable", report_not_writable, "{tmp}/locked/report.json: cannot write the report: "
         "permission denied", run=as_user),
     # --- the export side
-    row("keras_lambda_layer", keras_with_lambda, "{keras}: Lambda layer(s) 'double'", "never runs"),
+    row("keras_lambda_layer", keras_with_lambda, "{keras}: 1 unsupported layer(s): 'double' (Lambda)", "never runs"),
     row("keras_corrupt_zip", corrupt_keras_zip, "{keras}: not a valid .keras file"),
     row("export_output_is_a_file", export_to_a_file, "{out}/model.caffemodel: output folder exists and is not a directory"),
     row("export_output_not_writable", export_not_writable, "{out}/digits.h5: cannot write: Permission denied",

@@ -268,3 +268,139 @@ def test_check_only_lists_export_and_import_refusals_together(tmp_path, capsys):
     assert status == 2
     assert "'layer_norm' (LayerNormalization)" in stdout
     assert "'swap' (permute)" in stdout
+
+
+def test_check_only_needs_no_output_folder(tmp_path, capsys):
+    small_cnn().save(str(tmp_path / "cnn.keras"))
+    assert cli.main(["convert", str(tmp_path / "cnn.keras"), "--check-only"]) == 0
+    assert "can be converted" in capsys.readouterr().out
+
+
+def test_convert_without_output_folder_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["convert", str(tmp_path / "cnn.keras")])
+    assert refused.value.code == 2
+    assert "the following arguments are required: -o/--output" in capsys.readouterr().err
+
+
+def test_plain_convert_refuses_with_every_unsupported_layer_as_check_only_does(tmp_path):
+    """The export's refusal and the import side's, in the one line of a plain convert."""
+    import keras
+    from tf2caffe.api import convert
+    from tf2caffe.errors import UnsupportedError
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.LayerNormalization(axis=1, name="layer_norm")(x)  # refused on export
+    x = keras.layers.Conv2D(4, 1)(keras.layers.Permute((2, 1, 3), name="swap")(x))  # bvlc: refused on import
+    keras.Model(inputs, x).save(str(tmp_path / "two_bad.keras"))
+    with pytest.raises(UnsupportedError) as refused:
+        convert(str(tmp_path / "two_bad.keras"), str(tmp_path / "out"), backend="native")
+    assert "'layer_norm' (LayerNormalization)" in str(refused.value)
+    assert "'swap' (permute)" in str(refused.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def two_input_cnn():
+    import keras
+    keras.utils.set_random_seed(0)
+    image, mask = keras.Input((6, 6, 3), name="image"), keras.Input((6, 6, 3), name="mask")
+    x = keras.layers.Add()([keras.layers.Conv2D(4, 3)(image), keras.layers.Conv2D(4, 3)(mask)])
+    return keras.Model([image, mask], keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+
+
+def test_reference_input_npz_gives_each_input_its_arrays_and_verifies(tmp_path, capsys):
+    import numpy as np
+    from tf2caffe.api import convert
+    two_input_cnn().save(str(tmp_path / "two.keras"))
+    rng = np.random.default_rng(3)
+    user = {"image": rng.uniform(0, 1, (2, 6, 6, 3)).astype(np.float32),
+            "mask": rng.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32)}
+    np.savez(str(tmp_path / "x.npz"), **user)
+    converted = convert(str(tmp_path / "two.keras"), str(tmp_path / "out"), backend="native",
+                        reference_input=str(tmp_path / "x.npz"))
+    assert converted.status == 0 and max(converted.runtimes()["OpenCV"].values()) <= 1e-4
+    model = intermediate.read(converted.h5)
+    for name, value in user.items():
+        batch = model.reference_input(name)
+        assert batch.shape == (3, 6, 6, 3) and np.array_equal(batch[1:], value)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"image": (1, 6, 6, 3), "masks": (1, 6, 6, 3)},
+     "--reference-input has an array 'masks', but the model has no such input (its inputs: image, mask)"),
+    ({"image": (1, 6, 6, 3)}, "--reference-input has no array for input(s) 'mask' (it has 'image')"),
+    ({"image": (1, 6, 6, 3), "mask": (1, 5, 6, 3)},
+     "--reference-input['mask'] has shape [1, 5, 6, 3]; the model's input 'mask' is [None, 6, 6, 3]"),
+    ({"image": (1, 6, 6, 3), "mask": (2, 6, 6, 3)},
+     "--reference-input has different batch sizes per input: 'image' 1, 'mask' 2"),
+    (None, "2 inputs (image, mask): --reference-input X.npy is for a single input; give an .npz"),
+])
+def test_reference_input_of_wrong_names_or_shapes_is_one_line(tmp_path, capsys, arrays, message):
+    import numpy as np
+    two_input_cnn().save(str(tmp_path / "two.keras"))
+    if arrays is None:
+        path = tmp_path / "x.npy"
+        np.save(str(path), np.zeros((1, 6, 6, 3), np.float32))
+    else:
+        path = tmp_path / "x.npz"
+        np.savez(str(path), **{name: np.zeros(shape, np.float32) for name, shape in arrays.items()})
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["export", str(tmp_path / "two.keras"), "-o", str(tmp_path / "out"), "--reference-input", str(path)])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_degenerate_reference_advice_works(tmp_path):
+    """A net whose output is 0 for every seeded input (a ReLU behind a large negative bias): the
+    refusal's two suggestions, --reference-input with inputs that reach it and --no-verify, both
+    convert it."""
+    import keras
+    import numpy as np
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, activation="relu", name="dense")
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.ones((4, 3), np.float32) * [[1, 2, 3]], np.full(3, -50, np.float32)])
+    model.save(str(tmp_path / "dead.keras"))
+    refused = tf2caffe("convert", tmp_path / "dead.keras", "-o", tmp_path / "a", "--backend", "native")
+    assert refused.returncode == 2 and "degenerate" in refused.stderr
+    assert "--reference-input X.npy or X.npz" in refused.stderr and "--no-verify" in refused.stderr
+    np.save(str(tmp_path / "x.npy"), np.full((2, 4), 20, np.float32))
+    verified = tf2caffe("convert", tmp_path / "dead.keras", "-o", tmp_path / "b", "--backend", "native",
+                        "--reference-input", tmp_path / "x.npy")
+    assert verified.returncode == 0, verified.stderr
+    assert "max relative error: OpenCV" in verified.stdout
+    unverified = tf2caffe("convert", tmp_path / "dead.keras", "-o", tmp_path / "c", "--backend", "native",
+                          "--no-verify")
+    assert unverified.returncode == 0, unverified.stderr
+    assert (tmp_path / "c" / "dead.caffemodel").exists()
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check-only", "convert"])
+def test_a_lambda_is_refused_with_the_other_unsupported_layers(tmp_path, capsys, check):
+    import keras
+    inputs = keras.Input((6, 4))
+    x = keras.layers.LSTM(3, return_sequences=True, name="recurrent")(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2, name="double")(x)
+    keras.Model(inputs, x).save(str(tmp_path / "code.keras"))
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["convert", str(tmp_path / "code.keras")] + (["--check-only"] if check else ["-o", str(tmp_path / "o")]))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'double' (Lambda)" in err and "'recurrent' (LSTM)" in err, err
+
+
+@pytest.mark.chroot
+@pytest.mark.slow
+def test_the_readmes_python_api_example_runs(tmp_path, monkeypatch):
+    text = (PROJECT_ROOT / "README.md").read_text()
+    block = text.split("<!-- api-example:start -->")[1].split("<!-- api-example:end -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    (tmp_path / "architectures").symlink_to(PROJECT_ROOT / "architectures")
+    small_cnn().save(str(tmp_path / "model.keras"))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["converted"].status == 0
+    assert (tmp_path / "build" / "digits" / "digits.caffemodel").exists()

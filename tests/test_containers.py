@@ -98,9 +98,9 @@ def test_images_are_lean_and_offline(engine):
 
 def test_import_image_has_the_packages_of_the_caffe_root(engine):
     """The listed packages at their pinned versions, and nothing else: the same Debian packages as in
-    the local Caffe root (both are a minimal bullseye plus import/debian-packages.txt)."""
+    the local Caffe root (both are a minimal bullseye plus tf2caffe/recipes/debian-packages.txt)."""
     listed = [line.split("#")[0].strip()
-              for line in (PROJECT_ROOT / "import" / "debian-packages.txt").read_text().splitlines()]
+              for line in (PROJECT_ROOT / "tf2caffe" / "recipes" / "debian-packages.txt").read_text().splitlines()]
     query = ["dpkg-query", "-W", "-f", "${Package}=${Version}\n"]
     installed = set(in_image(engine, "import", *query).split())
     assert {entry for entry in listed if entry} <= installed
@@ -122,9 +122,11 @@ def test_build_context_holds_only_the_package_and_stage_files(engine, tmp_path):
         subprocess.call(containers.engine_command(engine) + ["rmi", "-f", tag], stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL)
     files = {os.path.relpath(path, "/context") for path in listing}
-    stage_files = {"export/requirements.txt", "import/debian-packages.txt", "import/entrypoint.sh"}
+    stage_files = {"export/requirements.txt", "tf2caffe/recipes/debian-packages.txt", "import/entrypoint.sh"}
     assert stage_files | {"tf2caffe/import_stage.py", "tf2caffe/cli.py"} <= files
-    assert all(f.startswith("tf2caffe/") and f.endswith(".py") for f in files - stage_files), sorted(files)
+    # The rest: the package, its code and the environments' recipes (package data).
+    assert all(f.startswith("tf2caffe/") and (f.endswith(".py") or f.startswith("tf2caffe/recipes/"))
+               for f in files - stage_files), sorted(files)
 
 
 def picked_engine(env) -> str:

@@ -110,8 +110,22 @@ def test_legacy_h5_exports_and_is_never_overwritten(tmp_path):
 def test_lambda_layers_are_refused_by_name(tmp_path):
     model = functional(lambda x: layers.Lambda(lambda t: t * 2, name="double")(x))
     model.save(tmp_path / "code.keras")
-    with pytest.raises(ConversionError, match=r"code\.keras: Lambda layer\(s\) 'double'"):
+    with pytest.raises(ConversionError, match=r"code\.keras: 1 unsupported layer\(s\): 'double' \(Lambda\): holds "
+                                              r"Python code"):
         export(tmp_path / "code.keras", tmp_path)
+
+
+def test_a_lambda_is_refused_with_every_layer_whose_class_has_no_mapping(tmp_path):
+    """The model is never loaded (it would run the Lambda's code): the others come from its config."""
+    inputs = keras.Input((6, 4))
+    x = layers.LSTM(3, return_sequences=True, name="recurrent")(inputs)
+    x = layers.Lambda(lambda t: t * 2, name="double")(x)
+    keras.Model(inputs, layers.Dense(2, name="head")(x)).save(tmp_path / "code.keras")
+    with pytest.raises(ConversionError) as refused:
+        export(tmp_path / "code.keras", tmp_path)
+    message = str(refused.value)
+    assert "2 unsupported layer(s)" in message and "'double' (Lambda)" in message
+    assert "'recurrent' (LSTM): layer class LSTM is not supported" in message and "'head'" not in message
 
 
 def bad_source(folder, kind):

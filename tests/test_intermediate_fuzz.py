@@ -123,7 +123,7 @@ def corruptions(names: List[str]):
 
 def read_in_the_chroot(paths: List[Path]) -> dict:
     command = environments.caffe_command(
-        ["python3", "tests/read_each_in_a_child.py", *map(str, paths)], environments.PROJECT_ROOT,
+        ["python3", "tests/read_each_in_a_child.py", *map(str, paths)],
         [str(paths[0].parent)], str(PROJECT_ROOT))
     completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                universal_newlines=True, timeout=600)

@@ -273,9 +273,15 @@ def convert(src, out_dir, *, prototxt: Optional[str] = None, profile: str = DEFA
     snippets read. `per_layer=False` records no per-layer activations (very large models).
     `deploy`: as for `import_`; `export_options`: those of `export`."""
 
-    get_profile(profile)
+    target = get_profile(profile)
     refuse_what_cannot_work(backend, prototxt, deploy)  # before exporting
-    h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
+    try:
+        h5 = export(src, out_dir, per_layer=per_layer, debug=debug, **export_options).h5
+    except UnsupportedError as refused:
+        if refused.partial_model is None:
+            raise
+        # The import side's refusals of the rest too: every layer at once, as `check` lists them.
+        raise UnsupportedError(every_problem(refused, target), failures=refused.failures) from refused
     report = report or os.path.join(str(out_dir), os.path.splitext(os.path.basename(h5))[0] + ".report.json")
     imported = import_([h5], out_dir, prototxt=prototxt, profile=profile, tolerance=tolerance,
                        per_layer=per_layer, backend=backend, verify=verify, debug=debug, quiet=True,
@@ -319,10 +325,17 @@ def check(src, *, profile: str = DEFAULT_PROFILE, debug: bool = False, **export_
             if refused.partial_model is None:
                 raise
             model = refused.partial_model
-            problems = refused.problems + emit.unsupported_layers(model, target)
+            problems = every_problem(refused, target)
         else:
             try:
                 problems = emit.unsupported_layers(model, target)
             finally:
                 model.file.close()
     return CheckReport(model.name, len(model.layers), target.name, problems)
+
+
+def every_problem(refused: UnsupportedError, target) -> List[str]:
+    """The export's refusals, and those the import side makes of the rest (`refused.partial_model`,
+    the refused layers standing in as its inputs)."""
+    from .caffe import emit
+    return refused.problems + emit.unsupported_layers(refused.partial_model, target)

@@ -25,15 +25,16 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC",
                    help="architectures/<name>.py (tflearn), a .keras or Keras .h5 file, a SavedModel "
                         "folder, a frozen .pb, or a TF1/tflearn checkpoint prefix")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("-o", "--output", metavar="DIR", help="output folder (required unless --check-only)")
     p.add_argument("--checkpoint", metavar="CKPT", help="weights to load (tflearn/TF1 checkpoint prefix)")
     p.add_argument("--input-shape", type=input_shape, metavar="N,H,W,C",
                    help="input shape of the reference batch (NHWC)")
     p.add_argument("--per-layer", action="store_true",
                    help="store every layer's reference activation (per-layer verification)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference input (default: 0)")
-    p.add_argument("--reference-input", metavar="X.npy",
-                   help="your own inputs (NHWC), verified too: appended to the seeded sample")
+    p.add_argument("--reference-input", metavar="X.npy|X.npz",
+                   help="your own inputs (NHWC), verified too: appended to the seeded sample; .npy for a "
+                        "single input, .npz with one array per input name")
     p.add_argument("--ssd-config", metavar="PIPELINE.config",
                    help="a TF Object Detection API SSD: the pipeline config whose ssd { ... } block "
                         "(anchors, box coder, post-processing) follows the model's two outputs (box "
@@ -97,7 +98,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    arguments = parser()
+    args = arguments.parse_args(argv)
+    if args.output is None and not getattr(args, "check_only", False):
+        arguments.error("the following arguments are required: -o/--output")
     with reported_errors(args.debug, PROG):
         if args.command != "export":
             get_profile(args.profile)  # an unknown name is refused before any work

@@ -4,7 +4,7 @@
   ``requirements.txt``, cached under ``cache_dir()`` and linked into the
   project as a small ``<project>/.venv``.
 * The Caffe side (import stage) is a Debian bullseye root filesystem with
-  ``python3-caffe`` (``import/debian-packages.txt``); commands run in it with
+  ``python3-caffe`` (``tf2caffe/recipes/debian-packages.txt``); commands run in it with
   ``chroot`` inside a private mount namespace.
 
 Standard library only: this module runs on the plain system ``python3``
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import shlex
@@ -26,7 +27,12 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+# A checkout's root; for a pip-installed tf2caffe, its site-packages.
+PROJECT_ROOT = PACKAGE_DIR.parent
+# What the environments are built from, shipped in the package: their cache keys are then the same
+# for a checkout and for a pip-installed tf2caffe, which can use the environments a checkout built.
+RECIPES = PACKAGE_DIR / "recipes"
 
 # Bump these when the build recipe changes in a way the input files do not
 # show: the cache key changes and a fresh environment is built next to the old.
@@ -166,8 +172,7 @@ def apt_install_host(packages: Sequence[str], progress: Progress, log: Path) -> 
 
 # ---------------------------------------------------------------- Caffe root
 
-def _packages_file(project_root: Path = PROJECT_ROOT) -> Path:
-    return project_root / "import" / "debian-packages.txt"
+PACKAGES_FILE = RECIPES / "debian-packages.txt"
 
 
 def read_packages(path: Path) -> list[str]:
@@ -195,8 +200,8 @@ def debian_mirror() -> str:
     return DEFAULT_MIRROR
 
 
-def _caffe_root_path(project_root: Path = PROJECT_ROOT) -> Path:
-    key = cache_key(_packages_file(project_root).read_bytes(), CAFFE_RECIPE.encode())
+def _caffe_root_path() -> Path:
+    key = cache_key(PACKAGES_FILE.read_bytes(), CAFFE_RECIPE.encode())
     return cache_dir() / f"caffe-root-{key}"
 
 
@@ -207,6 +212,16 @@ def built_caffe_root() -> Path | None:
     return final if final.is_dir() else None
 
 
+def caffe_root_unusable() -> str:
+    """"" if this user can use the Caffe root, building it if needed; else why not, in words."""
+    if _is_root():
+        return ""
+    if built_caffe_root() is None:
+        return (f"{_caffe_root_path()} is not built, and building it (debootstrap, chroot) needs root: "
+                "`make env` as root builds it (with TF2CAFFE_CACHE a shared folder, for every user)")
+    return userns_error()
+
+
 def _chroot_env(root: Path) -> list[str]:
     return ["chroot", str(root), "/usr/bin/env", "-i",
             "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C",
@@ -214,7 +229,7 @@ def _chroot_env(root: Path) -> list[str]:
 
 
 def ensure_caffe_root(progress: Progress = print) -> Path:
-    """Return a bullseye root filesystem with import/debian-packages.txt installed.
+    """Return a bullseye root filesystem with tf2caffe/recipes/debian-packages.txt installed.
 
     Built once into ``<final>.partial`` under a lock, then renamed, so a
     half-built root never looks ready; a ``.partial`` left by a killed run
@@ -226,7 +241,7 @@ def ensure_caffe_root(progress: Progress = print) -> Path:
     if not _is_root():
         raise RuntimeError(f"the Caffe root {final} does not exist yet and "
                            f"building it (debootstrap, chroot) needs root")
-    packages = read_packages(_packages_file())
+    packages = read_packages(PACKAGES_FILE)
     with locked(final.with_name(final.name + ".lock"), progress):
         if final.is_dir():  # another process built it while we waited
             return final
@@ -292,24 +307,32 @@ def _bind_dirs(dirs: Iterable[str]) -> list[str]:
     return kept
 
 
-def caffe_command(argv: Sequence[str], project_root: str | os.PathLike = PROJECT_ROOT,
-                  paths: Iterable[str | os.PathLike] = (),
+# Where the root's view is assembled: an empty directory of the root itself (of every Debian
+# root), so that nothing is left on the host.
+VIEW = "/mnt"
+
+
+def caffe_command(argv: Sequence[str], paths: Iterable[str | os.PathLike] = (),
                   cwd: str | os.PathLike | None = None,
                   root: str | os.PathLike | None = None) -> list[str]:
     """Argv for subprocess that runs ``argv`` inside the Caffe root.
 
-    ``project_root``, ``cwd`` and the directories of all ``paths`` are
-    bind-mounted at the same absolute path inside the root, so file names
-    mean the same thing on both sides.  A path that is an existing directory
-    is bound itself; otherwise its parent is bound (created first, so output
-    files and output directories can be written).  The mounts live in a
-    private mount namespace (``unshare -m``) and vanish with the command.
-    Stdin/stdout/stderr and the exit status pass through.
+    This package's folder (on ``PYTHONPATH``, alone: a pip-installed tf2caffe's site-packages
+    would shadow the root's numpy), ``cwd`` and the directories of all ``paths`` are
+    bind-mounted at the same absolute path inside the root, so file names mean the same thing
+    on both sides.  A path that is an existing directory is bound itself; otherwise its parent
+    is bound (created first, so output files and output directories can be written).
+
+    The root itself is never written: its view is assembled on a tmpfs (at ``VIEW`` in the
+    root), its top-level folders bound in and the mount points made there.  So a root that root
+    built in a shared cache serves any user, in an unprivileged user namespace
+    (``unshare -rm``; ``userns_error`` says whether this kernel allows one).  The mounts live in
+    a private mount namespace and vanish with the command.  Stdin/stdout/stderr and the exit
+    status pass through.
     """
     root_path = os.path.realpath(root if root is not None else ensure_caffe_root())
     cwd = os.path.realpath(cwd if cwd is not None else os.getcwd())
-    project_root = os.path.realpath(project_root)
-    dirs = [project_root, cwd]
+    dirs = [str(PACKAGE_DIR), cwd]
     for p in map(os.path.abspath, paths):
         # A symlink's own directory and its target's: both names then work.
         for name in {p, os.path.realpath(p)}:
@@ -318,27 +341,60 @@ def caffe_command(argv: Sequence[str], project_root: str | os.PathLike = PROJECT
             else:
                 os.makedirs(os.path.dirname(name), exist_ok=True)
                 dirs.append(os.path.dirname(name))
+    binds = _bind_dirs(dirs)
 
     env = ["PATH=/usr/bin:/bin", "HOME=/tmp", "MPLCONFIGDIR=/tmp", "GLOG_minloglevel=2",
-           f"PYTHONPATH={project_root}", "PYTHONDONTWRITEBYTECODE=1"]
+           f"PYTHONPATH={PACKAGE_DIR.parent}", "PYTHONDONTWRITEBYTECODE=1"]
     env += [f"{k}={os.environ[k]}" for k in ("TERM", "COLUMNS") if k in os.environ]
 
     q = shlex.quote
-    lines = ["set -e"]
-    for d in _bind_dirs(dirs):
-        # Unprivileged (unshare -r) runs cannot create mount points in the
-        # root-owned tree: they rely on a root run having made them.
-        hint = f"tf2caffe: cannot create the mount point {d} in the Caffe root (run once as root)"
-        lines.append(f"mkdir -p {q(root_path + d)} || {{ echo {q(hint)} >&2; exit 1; }}")
+    view = root_path + VIEW
+    lines = ["set -e", f"mount -t tmpfs tf2caffe-view {q(view)}"]
+    # Top-level folders that hold a bound directory are empty ones of the view (/tmp, /home,
+    # /work ...: the root's have nothing the Caffe side needs); the others are the root's.
+    hosting = {Path(d).parts[1] for d in binds} | {VIEW.strip("/"), "tmp"}
+    for entry in sorted(os.listdir(root_path)):
+        source, target = os.path.join(root_path, entry), os.path.join(view, entry)
+        if os.path.islink(source):
+            lines.append(f"ln -s {q(os.readlink(source))} {q(target)}")
+        elif not os.path.isdir(source):
+            continue
+        elif entry in hosting:
+            lines.append(f"mkdir -m 1777 {q(target)}")
+        else:
+            lines.append(f"mkdir {q(target)} && mount --rbind {q(source)} {q(target)}")
+    for d in binds:
         # --rbind: a file system mounted below d (an output folder on its own disk) shows too.
-        lines.append(f"mount --rbind {q(d)} {q(root_path + d)}")
+        lines.append(f"mkdir -p {q(view + d)} && mount --rbind {q(d)} {q(view + d)}")
     inner = f'cd {q(cwd)} && exec "$@"'
     # argv travels as positional parameters ("$@") through both shells, so
     # it needs no quoting at all.
-    lines.append(f"exec chroot {q(root_path)} env -i {' '.join(q(e) for e in env)} "
+    lines.append(f"exec chroot {q(view)} env -i {' '.join(q(e) for e in env)} "
                  f"sh -c {q(inner)} sh \"$@\"")
     unshare = ["unshare", "-m"] if _is_root() else ["unshare", "-rm"]
     return unshare + ["sh", "-c", "\n".join(lines), "sh", *argv]
+
+
+def userns_error() -> str:
+    """"" if this user can enter the Caffe root (root, or a kernel that allows unprivileged user
+    namespaces), else why not."""
+    if _is_root():
+        return ""
+    return _unprivileged_unshare_error()
+
+
+@functools.lru_cache(maxsize=None)
+def _unprivileged_unshare_error() -> str:
+    try:
+        tried = subprocess.run(["unshare", "-rm", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               universal_newlines=True)
+    except OSError as error:
+        return f"unshare: {error.strerror}"
+    if tried.returncode == 0:
+        return ""
+    return ("this kernel does not allow unprivileged user namespaces (`unshare -rm` failed: "
+            f"{tried.stderr.strip() or 'exit %d' % tried.returncode}), which a user other than root "
+            "needs to enter the Caffe root")
 
 
 # ---------------------------------------------------------------- TF venv
@@ -447,7 +503,8 @@ def ensure_tf_env(project_root: str | os.PathLike = PROJECT_ROOT,
 
     if current():
         return python
-    with locked(heavy.with_name(heavy.name + ".lock"), progress):
+    # A lock of the checkout's own (the cache may be a shared one this user cannot write).
+    with locked(project_root / ".venv.lock", progress):
         if current():
             return python
         with timed_step(progress, f"tf venv: linking {dot}"):
@@ -495,18 +552,25 @@ def main(args: Sequence[str] | None = None) -> int:
     if ns.command in ("tf", "all"):
         ensure_tf_env(PROJECT_ROOT, say)
     if ns.command in ("caffe", "all"):
-        ensure_caffe_root(say)
+        unusable = caffe_root_unusable()
+        if unusable:
+            say(f"caffe root: {unusable}; tf2caffe writes natively and verifies in OpenCV")
+        else:
+            ensure_caffe_root(say)
     if ns.command == "caffe-root":
         print(ensure_caffe_root(_stderr))
     if ns.command == "caffe-source":
-        from .source_caffe import source_caffe_python  # it imports this module
-        print(source_caffe_python(_stderr))
+        from .source_caffe import built_source_caffe_python, source_caffe_python  # it imports this module
+        if _is_root() or built_source_caffe_python() is not None:
+            print(source_caffe_python(_stderr))
+        else:
+            _stderr("caffe source: not built, and building it (apt-get) needs root: `make env CAFFE=source` "
+                    "as root builds it; tf2caffe uses the other runtimes")
     if ns.command == "caffe-run":
         cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
         if not cmd:
             parser.error("caffe-run needs a command after --")
-        argv = caffe_command(cmd, PROJECT_ROOT, ns.bind, os.getcwd(),
-                             ensure_caffe_root(_stderr))
+        argv = caffe_command(cmd, ns.bind, os.getcwd(), ensure_caffe_root(_stderr))
         sys.stdout.flush()
         os.execvp(argv[0], argv)
     return 0

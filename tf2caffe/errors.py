@@ -78,9 +78,25 @@ class Unmappable(Exception):
     collect every layer's reason into one UnsupportedError."""
 
 
+# A module an optional part of tf2caffe needs -> the pip extra that installs it (pyproject.toml).
+EXTRA_OF_MODULE = {"tensorflow": "tensorflow", "keras": "tensorflow", "cv2": "opencv", "tflearn": "tflearn",
+                   "PIL": "tflearn"}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str:
+    """The one line for an optional dependency that is not installed, naming the extra; "" for
+    any other missing module (a bug, shown as a traceback)."""
+    module = (error.name or "").split(".")[0]
+    if module not in EXTRA_OF_MODULE:
+        return ""
+    return "the Python module '%s' is not installed: pip install 'tf2caffe[%s]' (in a checkout: make env)" % (
+        module, EXTRA_OF_MODULE[module])
+
+
 @contextlib.contextmanager
 def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
-    """Exit with one line and status 2 on a ConversionError (status 130 on Ctrl-C).
+    """Exit with one line and status 2 on a ConversionError or a missing optional dependency
+    (status 130 on Ctrl-C).
 
     With debug=True the exception propagates unchanged, traceback included.
     """
@@ -93,6 +109,11 @@ def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
     except ConversionError as error:
         message = " ".join(str(error).split())
         sys.stderr.write("%s: error: %s\n" % (prog, message))
+        sys.exit(2)
+    except ModuleNotFoundError as error:
+        if not missing_extra(error):
+            raise
+        sys.stderr.write("%s: error: %s\n" % (prog, missing_extra(error)))
         sys.exit(2)
     except KeyboardInterrupt as interrupt:
         _exit_interrupted(interrupt, prog)

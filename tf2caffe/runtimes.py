@@ -21,6 +21,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from . import interrupts
 from .atomic import atomic_file
+from .errors import ConversionError
 
 CAFFE_ENV = "TF2CAFFE_CAFFE"
 NO_CAFFE = "none"
@@ -60,7 +61,7 @@ class BullseyeCaffe(Runtime):
 
     def available(self) -> bool:
         from . import environments
-        return environments.built_caffe_root() is not None
+        return environments.built_caffe_root() is not None and not environments.userns_error()
 
     def layer_types(self) -> FrozenSet[str]:
         return _bullseye_layer_types()
@@ -68,7 +69,7 @@ class BullseyeCaffe(Runtime):
     def command(self, argv: Sequence[str], paths: Iterable[str], cwd: str) -> List[str]:
         """`python3 ARGV...` in the chroot, with `paths` (and cwd) visible at their real paths."""
         from . import environments
-        return environments.caffe_command(["python3", *argv], environments.PROJECT_ROOT, paths, cwd)
+        return environments.caffe_command(["python3", *argv], paths, cwd)
 
 
 @lru_cache(maxsize=None)
@@ -78,14 +79,18 @@ def _bullseye_layer_types() -> FrozenSet[str]:
     from . import environments
     root = environments.built_caffe_root()
     recorded = root.with_name(root.name + ".layer-types.txt")
-    if not recorded.exists():
-        listed = subprocess.run(BullseyeCaffe().command(["-c", LIST_LAYER_TYPES], [], os.getcwd()),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        if listed.returncode != 0 or not listed.stdout.split():
-            raise RuntimeError("cannot list the layer types of the Caffe in %s: %s" % (root, listed.stderr))
+    if recorded.exists():
+        return frozenset(recorded.read_text().split())
+    listed = subprocess.run(BullseyeCaffe().command(["-c", LIST_LAYER_TYPES], [], os.getcwd()),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if listed.returncode != 0 or not listed.stdout.split():
+        raise RuntimeError("cannot list the layer types of the Caffe in %s: %s" % (root, listed.stderr))
+    try:
         with atomic_file(str(recorded), mode="w") as out:
             out.write(listed.stdout)
-    return frozenset(recorded.read_text().split())
+    except ConversionError:
+        pass  # a shared cache this user cannot write: asked again next time
+    return frozenset(listed.stdout.split())
 
 
 class SourceCaffe(Runtime):
@@ -133,7 +138,6 @@ def caffe_order() -> List[Runtime]:
     if wanted == NO_CAFFE:
         return []
     if wanted not in CAFFES:
-        from .errors import ConversionError
         raise ConversionError("%s=%s: expected one of %s" % (CAFFE_ENV, wanted, ", ".join(CAFFES + (NO_CAFFE,))))
     return [RUNTIMES[wanted]] + [RUNTIMES[key] for key in CAFFES if key != wanted]
 
@@ -150,7 +154,7 @@ def available_runtimes() -> List[Runtime]:
 def why_opencv_only(types: Iterable[str]) -> str:
     """Why a net of `types` was verified in OpenCV alone, in words."""
     caffes = available_caffes()
-    return lacking(caffes, types) if caffes else "no Caffe environment found"
+    return lacking(caffes, types) if caffes else no_caffe()
 
 
 def types_per_file(files: Sequence[str], profile: str,
@@ -220,16 +224,23 @@ def choose_writer(backend: Optional[str], types: Optional[Iterable[str]]) -> Cho
         return Choice(None)
     if backend == "pycaffe":
         if not caffes:
-            from .errors import ConversionError
             raise ConversionError("the pycaffe backend needs a Caffe environment: run `make env` (or "
                                   "`make env CAFFE=source`), or pass --backend native")
         return Choice((fitting or caffes)[0])
     if not caffes:
-        return Choice(None, "no Caffe environment found")
+        return Choice(None, no_caffe())
     if fitting:
         return Choice(fitting[0], "the Caffe environment exists" if types is None
                       else "it has every layer type of the net")
     return Choice(None, lacking(caffes, types))
+
+
+def no_caffe() -> str:
+    """Why no Caffe is used, in words: none is built, or the one built cannot be entered."""
+    from . import environments
+    if environments.built_caffe_root() is not None and environments.userns_error():
+        return "no Caffe environment usable: %s" % environments.userns_error()
+    return "no Caffe environment found"
 
 
 def lacking(caffes: Sequence[Runtime], types: Iterable[str]) -> str:

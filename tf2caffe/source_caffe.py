@@ -7,12 +7,12 @@ PriorBox, DetectionOutput, Permute, Normalize, ReLU6, Upsample, ...), compiled o
 against Debian bookworm's libraries, into a venv ``<cache>/caffe-source-<key>`` whose
 ``bin/python`` imports ``caffe``.
 
-The recipe (import/source-caffe-*.txt and the PATCHES and CMAKE_FLAGS below):
+The recipe (tf2caffe/recipes/source-caffe-*.txt and the PATCHES and CMAKE_FLAGS below):
 
-1. apt-get the pinned build packages (import/source-caffe-packages.txt) that are missing;
+1. apt-get the pinned build packages (tf2caffe/recipes/source-caffe-packages.txt) that are missing;
 2. create the venv with Debian's /usr/bin/python3 (the Python whose headers python3-dev
-   ships) and pip install its pinned runtime (import/source-caffe-requirements.txt);
-3. pip download the sdist, its sha256 pinned (import/source-caffe-sdist.txt);
+   ships) and pip install its pinned runtime (tf2caffe/recipes/source-caffe-requirements.txt);
+3. pip download the sdist, its sha256 pinned (tf2caffe/recipes/source-caffe-sdist.txt);
 4. unpack, apply PATCHES, cmake + make (through ccache);
 5. copy ``python/caffe`` (with ``_caffe.so``) into the venv and list the layer types it knows
    in ``<venv>/layer-types.txt``.
@@ -31,15 +31,15 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .environments import (PROJECT_ROOT, Progress, apt_install_host, cache_dir, cache_key, du_mb, locked,
+from .environments import (RECIPES, Progress, apt_install_host, cache_dir, cache_key, du_mb, locked,
                            read_packages, remove_interrupted, run_logged, timed_step)
 
 # Bump when the recipe changes in a way that neither the input files nor PATCHES/CMAKE_FLAGS show.
 RECIPE = "caffe-source/2"
 
-PACKAGES_FILE = PROJECT_ROOT / "import" / "source-caffe-packages.txt"
-SDIST_FILE = PROJECT_ROOT / "import" / "source-caffe-sdist.txt"
-REQUIREMENTS_FILE = PROJECT_ROOT / "import" / "source-caffe-requirements.txt"
+PACKAGES_FILE = RECIPES / "source-caffe-packages.txt"
+SDIST_FILE = RECIPES / "source-caffe-sdist.txt"
+REQUIREMENTS_FILE = RECIPES / "source-caffe-requirements.txt"
 
 # The interpreter _caffe.so is compiled for: Debian's, whose headers python3-dev installs
 # (the python3 on PATH may be another build, e.g. pyenv's).

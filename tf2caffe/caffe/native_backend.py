@@ -60,8 +60,8 @@ class Native:
             net = opencv_check.load(prototxt, caffemodel)
         except ImportError:
             raise ConversionError("%s: the native backend verifies with OpenCV 4.x "
-                                  "(opencv-python-headless<5), which is not installed; pass --no-verify "
-                                  "to skip verification" % caffemodel) from None
+                                  "(opencv-python-headless<5), which is not installed: pip install 'tf2caffe[opencv]', "
+                                  "or pass --no-verify to skip verification" % caffemodel) from None
         return opencv_check.run(net, feeds, targets, prototxt)
 
     def deployed(self, *, model: Model, inputs: Dict[str, str], outputs: Dict[str, verify.Target], prototxt: str,

@@ -165,7 +165,8 @@ def check_not_degenerate(name: str, tf: np.ndarray, where: str) -> None:
     if spread <= DEGENERATE_SPREAD * scale:
         raise ConversionError("%s: the reference output of layer '%s' is degenerate (max - min = %.3g, "
                               "max |x| = %.3g): it cannot tell a correct conversion from a wrong one; "
-                              "export with a different input or seed" % (where, name, spread, scale))
+                              "verify on inputs that reach it (--reference-input X.npy or X.npz, real data) or "
+                              "write it unverified (--no-verify)" % (where, name, spread, scale))
 
 
 def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], compared: Dict[str, Target],

@@ -78,14 +78,26 @@ def _stored_config(path) -> dict:
         raise ConversionError("%s: the Keras model config is not valid JSON" % path)
 
 
+# Layer classes of a stored config that are structure, not layers to map.
+STRUCTURE_CLASSES = {"InputLayer", "Functional", "Sequential", "Model"}
+LAMBDA_REASON = "holds Python code, and tf2caffe never runs code from a model file; rebuild it with built-in layers"
+
+
 def _refuse_lambda_layers(path, config) -> None:
-    names = []
+    """A model with Lambda layers is never loaded (that would run their code): refused, with every
+    Lambda and every other layer whose class has no mapping, as read from the stored config (a
+    layer refused for its options shows once the Lambdas are gone)."""
+    lambdas, unmapped = [], []
 
     def visit(node):
         if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                inner = node.get("config") or {}
-                names.append(str(inner.get("name") or node.get("name") or "?"))
+            kind, inner = node.get("class_name"), node.get("config") or {}
+            name = str(inner.get("name") or node.get("name") or "?") if isinstance(inner, dict) else "?"
+            if kind == "Lambda":
+                lambdas.append(Refusal(name, kind, LAMBDA_REASON))
+            elif (node.get("module") == "keras.layers" and kind not in MAPPERS
+                  and kind not in STRUCTURE_CLASSES):
+                unmapped.append(Refusal(name, kind, "layer class %s is not supported" % kind))
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):
@@ -93,10 +105,8 @@ def _refuse_lambda_layers(path, config) -> None:
                 visit(value)
 
     visit(config)
-    if names:
-        raise ConversionError("%s: Lambda layer(s) %s hold Python code, and tf2caffe never runs "
-                              "code from a model file; rebuild the model with built-in layers" % (
-                                  path, ", ".join("'%s'" % name for name in names)))
+    if lambdas:
+        raise UnsupportedError(lambdas + unmapped)
 
 
 def _first_line(error) -> str:
@@ -858,10 +868,8 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     has been walked."""
     graph = functional_graph(model)
     shapes = input_shapes(graph, input_shape)
-    if user_input is not None and len(shapes) != 1:
-        raise ConversionError("model '%s' has %d inputs; --reference-input needs a single-input "
-                              "model" % (name, len(shapes)))
-    inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name)
+    inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name,
+                             [tensor._keras_history.operation.name for tensor in graph.inputs])
     walk = GraphWalk(graph, name)
     for tensor, value in zip(graph.inputs, inputs):
         walk.add_input(tensor, value)

@@ -151,6 +151,9 @@ def architecture_to_intermediate(path, checkpoint=None, input_shape=None, per_la
 
 def reference_data(module, shape, seed, user_input) -> tuple:
     """(x, labels or None): the module's own labelled data, or a seeded batch (plus the user's)."""
+    if isinstance(user_input, dict):
+        raise ConversionError("an architecture module has one input: give --reference-input as an .npy "
+                              "array, not an .npz")
     if hasattr(module, "reference_data"):
         x, labels = module.reference_data(shape, seed)
         if user_input is not None and labels is not None:

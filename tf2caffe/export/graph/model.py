@@ -11,7 +11,7 @@ from ... import __version__, intermediate
 from ...errors import ConversionError, UnsupportedError
 from ...measure import relative_error
 from .float64 import float64_run
-from .freeze import freeze
+from .freeze import freeze_with_cuts
 from .inference import CONTROL_FLOW_OPS
 from .load import load_source, model_stem
 from .mapper import Mapper
@@ -31,11 +31,8 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
     `layer_names` {output tensor: name} names the layers (tflearn's own names)."""
     _refuse_control_flow(graph_def)
     shapes = input_shapes(graph_def, inputs, input_shape, source_path)
-    if user_input is not None and len(shapes) != 1:
-        raise ConversionError("%s: %d inputs; --reference-input needs a single-input graph" % (
-            source_path, len(shapes)))
     feeds = reference or dict(zip(shapes, reference_batch(list(shapes.values()), seed, user_input,
-                                                          "%s: " % source_path)))
+                                                          "%s: " % source_path, list(shapes))))
     graph = import_graph(graph_def)
     with v1.Session(graph=graph, config=SESSION_CONFIG) as session:
         data_nodes = [op for op in graph.get_operations()
@@ -96,11 +93,13 @@ def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input
     """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`."""
     given = outputs is not None
     source = load_source(Path(src), signature)
-    graph_def, inputs, outputs = freeze(source, Path(src), inputs, outputs, input_shape)
+    graph_def, inputs, outputs, reference = freeze_with_cuts(source, Path(src), inputs, outputs, input_shape,
+                                                             seed, user_input)
     try:
         return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), source.framework, src,
-                                     input_shape=input_shape, per_layer=per_layer, seed=seed,
-                                     user_input=user_input, layer_names=source.layer_tensors)
+                                     input_shape=None if reference else input_shape, per_layer=per_layer,
+                                     seed=seed, user_input=user_input, reference=reference,
+                                     layer_names=source.layer_tensors)
     except UnsupportedError as error:
         if not given:  # a wrongly guessed output (a loss) shows up as unsupported ops
             error.args = ("%s (output found: %s; pass --outputs to convert another tensor)" % (
