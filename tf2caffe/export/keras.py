@@ -750,12 +750,43 @@ def input_shapes(graph, input_shape: Optional[Sequence[int]]) -> List[List[int]]
     return shapes
 
 
+def _float64_config(config):
+    """A layer's config with every dtype (a DTypePolicy or a dtype name) made float64."""
+    if isinstance(config, dict):
+        return {key: "float64" if key == "dtype" and _is_float32(value) else _float64_config(value)
+                for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float64_config(value) for value in config]
+    return config
+
+
+def _is_float32(dtype) -> bool:
+    if isinstance(dtype, dict):  # a serialized DTypePolicy
+        return dtype.get("config", {}).get("name") == "float32"
+    return dtype in ("float32", None)
+
+
+def float64_twin(layer):
+    """The layer rebuilt from its config under a float64 dtype policy, holding its weights in
+    float64 (a float32 weight is exact in float64). A keras.ops operation has no dtype of its own:
+    given float64 tensors, it computes in float64 (a float32 constant operand is promoted)."""
+    if not isinstance(layer, keras.layers.Layer):
+        return layer
+    twin = type(layer).from_config(_float64_config(layer.get_config()))
+    twin.build_from_config(layer.get_build_config())
+    twin.set_weights([np.asarray(w, np.float64) for w in layer.get_weights()])
+    return twin
+
+
 class GraphWalk:
     """Runs a functional graph node by node in topological order, mapping each layer onto
-    vocabulary layers and keeping every vocabulary layer's TensorFlow output."""
+    vocabulary layers and keeping every vocabulary layer's TensorFlow output.
 
-    def __init__(self, graph, name):
-        self.name = name
+    With `float64`, each layer runs as its float64 twin on float64 inputs: the float64 truth of
+    the same weights and input (see graph/float64.py for why verification wants it)."""
+
+    def __init__(self, graph, name, float64=False):
+        self.graph, self.name, self.float64 = graph, name, float64
         self.values = {}  # id(KerasTensor) -> its value
         self.names = {}  # id(KerasTensor) -> the vocabulary layer that outputs it
         self.layers: List[intermediate.Layer] = []
@@ -768,8 +799,19 @@ class GraphWalk:
             for node in nodes:
                 self.uses[id(node.operation)] = self.uses.get(id(node.operation), 0) + 1
 
+    def run(self, inputs) -> "GraphWalk":
+        """Visit every node, from the model inputs' values `inputs`."""
+        for tensor, value in zip(self.graph.inputs, inputs):
+            self.add_input(tensor, value)
+        for depth in sorted(self.graph._nodes_by_depth, reverse=True):
+            for node in self.graph._nodes_by_depth[depth]:
+                if node.operation and not node.is_input:
+                    self.visit(node)
+        return self
+
     def add_input(self, tensor, value) -> None:
         name = tensor._keras_history.operation.name
+        value = value.astype(np.float64) if self.float64 else value
         self.values[id(tensor)], self.names[id(tensor)] = tf.constant(value), name
         self.layers.append(intermediate.Layer(name, "input", config=dict(shape=list(value.shape)),
                                               output_shape=value.shape))
@@ -786,6 +828,8 @@ class GraphWalk:
                 raise Unmappable("%d outputs (only single-output layers are supported)" % len(node.outputs))
             if self.uses[id(layer)] > 1:
                 raise Unmappable("called %d times (shared layers are not supported)" % self.uses[id(layer)])
+            if self.float64:
+                layer = call.layer = float64_twin(layer)
             pieces = map_layer(layer, call)
             computed = self.compute(layer, call, pieces)
         except Unmappable as reason:
@@ -862,13 +906,7 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
         raise ConversionError("model '%s' has %d inputs; --reference-input needs a single-input "
                               "model" % (name, len(shapes)))
     inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name)
-    walk = GraphWalk(graph, name)
-    for tensor, value in zip(graph.inputs, inputs):
-        walk.add_input(tensor, value)
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            if node.operation and not node.is_input:
-                walk.visit(node)
+    walk = GraphWalk(graph, name).run(inputs)
     outputs = [walk.names[id(tensor)] for tensor in graph.outputs]
     if walk.problems or walk.failures:
         raise walk.error(outputs) from walk.failure
@@ -888,4 +926,23 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     stored = [layer.name for layer in walk.layers] if per_layer else result.compared_layers()
     result.reference_activations = {layer: np.asarray(walk.activations[layer], dtype=np.float32)
                                     for layer in stored}
+    truths, why_not = float64_truth(graph, name, inputs, stored)
+    if truths is None:
+        result.attrs["float64_reference"] = "none: %s" % why_not
+    else:
+        result.reference_float64 = truths
     return result
+
+
+def float64_truth(graph, name, inputs, stored):
+    """({layer: float64 activation}, None) of the same walk with every layer's float64 twin, or
+    (None, why there is no float64 truth)."""
+    walk = GraphWalk(graph, name, float64=True).run(inputs)
+    if walk.problems or walk.failures:
+        return None, str(walk.error())
+    truths = {layer: np.asarray(walk.activations[layer]) for layer in stored}
+    in_float32 = [layer for layer in stored if truths[layer].dtype != np.float64]
+    if in_float32:  # a layer that ignores its dtype policy: its output would be no truth
+        return None, "layer '%s' computes in %s under a float64 dtype policy" % (
+            in_float32[0], truths[in_float32[0]].dtype)
+    return truths, None
