@@ -122,7 +122,7 @@ def test_float32_noise_is_not_a_conversion_error_but_a_wrong_conversion_is(tmp_p
     assert results["wrong"].report["verified"] is False
 
 
-def keras_cancelling(dtype="float32") -> "keras.Model":
+def keras_cancelling(dtype="float32"):
     """`cancelling` as a Keras model, with a fused activation, BatchNorm and keras.ops nodes in
     front so that each kind of node runs as its float64 twin."""
     import keras
