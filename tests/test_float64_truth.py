@@ -1,6 +1,6 @@
-"""The float64 truth (export/graph/float64.py, measure.within): graph sources also record every
-compared layer computed in float64, and verification tells a wrong conversion from float32
-rounding that TensorFlow has as well.
+"""The float64 truth (export/graph/float64.py, export/keras.py float64_truth, measure.within):
+graph and Keras sources also record every compared layer computed in float64, and verification
+tells a wrong conversion from float32 rounding that TensorFlow has as well.
 """
 from pathlib import Path
 
@@ -120,3 +120,58 @@ def test_float32_noise_is_not_a_conversion_error_but_a_wrong_conversion_is(tmp_p
     harness.assert_exact(verified)
     assert results["without_truth"].report["verified"] is False
     assert results["wrong"].report["verified"] is False
+
+
+def keras_cancelling(dtype="float32"):
+    """`cancelling` as a Keras model, with a fused activation, BatchNorm and keras.ops nodes in
+    front so that each kind of node runs as its float64 twin."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        x = keras.Input(SHAPE[1:], name="images")
+        y = keras.layers.Conv2D(3, 1, activation="tanh", name="mix")(x)
+        y = keras.layers.BatchNormalization(name="bn")(y) * 0.5 + 1.0
+        features = keras.layers.Conv2D(8, 3, padding="same", name="features")(y)
+        model = keras.Model(x, keras.layers.Conv2D(4, 2, name="out")(features))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.get_layer("bn").set_weights([rng.uniform(0.5, 2, 3), rng.normal(0, 0.3, 3),
+                                       rng.normal(0, 0.3, 3), rng.uniform(0.5, 2, 3)])
+    (k1, _), (k2, _) = [model.get_layer(name).get_weights() for name in ("features", "out")]
+    k1, b1 = rng.normal(0.0, 0.3, k1.shape), np.zeros(8)
+    k1[..., 7], b1[7] = 0.0, BIG
+    k2 = rng.normal(0.0, 0.3, k2.shape).astype(np.float32)
+    model.get_layer("features").set_weights([k1, b1])
+    model.get_layer("out").set_weights([k2, -BIG * k2[:, :, 7, :].sum(axis=(0, 1))])
+    return model
+
+
+def test_keras_export_records_the_truth_of_every_recorded_layer():
+    """Each layer's float64 twin (export/keras.py float64_twin) computes what the whole model
+    built under a float64 dtype policy computes, to the last bit."""
+    from tf2caffe.export.keras import model_to_intermediate
+
+    model = keras_cancelling()
+    exported = model_to_intermediate(model, "cancel", per_layer=True)
+    assert "float64_reference" not in exported.attrs
+    assert set(exported.reference_float64) == set(exported.reference_activations)
+    assert all(value.dtype == np.float64 for value in exported.reference_float64.values())
+    exact = keras_cancelling("float64")
+    exact.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    x = exported.reference_inputs["images"].astype(np.float64)
+    assert relative_error(exported.reference_float64["out"], np.asarray(exact(x, training=False))) == 0.0
+    assert relative_error(exported.reference_activations["out"], exported.reference_float64["out"]) > 1e-4
+
+
+@pytest.mark.chroot
+def test_keras_float32_noise_is_not_a_conversion_error(tmp_path):
+    import harness
+    from tf2caffe.export.keras import model_to_intermediate
+
+    model = model_to_intermediate(keras_cancelling(), "cancel", per_layer=True)
+    verified = harness.convert_intermediate_batch({"cancel": model}, tmp_path / "caffe")["cancel"]
+    for runtime, errors in verified.runtimes.items():
+        assert errors["out"] > 1e-4 and verified.float64[runtime]["out"]["tensorflow"] > 1e-4, runtime
+    harness.assert_exact(verified)

@@ -4,8 +4,8 @@
 - a DeepLabV3-style segmentation net: atrous convolutions, ASPP with image-level pooling
   broadcast back to the feature map, bilinear resize 33 -> 129 to per-pixel logits;
 - a U-Net: transposed convolutions and skip concatenations;
-- YOLOv4-tiny, whose CSP routes split channels (keras.ops.split; through the graph road:
-  `model.export()` SavedModel, so the Split ops are mapped);
+- YOLOv4-tiny, whose CSP routes split channels (keras.ops.split), converted from the Keras
+  model and through the graph road (`model.export()` SavedModel, its Split ops);
 - a full-depth YOLOv4 (CSPDarknet53 with Mish, SPP, PANet) at 64 x 64 with an eighth of the
   channels;
 - a small net ported from Caffe: Permute((3, 1, 2)) -> Flatten -> two Dense heads.
@@ -152,8 +152,9 @@ def caffe_port(classes=10):
     return keras.Model(inputs, [scores, L.Dense(4)(x)])
 
 
-KERAS_NETS = {"deeplab_v3": deeplab_v3, "unet": unet, "yolo_v4": yolo_v4, "caffe_port": caffe_port}
-GRAPH_NETS = {"yolo_v4_tiny": yolo_v4_tiny}
+KERAS_NETS = {"deeplab_v3": deeplab_v3, "unet": unet, "yolo_v4": yolo_v4, "yolo_v4_tiny": yolo_v4_tiny,
+              "caffe_port": caffe_port}
+GRAPH_NETS = {"yolo_v4_tiny_saved_model": yolo_v4_tiny}
 
 
 def build(make, seed=0):

@@ -5,10 +5,10 @@ Weights are random (nothing can be downloaded), seeded and conditioned like trai
 (`condition_keras_model`: kernels at unit gain, BatchNorm statistics near their inputs', random
 gamma/beta, LayerScale and biases): with Keras' initial values BatchNorm is the identity, biases
 are zero and ConvNeXt's LayerScale of 1e-6 makes every block the identity, so a mapping that
-drops or misorders them would still pass. Before Caffe is compared with TensorFlow float32, the
-same weights run in float64: a model whose float32 output is itself not within a tenth of the
-tolerance of the float64 one is no fair reference, and the test says so instead of blaming the
-converter. Inputs are the smallest each architecture accepts.
+drops or misorders them would still pass. The export also runs the same weights in float64 (each
+layer's float64 twin), and Caffe is judged against that truth (measure.within): in deep nets,
+TensorFlow's own float32 output can be further from it than the per-layer bar. Inputs are the
+smallest each architecture accepts.
 """
 from __future__ import annotations
 
@@ -16,13 +16,11 @@ import time
 from typing import Callable, Dict, Tuple
 
 import keras
-import numpy as np
 import pytest
 
 from harness import assert_exact, convert_keras_batch
+from tf2caffe import runtimes
 from tf2caffe.export.conditioned import condition_keras_model
-from tf2caffe.export.reference import reference_batch
-from tf2caffe.measure import relative_error
 
 # Keras' application architectures: the longest conversions of the suite.
 pytestmark = pytest.mark.slow
@@ -86,65 +84,27 @@ BATCHES = [batch for prefix in (
     for in_ci in (True, False)
     for batch in [[name for name in ZOO if name.startswith(prefix) and (name in IN_CI) == in_ci]] if batch]
 assert sorted(sum(BATCHES, [])) == sorted(ZOO)
-# TensorFlow float32's own distance from float64 allowed before Caffe is compared with it.
-FLOAT32_NOISE = 1e-5
-# Converted, every layer, but judged against TensorFlow float32 that is no fair reference: its
-# logits are over FLOAT32_NOISE from float64 with the same weights, or some layer is over 1e-5
-# per layer in TensorFlow and Caffe alike (squeeze-and-excitation convolutions: a random
-# projection of a pooled vector with a common offset cancels, amplifying its input's relative
-# rounding by about sqrt(C); ConvNeXt's 4C-wide Dense layers). Caffe's logits stay within 1e-4
-# and as far from TensorFlow as TensorFlow float32 is from float64 (measured: name -> TF float32
-# vs float64, Caffe vs TF per layer at worst). Expected failures until the float64 run of the same
-# weights is the reference (issue 11, "the float64 truth"); strict, so a pass flips them.
-FLOAT32_LIMITED = {
-    "convnext_tiny": "8.4e-6, 2.1e-5",
-    "convnext_small": "1.1e-5, 1.9e-5",
-    "convnext_base": "1.7e-5, 3.0e-5",
-    "convnext_large": "1.4e-5, 3.7e-5",
-    "convnext_xlarge": "1.1e-5, 2.6e-5",
-    "efficientnet_b1": "2.3e-6, 1.5e-5",
-    "mobilenet_v3_small": "2.1e-5, 3.1e-5",
-    "resnet101": "9.1e-6, 1.1e-5",
-    "resnet152": "5.9e-6, 1.4e-5",
-    "efficientnet_v2_b0": "3.3e-5, 4.1e-5",
-    "efficientnet_v2_b1": "3.6e-5, 4.1e-5",
-    "efficientnet_v2_b2": "2.0e-5, 2.3e-5",
-    "efficientnet_v2_b3": "9.4e-6, 2.6e-5",
-    "efficientnet_v2_s": "3.8e-5, 1.7e-4",
-    "efficientnet_v2_m": "4.2e-5, 1.2e-4",
-    "efficientnet_v2_l": "2.2e-4, 1.4e-4 (logits in OpenCV 1.9e-4)",
-}
 
-
-def build_zoo_model(name: str, dtype: str = "float32") -> keras.Model:
-    make, side = ZOO[name]
-    keras.utils.set_random_seed(SEED)
-    keras.config.set_dtype_policy(dtype)
-    try:
-        return make(weights=None, input_shape=(side, side, 3), classifier_activation=None)
-    finally:
-        keras.config.set_dtype_policy("float32")
+# Whose caffemodel the source-built Caffe cannot read: its ReadProtoFromBinaryFile stops at 512 MB
+# (SetTotalBytesLimit(536870912) in brocolli-caffe's io.cpp), so the import stage's verification in
+# pycaffe-source fails and OpenCV is not reached: expected failures where that Caffe is built.
+# Measured without it: pycaffe-bullseye and OpenCV both verify against the float64 truth
+# (ConvNeXtLarge's logits 1.8e-5 / 1.7e-5 from it, TensorFlow float32 1.4e-5). Strict: a pass
+# flips them.
+TOO_BIG_FOR_SOURCE_CAFFE = {"convnext_large": "791 MB", "convnext_xlarge": "1.4 GB"}
 
 
 def conditioned_zoo_model(name: str) -> keras.Model:
-    model = build_zoo_model(name)
+    make, side = ZOO[name]
+    keras.utils.set_random_seed(SEED)
+    model = make(weights=None, input_shape=(side, side, 3), classifier_activation=None)
     condition_keras_model(model, SEED)
     return model
 
 
-def float32_noise(name: str, model: keras.Model) -> float:
-    """TensorFlow float32's relative distance from float64 with the same weights, on the input
-    the conversion is verified with."""
-    (x,) = reference_batch([[1] + list(model.inputs[0].shape[1:])], SEED)
-    exact = build_zoo_model(name, "float64")
-    exact.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
-    return relative_error(np.asarray(model(x, training=False), np.float64),
-                          np.asarray(exact(x.astype(np.float64), training=False)))
-
-
 class Converted:
-    def __init__(self, result, noise, seconds):
-        self.result, self.noise, self.seconds = result, noise, seconds
+    def __init__(self, result, seconds):
+        self.result, self.seconds = result, seconds
 
 
 class Zoo:
@@ -157,13 +117,11 @@ class Zoo:
     def __getitem__(self, name: str) -> Converted:
         if name not in self.converted:
             batch = next(batch for batch in BATCHES if name in batch)
-            started, models, noise = time.time(), {}, {}
-            for member in batch:
-                models[member] = conditioned_zoo_model(member)
-                noise[member] = float32_noise(member, models[member])
+            started = time.time()
+            models = {member: conditioned_zoo_model(member) for member in batch}
             done = convert_keras_batch(models, self.folder / batch[0])
             seconds = (time.time() - started) / len(batch)
-            self.converted.update({member: Converted(done[member], noise[member], seconds)
+            self.converted.update({member: Converted(done[member], seconds)
                                    for member in batch})
             del models
             keras.backend.clear_session()
@@ -176,19 +134,19 @@ def results(tmp_path_factory):
 
 
 def _case(name):
-    limited = FLOAT32_LIMITED.get(name)
-    marks = [pytest.mark.xfail(strict=True, reason="TF float32 no fair reference (vs float64, Caffe "
-                               "per layer): " + limited)] if limited else []
-    if name not in IN_CI:
-        marks.append(pytest.mark.full_zoo)
+    marks = [] if name in IN_CI else [pytest.mark.full_zoo]
+    if name in TOO_BIG_FOR_SOURCE_CAFFE:
+        marks.append(pytest.mark.xfail(runtimes.RUNTIMES["source"].available(), strict=True,
+                                       reason="caffemodel of %s: pycaffe-source reads at most 512 MB"
+                                       % TOO_BIG_FOR_SOURCE_CAFFE[name]))
     return pytest.param(name, marks=marks, id=name)
 
 
 @pytest.mark.parametrize("name", [_case(name) for name in ZOO])
 def test_exact(results, name):
-    converted = results[name]
-    assert converted.noise <= FLOAT32_NOISE, (
-        "%s: TensorFlow float32 is %.3g from float64 with these weights: no fair reference"
-        % (name, converted.noise))
-    assert converted.result.per_layer or converted.result.error, "%s: no per-layer errors reported" % name
-    assert_exact(converted.result)
+    result = results[name].result
+    assert result.per_layer or result.error, "%s: no per-layer errors reported" % name
+    truth = result.float64.get(result.verified_with, {})
+    assert all(layer in truth for layer in result.runtimes.get(result.verified_with, {})), (
+        "%s: the export computed no float64 truth" % name)
+    assert_exact(result)

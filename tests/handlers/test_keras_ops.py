@@ -1,6 +1,8 @@
 """Keras 3 operation nodes (`x + 3.0`, `ops.mean(x, axis)`, ...) in functional graphs, nested
 Sequential models and the keras.applications blocks (LayerScale, CustomScaleLayer,
-StochasticDepth): each converted exactly in pycaffe and OpenCV, or refused by name."""
+StochasticDepth): each converted exactly in pycaffe and OpenCV, or refused by name. Layout
+operations (slicing, split, stack, transpose) map onto the slice, concat, reshape and permute
+layers."""
 from __future__ import annotations
 
 import keras
@@ -9,6 +11,7 @@ import pytest
 from keras import ops
 
 from handler_batch import build, family_tests
+from harness import assert_exact, convert_keras_batch
 from tf2caffe.errors import UnsupportedError
 
 L = keras.layers
@@ -109,6 +112,18 @@ CASES = {
     "reshape_1x1xC_to_vector": lambda: on_image(lambda x: ops.reshape(ops.mean(x, axis=[1, 2], keepdims=True), (-1, 4))),
     "squeeze_1x1xC": lambda: on_image(lambda x: ops.squeeze(ops.max(x, axis=[1, 2], keepdims=True), axis=[1, 2])),
     "reshape_vector_to_1x1xC": lambda: on_image(lambda x: ops.reshape(ops.mean(x, axis=[1, 2]), (-1, 1, 1, 4))),
+    # slicing (the slice handler): x[...] keys, ops.slice, split and unstack outputs
+    "getitem_channels": lambda: on_image(lambda x: x[:, :, :, 1:3]),
+    "getitem_rows_strided_ellipsis": lambda: on_image(lambda x: x[:, 1:, ::2, ...]),
+    "getitem_negative_bounds": lambda: on_image(lambda x: x[..., -3:-1]),
+    "getitem_drops_channels": lambda: on_image(lambda x: x[..., 2]),
+    "slice_op": lambda: on_image(lambda x: ops.slice(x, (0, 1, 2, 0), (1, 3, 4, 4))),
+    "split_channels_both_read": lambda: on_image(lambda x: ops.multiply(*ops.split(x, 2, axis=-1))),
+    "split_one_read": lambda: on_image(lambda x: ops.split(x, [2], axis=1)[1]),
+    "unstack_channels": lambda: on_image(lambda x: ops.add(*ops.unstack(x[..., :2], axis=-1))),
+    # stack: concatenated, then reshaped where the new axis precedes an existing one
+    "stack_vectors": lambda: on_image(lambda x: ops.stack([ops.mean(x, axis=[1, 2]),
+                                                            ops.max(x, axis=[1, 2])], axis=1)),
     # layers of keras.applications and nested Sequential models
     "custom_scale_layer": custom_scale_block,
     "convnext_block": lambda: convnext_block(0.0),
@@ -128,11 +143,42 @@ def test_custom_scale_is_one_eltwise_with_coefficients(results):
     assert "coeff: 0.17" in results["custom_scale_layer"].prototxt
 
 
+def test_split_emits_the_outputs_read(results):
+    assert results["split_one_read"].caffe_types.count("Slice") == 1
+    assert results["split_channels_both_read"].prototxt.count('type: "Slice"') == 2
+
+
+# Permutations need Caffe's Permute: the opencv profile has it (bvlc refuses it, test_layout.py).
+PERMUTE_CASES = {
+    "transpose_hw": lambda: on_image(lambda x: ops.transpose(x, (0, 2, 1, 3))),
+    "swapaxes_then_conv": lambda: on_image(lambda x: L.Conv2D(3, 1)(ops.swapaxes(x, 1, 3))),
+    "moveaxis_channels_first": lambda: on_image(lambda x: ops.moveaxis(x, 3, 1)),
+    "stack_new_last_axis": lambda: on_image(lambda x: ops.stack([ops.mean(x, axis=[1, 2]),
+                                                                 ops.max(x, axis=[1, 2])], axis=-1)),
+    # dropping the rows axis: Caffe's element order differs (Permute -> Reshape -> Permute)
+    "getitem_drops_rows": lambda: on_image(lambda x: x[:, 2]),
+    "unstack_rows": lambda: on_image(lambda x: ops.add(*ops.unstack(x[:, :2], axis=1))),
+}
+
+
+@pytest.fixture(scope="module")
+def permuted(tmp_path_factory):
+    return convert_keras_batch(build(PERMUTE_CASES), tmp_path_factory.mktemp("keras_ops_permute"),
+                               profile="opencv")
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTE_CASES))
+def test_permute(permuted, name):
+    assert_exact(permuted[name])
+    assert "Permute" in permuted[name].caffe_types
+
+
 # name -> (model builder, refused node, reason)
 REFUSED = {
-    "transpose": (lambda: on_image(lambda x: ops.transpose(x, (0, 2, 1, 3))), "transpose", "layout operation"),
-    "slicing": (lambda: on_image(lambda x: x[:, 1:]), "get_item", "layout operation"),
-    "split": (lambda: on_image(lambda x: ops.split(x, 2, axis=-1)[0]), "split", "layout operation"),
+    "transpose_batch": (lambda: on_image(lambda x: ops.transpose(x, (1, 0, 2, 3))), "transpose",
+                        "moves the batch axis"),
+    "reversed_slice": (lambda: on_image(lambda x: x[:, ::-1]), "get_item", "not a forward stride"),
+    "stack_batch": (lambda: on_image(lambda x: ops.stack([x, x], axis=0)), "stack", "batch axis"),
     "divide_tensors": (lambda: on_image(lambda x: x / (L.ReLU()(x) + 1.0)), "true_divide", "division of two tensors"),
     "constant_of_other_shape": (lambda: on_image(lambda x: x + np.ones((5, 1, 1), np.float32)), "add",
                                 "constant operand of shape"),

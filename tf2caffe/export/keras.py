@@ -21,6 +21,7 @@ from .. import intermediate, progress
 from ..errors import ConversionError, Refusal, Unmappable, UnsupportedError
 from ..measure import relative_error
 from .reference import reference_batch
+from .slicing import slice_config
 
 # Largest max|layer-by-layer - model(x)| / max|model(x)| accepted: both compute the same ops.
 EAGER_TOLERANCE = 1e-5
@@ -123,29 +124,32 @@ class Piece:
     `suffix` extends the Keras layer's name ("" keeps it). `arrays` maps a role to
     (value, TensorFlow variable path). `compute(previous)` returns the piece's TensorFlow
     output: `previous` is the list of the node's input values for the first piece, the output
-    of the piece before it otherwise.
+    of the piece before it otherwise. A piece with an `output` index stands for that output of a
+    multi-output node (a split): it reads the node's inputs, like the first piece.
     """
 
-    def __init__(self, suffix, type, config, compute, arrays=None):
+    def __init__(self, suffix, type, config, compute, arrays=None, output=None):
         self.suffix = suffix
         self.type = type
         self.config = config
         self.compute = compute
         self.arrays = arrays or {}
+        self.output = output
 
 
 class NodeCall:
     """One call of a Keras layer or keras.ops operation, replayable with its real arguments.
 
     `tensor_args` says which positional arguments are tensors of the graph (the others are
-    constants, such as the 3.0 of `x + 3.0`)."""
+    constants, such as the 3.0 of `x + 3.0`); `used_outputs`, which outputs the graph reads."""
 
-    def __init__(self, layer, args, kwargs, inputs, tensor_args=None):
+    def __init__(self, layer, args, kwargs, inputs, tensor_args=None, used_outputs=(0,)):
         self.layer = layer
         self.args = args
         self.kwargs = kwargs
         self.inputs = inputs  # the input tensors' values, in order
         self.tensor_args = tensor_args if tensor_args is not None else [True] * len(args)
+        self.used_outputs = list(used_outputs)
 
     def rank(self, index=0) -> int:
         return len(self.inputs[index].shape)
@@ -653,13 +657,55 @@ def _operation_reshape(op, call):
     return [Piece("", "reshape", dict(target_shape=[]), call.output)]
 
 
-def _layout_operation(op, call):
-    raise Unmappable("a layout operation; tf2caffe has no Caffe mapping for it yet")
+def _operation_permute(op, call):
+    """transpose, swapaxes, moveaxis: the permutation read off the op applied to a tensor whose
+    axes have distinct sizes."""
+    rank = call.rank()
+    perm = [int(size) - 2 for size in op(tf.zeros(list(range(2, rank + 2)))).shape]
+    if perm[0] != 0:
+        raise Unmappable("permutation %s moves the batch axis" % perm)
+    return [Piece("", "permute", dict(dims=perm[1:]), call.output)]
 
 
-def _is_layout_operation(operation) -> bool:
-    return (not isinstance(operation, keras.layers.Layer)
-            and OPERATIONS.get(type(operation).__name__) is _layout_operation)
+def _index_operand(op, call):
+    """The op applied to an index array in place of its tensor operand (export/slicing.py)."""
+    if len(call.inputs) != 1 or not call.tensor_args[0]:
+        raise Unmappable("indices computed from the input")
+    return lambda index: op(tf.constant(index), *call.args[1:], **call.kwargs)
+
+
+def _operation_slice(op, call):
+    """x[:, 1:3, ::2] (GetItem) and ops.slice."""
+    return [Piece("", "slice", slice_config(call.inputs[0].shape, _index_operand(op, call)), call.output)]
+
+
+def _operation_split(op, call):
+    """split and unstack: one slice per output the graph reads (`call.used_outputs`)."""
+    taken = _index_operand(op, call)
+    return [Piece("" if i == 0 else str(i), "slice",
+                  slice_config(call.inputs[0].shape, lambda index, i=i: taken(index)[i]),
+                  lambda _previous, i=i: call.output()[i], output=i)
+            for i in call.used_outputs]
+
+
+def _operation_stack(op, call):
+    """stack([a, b, ...], axis): the inputs concatenated along `axis`, whose length n·L a reshape
+    then splits into (n, L): TensorFlow's element order. A new last axis interleaves the inputs:
+    concatenated along the last axis, reshaped to (..., n, L), then the last two axes swapped."""
+    rank = call.rank()
+    axis = int(op.axis) % (rank + 1)
+    if axis == 0:
+        raise Unmappable("stacks along the batch axis")
+    joined = min(axis, rank - 1)
+    shape = [int(d) for d in call.inputs[0].shape]
+    split = shape[:joined] + [len(call.inputs), shape[joined]] + shape[joined + 1:]
+    pieces = [Piece("concat", "concat", dict(axis=joined), lambda previous: tf.concat(previous, joined)),
+              Piece("", "reshape", dict(target_shape=[]), lambda previous: tf.reshape(previous, split))]
+    if axis == rank:
+        pieces[-1].suffix = "reshape"
+        pieces.append(Piece("", "permute", dict(dims=list(range(1, rank - 1)) + [rank, rank - 1]),
+                            lambda previous: tf.experimental.numpy.swapaxes(previous, -1, -2)))
+    return pieces
 
 
 OPERATIONS: Dict[str, Callable] = {
@@ -691,13 +737,14 @@ OPERATIONS: Dict[str, Callable] = {
     "Reshape": _operation_reshape,
     "Squeeze": _operation_reshape,
     "ExpandDims": _operation_reshape,
-    "Transpose": _layout_operation,
-    "MoveAxis": _layout_operation,
-    "Swapaxes": _layout_operation,
-    "Split": _layout_operation,
-    "GetItem": _layout_operation,
-    "Slice": _layout_operation,
-    "Stack": _layout_operation,
+    "Transpose": _operation_permute,
+    "Moveaxis": _operation_permute,
+    "Swapaxes": _operation_permute,
+    "GetItem": _operation_slice,
+    "Slice": _operation_slice,
+    "Split": _operation_split,
+    "Unstack": _operation_split,
+    "Stack": _operation_stack,
 }
 
 
@@ -760,12 +807,43 @@ def input_shapes(graph, input_shape: Optional[Sequence[int]]) -> List[List[int]]
     return shapes
 
 
+def _float64_config(config):
+    """A layer's config with every dtype (a DTypePolicy or a dtype name) made float64."""
+    if isinstance(config, dict):
+        return {key: "float64" if key == "dtype" and _is_float32(value) else _float64_config(value)
+                for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float64_config(value) for value in config]
+    return config
+
+
+def _is_float32(dtype) -> bool:
+    if isinstance(dtype, dict):  # a serialized DTypePolicy
+        return dtype.get("config", {}).get("name") == "float32"
+    return dtype in ("float32", None)
+
+
+def float64_twin(layer):
+    """The layer rebuilt from its config under a float64 dtype policy, holding its weights in
+    float64 (a float32 weight is exact in float64). A keras.ops operation has no dtype of its own:
+    given float64 tensors, it computes in float64 (a float32 constant operand is promoted)."""
+    if not isinstance(layer, keras.layers.Layer):
+        return layer
+    twin = type(layer).from_config(_float64_config(layer.get_config()))
+    twin.build_from_config(layer.get_build_config())
+    twin.set_weights([np.asarray(w, np.float64) for w in layer.get_weights()])
+    return twin
+
+
 class GraphWalk:
     """Runs a functional graph node by node in topological order, mapping each layer onto
-    vocabulary layers and keeping every vocabulary layer's TensorFlow output."""
+    vocabulary layers and keeping every vocabulary layer's TensorFlow output.
 
-    def __init__(self, graph, name):
-        self.name = name
+    With `float64`, each layer runs as its float64 twin on float64 inputs: the float64 truth of
+    the same weights and input (see graph/float64.py for why verification wants it)."""
+
+    def __init__(self, graph, name, float64=False):
+        self.graph, self.name, self.float64 = graph, name, float64
         self.values = {}  # id(KerasTensor) -> its value
         self.names = {}  # id(KerasTensor) -> the vocabulary layer that outputs it
         self.layers: List[intermediate.Layer] = []
@@ -774,12 +852,25 @@ class GraphWalk:
         self.failures = []
         self.failure = None  # the first failure's exception: the traceback --debug shows
         self.uses = {}
+        self.read = {id(tensor) for tensor in graph.outputs}  # id(KerasTensor) of every tensor read
         for nodes in graph._nodes_by_depth.values():
             for node in nodes:
                 self.uses[id(node.operation)] = self.uses.get(id(node.operation), 0) + 1
+                self.read.update(id(tensor) for tensor in node.input_tensors)
+
+    def run(self, inputs, step: str) -> "GraphWalk":
+        """Visit every node, from the model inputs' values `inputs`, showing progress as `step`."""
+        for tensor, value in zip(self.graph.inputs, inputs):
+            self.add_input(tensor, value)
+        nodes = [node for depth in sorted(self.graph._nodes_by_depth, reverse=True)
+                 for node in self.graph._nodes_by_depth[depth] if node.operation and not node.is_input]
+        for node in progress.each(nodes, step, "layer"):
+            self.visit(node)
+        return self
 
     def add_input(self, tensor, value) -> None:
         name = tensor._keras_history.operation.name
+        value = value.astype(np.float64) if self.float64 else value
         self.values[id(tensor)], self.names[id(tensor)] = tf.constant(value), name
         self.layers.append(intermediate.Layer(name, "input", config=dict(shape=list(value.shape)),
                                               output_shape=value.shape))
@@ -789,14 +880,17 @@ class GraphWalk:
         layer = node.operation
         args, kwargs = node.arguments.fill_in(self.values)
         call = NodeCall(layer, args, kwargs, [self.values[id(t)] for t in node.input_tensors],
-                        [isinstance(arg, keras.KerasTensor) for arg in node.arguments.args])
+                        [isinstance(arg, keras.KerasTensor) for arg in node.arguments.args],
+                        [i for i, tensor in enumerate(node.outputs) if id(tensor) in self.read])
         kind = type(layer).__name__
         try:
-            if len(node.outputs) != 1 and not _is_layout_operation(layer):  # split: refused by name
-                raise Unmappable("%d outputs (only single-output layers are supported)" % len(node.outputs))
             if self.uses[id(layer)] > 1:
                 raise Unmappable("called %d times (shared layers are not supported)" % self.uses[id(layer)])
+            if self.float64:
+                layer = call.layer = float64_twin(layer)
             pieces = map_layer(layer, call)
+            if len(node.outputs) != 1 and not all(piece.output is not None for piece in pieces):
+                raise Unmappable("%d outputs (only single-output layers are supported)" % len(node.outputs))
             computed = self.compute(layer, call, pieces)
         except Unmappable as reason:
             self.problems.append(Refusal(layer.name, kind, reason))
@@ -809,26 +903,30 @@ class GraphWalk:
             self.failure = self.failure or error
             self.stand_in(node, call)
             return
-        inputs = [self.names[id(t)] for t in node.input_tensors]
+        node_inputs = inputs = [self.names[id(t)] for t in node.input_tensors]
         for piece, (name, value) in zip(pieces, computed):
+            inputs = node_inputs if piece.output is not None else inputs
             self.layers.append(intermediate.Layer(
                 name, piece.type, inputs, piece.config, list(value.shape),
                 {role: array for role, (array, _) in piece.arrays.items()},
                 {role: path for role, (_, path) in piece.arrays.items()}))
             self.activations[name] = value
             inputs = [name]
-        self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = computed[-1][1], inputs[0]
+            if piece.output is not None:
+                self.values[id(node.outputs[piece.output])], self.names[id(node.outputs[piece.output])] = value, name
+        if pieces[-1].output is None:
+            self.values[id(node.outputs[0])], self.names[id(node.outputs[0])] = computed[-1][1], inputs[0]
 
     @staticmethod
     def compute(layer, call, pieces) -> List[tuple]:
         """(vocabulary layer name, TensorFlow output) of each piece, checked against the layer."""
         computed, value = [], call.inputs
         for piece in pieces:
-            value = piece.compute(value)
+            value = piece.compute(call.inputs if piece.output is not None else value)
             if piece.type == "reshape":
                 piece.config["target_shape"] = list(value.shape[1:])  # a -1 resolved
             computed.append((layer.name + ("/" + piece.suffix if piece.suffix else ""), value))
-        if len(pieces) > 1:
+        if len(pieces) > 1 and pieces[-1].output is None:  # a split's pieces are its outputs
             error = relative_error(value, call.output())
             if error > EAGER_TOLERANCE:
                 raise ConversionError("'%s' (%s): its %d vocabulary layers compute something else "
@@ -870,13 +968,7 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     shapes = input_shapes(graph, input_shape)
     inputs = reference_batch(shapes, seed, user_input, "model '%s': " % name,
                              [tensor._keras_history.operation.name for tensor in graph.inputs])
-    walk = GraphWalk(graph, name)
-    for tensor, value in zip(graph.inputs, inputs):
-        walk.add_input(tensor, value)
-    nodes = [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]
-             if node.operation and not node.is_input]
-    for node in progress.each(nodes, "forward pass, layer by layer", "layer"):
-        walk.visit(node)
+    walk = GraphWalk(graph, name).run(inputs, "forward pass, layer by layer")
     outputs = [walk.names[id(tensor)] for tensor in graph.outputs]
     if walk.problems or walk.failures:
         raise walk.error(outputs) from walk.failure
@@ -897,4 +989,23 @@ def model_to_intermediate(model, name, input_shape=None, per_layer=False, seed=0
     stored = [layer.name for layer in walk.layers] if per_layer else result.compared_layers()
     result.reference_activations = {layer: np.asarray(walk.activations[layer], dtype=np.float32)
                                     for layer in stored}
+    truths, why_not = float64_truth(graph, name, inputs, stored)
+    if truths is None:
+        result.attrs["float64_reference"] = "none: %s" % why_not
+    else:
+        result.reference_float64 = truths
     return result
+
+
+def float64_truth(graph, name, inputs, stored):
+    """({layer: float64 activation}, None) of the same walk with every layer's float64 twin, or
+    (None, why there is no float64 truth)."""
+    walk = GraphWalk(graph, name, float64=True).run(inputs, "float64 forward pass, layer by layer")
+    if walk.problems or walk.failures:
+        return None, str(walk.error())
+    truths = {layer: np.asarray(walk.activations[layer]) for layer in stored}
+    in_float32 = [layer for layer in stored if truths[layer].dtype != np.float64]
+    if in_float32:  # a layer that ignores its dtype policy: its output would be no truth
+        return None, "layer '%s' computes in %s under a float64 dtype policy" % (
+            in_float32[0], truths[in_float32[0]].dtype)
+    return truths, None

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from ...caffe.handlers.spatial import same_pads
 from ...errors import Unmappable
+from ..slicing import slice_config
 from .nodes import data_inputs, split_input
 
 if TYPE_CHECKING:
@@ -397,31 +398,13 @@ def _taken(node, index: np.ndarray, bounds) -> np.ndarray:
 
 
 def _slice(m: Mapper, node):
-    """StridedSlice or Slice with constant bounds: each axis's begin, end and stride are read off
-    the op applied to that axis's index tensor, so every mask means what TensorFlow says."""
+    """StridedSlice or Slice with constant bounds: what the op takes along each axis is read off
+    the op applied to that axis's index tensor (export/slicing.py)."""
     x, bounds = data_inputs(node)[0], data_inputs(node)[1:]
     if not all(m.constant(b) for b in bounds):
         raise Unmappable("bounds computed from the input")
-    shape = m.shape(x)
     bounds = [np.asarray(m.value(b)) for b in bounds]
-    config = {"begin": [], "end": [], "strides": []}
-    for axis, size in enumerate(shape):
-        index = np.broadcast_to(np.arange(size, dtype=np.int32).reshape(
-            [-1 if a == axis else 1 for a in range(len(shape))]), shape)
-        taken = _taken(node, index, bounds).reshape(-1)
-        _, first = np.unique(taken, return_index=True)
-        taken = taken[np.sort(first)]
-        step = int(taken[1] - taken[0]) if len(taken) > 1 else 1
-        if step < 1 or not np.array_equal(taken, taken[0] + step * np.arange(len(taken))):
-            raise Unmappable("takes %s along axis %d, not a forward stride" % (taken.tolist(), axis))
-        if axis == 0:
-            if len(taken) != size:
-                raise Unmappable("slices the batch axis")
-            continue
-        config["begin"].append(int(taken[0]))
-        config["end"].append(int(taken[-1]) + 1)
-        config["strides"].append(step)
-    m.add(node, "slice", [x], config)
+    m.add(node, "slice", [x], slice_config(m.shape(x), lambda index: _taken(node, index, bounds)))
 
 
 class _Output(NamedTuple):
