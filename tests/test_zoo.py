@@ -19,7 +19,6 @@ import keras
 import pytest
 
 from harness import assert_exact, convert_keras_batch
-from tf2caffe import runtimes
 from tf2caffe.export.conditioned import condition_keras_model
 
 # Keras' application architectures: the longest conversions of the suite.
@@ -85,13 +84,6 @@ BATCHES = [batch for prefix in (
     for batch in [[name for name in ZOO if name.startswith(prefix) and (name in IN_CI) == in_ci]] if batch]
 assert sorted(sum(BATCHES, [])) == sorted(ZOO)
 
-# Whose caffemodel the source-built Caffe cannot read: its ReadProtoFromBinaryFile stops at 512 MB
-# (SetTotalBytesLimit(536870912) in brocolli-caffe's io.cpp), so the import stage's verification in
-# pycaffe-source fails and OpenCV is not reached: expected failures where that Caffe is built.
-# Measured without it: pycaffe-bullseye and OpenCV both verify against the float64 truth
-# (ConvNeXtLarge's logits 1.8e-5 / 1.7e-5 from it, TensorFlow float32 1.4e-5). Strict: a pass
-# flips them.
-TOO_BIG_FOR_SOURCE_CAFFE = {"convnext_large": "791 MB", "convnext_xlarge": "1.4 GB"}
 
 
 def conditioned_zoo_model(name: str) -> keras.Model:
@@ -134,12 +126,7 @@ def results(tmp_path_factory):
 
 
 def _case(name):
-    marks = [] if name in IN_CI else [pytest.mark.full_zoo]
-    if name in TOO_BIG_FOR_SOURCE_CAFFE:
-        marks.append(pytest.mark.xfail(runtimes.RUNTIMES["source"].available(), strict=True,
-                                       reason="caffemodel of %s: pycaffe-source reads at most 512 MB"
-                                       % TOO_BIG_FOR_SOURCE_CAFFE[name]))
-    return pytest.param(name, marks=marks, id=name)
+    return pytest.param(name, marks=[] if name in IN_CI else [pytest.mark.full_zoo], id=name)
 
 
 @pytest.mark.parametrize("name", [_case(name) for name in ZOO])

@@ -78,6 +78,13 @@ PATCHES = (
     Patch("python/caffe/io.py", "        resized_im = zoom(",
           "        from scipy.ndimage import zoom\n        resized_im = zoom(",
           "resize_image's own import of scipy (moved from the module's top)"),
+    Patch("src/caffe/util/io.cpp",
+          "  coded_input->SetTotalBytesLimit(536870912);\n\n  bool success = proto->ParseFromCodedStream(coded_input);\n"
+          "\n  delete coded_input;\n  delete raw_input;\n  close(fd);",
+          "  coded_input->SetTotalBytesLimit(INT_MAX);\n\n  bool success = proto->ParseFromCodedStream(coded_input);\n"
+          "\n  delete coded_input;\n  delete raw_input;\n  close(fd);",
+          "the fork reads at most 512 MB of .caffemodel (ConvNeXtLarge's is 791 MB); BVLC Caffe's "
+          "limit is INT_MAX, as protobuf's own"),
 )
 
 CMAKE_FLAGS = (
