@@ -5,7 +5,7 @@
 #                        (tf2caffe/source_caffe.py), as the Caffe that writes: the fallback
 #                        for the day Debian bullseye's packages are gone
 #   make test            lint, build both Caffes, then the whole test suite, and the handler
-#                        and zoo tests again written by the other Caffe (what CI runs)
+#                        tests again written by the other Caffe (what CI runs)
 #   make test-zoo        all 40 keras.applications classifiers (make test converts eleven)
 #   make test-fast       lint, then the tests marked neither chroot, containers nor slow
 #                        (handlers written natively, verified in OpenCV): the edit loop, minutes
@@ -119,11 +119,14 @@ lint: $(TF2CAFFE)
 	.venv/bin/python -c "import sys, vermin; sys.exit(vermin.main())" -q --no-tips --violations \
 	  -t=3.9- $(CHROOT_PYTHON)
 
-# The handler and zoo tests run twice: written by each Caffe (and verified in both, and OpenCV).
+# Every net is verified in both Caffes and OpenCV; the handler tests run twice, written by each
+# Caffe (they cover every layer type a Caffe writes). Test files are spread over the CPUs, each
+# whole in one process (a module fixture converts all its cases at once); the slowest are listed.
+PYTEST_PARALLEL = -n auto --dist loadfile
 test: env both-caffes lint
-	.venv/bin/python -m pytest -ra -p no:cacheprovider -m "not full_zoo" tests
-	TF2CAFFE_CAFFE=$(OTHER_CAFFE) .venv/bin/python -m pytest -ra -p no:cacheprovider -m "not full_zoo" \
-	  tests/handlers tests/test_zoo.py
+	.venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) --durations=25 -m "not full_zoo" tests
+	TF2CAFFE_CAFFE=$(OTHER_CAFFE) .venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) \
+	  tests/handlers
 
 # All 40 keras.applications classifiers (make test converts eleven): about 40 minutes.
 test-zoo: env both-caffes
@@ -134,7 +137,7 @@ test-zoo: env both-caffes
 # each whole in one process (its module fixture converts all its cases at once).
 test-fast: $(TF2CAFFE) lint
 	TF2CAFFE_CAFFE=none .venv/bin/python -m pytest -q -p no:cacheprovider \
-	  -m "not chroot and not containers and not slow" -n auto --dist loadfile tests
+	  -m "not chroot and not containers and not slow" $(PYTEST_PARALLEL) tests
 
 bench: $(TF2CAFFE) caffe-env
 	$(PYTHON) bench/run.py
