@@ -119,6 +119,7 @@ def permute(h5: str) -> dict:
 
     from tf2caffe import intermediate
     from tf2caffe.caffe.handlers.dense import inner_product_blocks
+    from tf2caffe.caffe.layout import FlatOrder
 
     model = intermediate.read(h5)
     try:
@@ -129,7 +130,7 @@ def permute(h5: str) -> dict:
     finally:
         model.file.close()
     started = time.monotonic()
-    for _ in inner_product_blocks(kernel, (h, w, c)):
+    for _ in inner_product_blocks(kernel, FlatOrder.chw((h, w, c))):
         pass
     tiled = time.monotonic() - started
     started = time.monotonic()

@@ -238,6 +238,10 @@ def check_speedup(name: str, native: float, pycaffe: float, wanted: float = 3.0)
     return "| %s | %.2fx (%.2f s vs %.2f s) | %.0fx | %s |" % (name, ratio, native, pycaffe, wanted, verdict)
 
 
+# The steps the VGG-19 targets compare.
+TARGET_STEPS = ("interpreter", "a", "b", "permutation", "native", "pycaffe", "convert_native", "convert_pycaffe")
+
+
 def targets(steps: Dict[str, Step], sizes: Dict[str, int]) -> List[str]:
     """The VGG-19 targets of bench/README.md, a row each."""
     s = steps
@@ -280,7 +284,7 @@ def markdown(name: str, model: Model, info: Dict[str, str], steps: Dict[str, Ste
     for key, values in stages.items():
         lines.append("| %s | %s |" % (steps[key].label, ", ".join("%s %.2f" % item for item in values.items())))
     lines += ["", "Sizes: %s." % ", ".join("%s %.1f MiB" % (what, size / MIB) for what, size in sizes.items()), ""]
-    if model.targets and not any(step.error for step in steps.values()):
+    if model.targets and all(key in steps and not steps[key].error for key in TARGET_STEPS):
         lines += targets(steps, sizes)
     verifying = ["pycaffe's `verifying` stage %.2f" % stages["pycaffe_verified"]["verifying"]
                  if "verifying" in stages.get("pycaffe_verified", {}) else "",
