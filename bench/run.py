@@ -276,7 +276,7 @@ def markdown(name: str, model: Model, info: Dict[str, str], steps: Dict[str, Ste
         lines.append("| %s%s | %.2f | %.2f-%.2f | %s | %.0f |" % (
             step.label, " -- **FAILED**: " + step.error.replace("|", "/") if step.error else "", step.wall,
             step.spread[0], step.spread[1], "%.2f" % step.inner if step.inner is not None else "", step.rss / MIB))
-    if "permutation" in steps:
+    if "permutation" in steps and not steps["permutation"].error:
         lines += ["", "Untiled numpy transpose of the same kernel, for comparison: %.2f s." % statistics.median(
             run.json()["numpy_transpose"] for run in steps["permutation"].runs)]
     lines += ["", "Import stages (median s, from the report's `stage_seconds`):", "",
