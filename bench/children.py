@@ -2,6 +2,8 @@
 
     children.py tf-save ARCH SHAPE OUT_DIR   (a) import TensorFlow, build the model, np.save its weights
     children.py tf-forward ARCH SHAPE        TensorFlow's forward pass alone, as export runs it
+    children.py keras-build BUILDER SHAPE OUT.keras   a keras.applications model, seeded and conditioned
+    children.py keras-save SRC.keras OUT_DIR (a) import TensorFlow, load the .keras, save it, np.save its weights
     children.py h5-copy H5 OUT               (b) every dataset of the intermediate, bytes unchanged
     children.py permute H5                   the flatten permutation of the first Dense kernel
     children.py interpreter                  start-up with what the native import stage imports
@@ -63,6 +65,39 @@ def tf_forward(arch: str, shape: str) -> dict:
     return {"seconds": times[0], "second_run": times[1]}
 
 
+def keras_build(builder: str, shape: str, out: str) -> dict:
+    """keras.applications.<builder>(weights=None) at input `shape` (N,H,W,C), seed 0, its weights
+    conditioned like trained ones as tests/test_zoo.py does, saved to `out`."""
+    import keras
+
+    from tf2caffe.export.conditioned import condition_keras_model
+
+    started = time.monotonic()
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, builder)(
+        weights=None, input_shape=tuple(int(d) for d in shape.split(",")[1:]), classifier_activation=None)
+    condition_keras_model(model, 0)
+    model.save(out)
+    return {"seconds": time.monotonic() - started, "weights": int(model.count_params())}
+
+
+def keras_save(src: str, out_dir: str) -> dict:
+    import keras
+    import numpy as np
+
+    started = time.monotonic()
+    model = keras.models.load_model(src, compile=False)
+    loaded = time.monotonic()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "copy.keras"))
+    saved = time.monotonic()
+    for index, weight in enumerate(model.weights):
+        np.save(str(out / ("%04d.npy" % index)), np.asarray(weight))
+    return {"seconds": time.monotonic() - started, "load": loaded - started, "save": saved - loaded,
+            "np_save": time.monotonic() - saved}
+
+
 def h5_copy(h5: str, out: str) -> dict:
     import h5py
 
@@ -84,6 +119,7 @@ def permute(h5: str) -> dict:
 
     from tf2caffe import intermediate
     from tf2caffe.caffe.handlers.dense import inner_product_blocks
+    from tf2caffe.caffe.layout import FlatOrder
 
     model = intermediate.read(h5)
     try:
@@ -94,7 +130,7 @@ def permute(h5: str) -> dict:
     finally:
         model.file.close()
     started = time.monotonic()
-    for _ in inner_product_blocks(kernel, (h, w, c)):
+    for _ in inner_product_blocks(kernel, FlatOrder.chw((h, w, c))):
         pass
     tiled = time.monotonic() - started
     started = time.monotonic()
@@ -111,8 +147,8 @@ def interpreter() -> dict:
     return {"seconds": time.monotonic() - started}
 
 
-CHILDREN = {"tf-save": tf_save, "tf-forward": tf_forward, "h5-copy": h5_copy, "permute": permute,
-            "interpreter": interpreter}
+CHILDREN = {"tf-save": tf_save, "tf-forward": tf_forward, "keras-build": keras_build, "keras-save": keras_save,
+            "h5-copy": h5_copy, "permute": permute, "interpreter": interpreter}
 
 if __name__ == "__main__":
     print(json.dumps(CHILDREN[sys.argv[1]](*sys.argv[2:])))
