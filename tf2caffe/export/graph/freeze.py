@@ -5,10 +5,9 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2
 
 from ...errors import ConversionError
 from ...measure import relative_error
@@ -25,10 +24,10 @@ v1 = tf.compat.v1
 CALL_PREFIX = re.compile(r"^((Stateful)?PartitionedCall(_\d+)?/)+")
 
 
-def _rename(graph_def, renames: Dict[str, str]) -> Tuple[graph_pb2.GraphDef, Dict[str, str]]:
-    """Rename nodes: `renames` first, then drop the `StatefulPartitionedCall/` scopes that a
-    SavedModel's function call adds, where the new name is free. Returns the graph and the
-    old -> new mapping."""
+def _rename(graph_def, renames: Dict[str, str]) -> Dict[str, str]:
+    """Rename nodes in place (a frozen graph holds every weight: a copy of it is a copy of
+    them): `renames` first, then drop the `StatefulPartitionedCall/` scopes that a SavedModel's
+    function call adds, where the new name is free. Returns the old -> new mapping."""
     taken = {n.name for n in graph_def.node}
     mapping = {}
     for node in graph_def.node:
@@ -36,7 +35,6 @@ def _rename(graph_def, renames: Dict[str, str]) -> Tuple[graph_pb2.GraphDef, Dic
         if new != node.name and new not in taken:
             mapping[node.name] = new
             taken.add(new)
-    graph_def = copy.deepcopy(graph_def)
     for node in graph_def.node:
         node.name = mapping.get(node.name, node.name)
         inputs = []
@@ -46,7 +44,7 @@ def _rename(graph_def, renames: Dict[str, str]) -> Tuple[graph_pb2.GraphDef, Dic
             inputs.append("^" + source if control else tensor_name(source, port))
         del node.input[:]
         node.input.extend(inputs)
-    return graph_def, mapping
+    return mapping
 
 
 def _parse_names(names) -> Optional[List[str]]:
@@ -103,20 +101,23 @@ def freeze(source: GraphSource, path, inputs, outputs, input_shape):
             inputs = [i for i in source.inputs if node_of_tensor(i) not in flags]
         inputs, outputs = detect_inputs_outputs(resolved, inputs, outputs or source.outputs, path,
                                                 source.layer_tensors)
+        # Both make a new GraphDef, which _rename may change in place.
         if source.session is not None:
             frozen = v1.graph_util.convert_variables_to_constants(source.session, resolved, outputs)
         else:
             frozen = v1.graph_util.extract_sub_graph(resolved, outputs)
-        frozen, renamed = _rename(frozen, source.variable_names)
-        new_inputs = [renamed.get(i, i) for i in inputs]
-        new_outputs = [renamed.get(o, o) for o in outputs]
-        shapes = input_shapes(frozen, new_inputs, input_shape, path)
-        feeds = dict(zip(shapes, reference_batch(list(shapes.values()), seed=0)))
-        expected = source.run(dict(flags, **dict(zip(inputs, feeds.values()))), outputs)
-        got = run_graph_def(frozen, feeds, new_outputs)
+        shapes = input_shapes(frozen, inputs, input_shape, path)
+        feeds = reference_batch(list(shapes.values()), seed=0)
+        expected = source.run(dict(flags, **dict(zip(inputs, feeds))), outputs)
     finally:
+        # Closed before the frozen graph runs: the session's variables (and optimizer slots) are
+        # as large as the frozen graph's constants.
         if source.session is not None:
             source.session.close()
+    renamed = _rename(frozen, source.variable_names)
+    new_inputs = [renamed.get(i, i) for i in inputs]
+    new_outputs = [renamed.get(o, o) for o in outputs]
+    got = run_graph_def(frozen, dict(zip(new_inputs, feeds)), new_outputs)
     for name, value, reference in zip(new_outputs, got, expected):
         error = relative_error(value, reference)
         if error > 1e-5:
