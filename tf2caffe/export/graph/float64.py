@@ -57,33 +57,41 @@ def _in_float32(node) -> list:
 
 
 def float64_copy(graph_def):
-    """`graph_def` with float64 wherever it has float32: types, constants and placeholders."""
-    copy = v1.GraphDef()
-    copy.CopyFrom(graph_def)
-    islands = [node for node in copy.node if _float32_only(node)]
-    read_beyond_output_0 = {name.split(":")[0] for node in copy.node for name in node.input
+    """`graph_def` with float64 wherever it has float32: types, constants and placeholders. Built
+    node by node: a frozen graph holds every weight, and a whole float32 copy before converting
+    would hold them once more."""
+    islands = [node for node in graph_def.node if _float32_only(node)]
+    read_beyond_output_0 = {name.split(":")[0] for node in graph_def.node for name in node.input
                             if ":" in name and not name.endswith(":0")}
     for node in islands:
         if node.name in read_beyond_output_0:
             raise ConversionError("%s (%s) has no float64 kernel, and more than one output is used" % (
                 node.name, node.op))
-    replacing = {node.name: _in_float32(node) for node in islands}
-    nodes = [n for node in copy.node for n in replacing.get(node.name, [node])]
-    del copy.node[:]
-    copy.node.extend(nodes)
-    typed_already = {n.name for replacement in replacing.values() for n in replacement}
-    for node in copy.node:
-        if node.name in typed_already:
-            continue
-        for attr in node.attr.values():
-            if attr.HasField("type") and attr.type == types_pb2.DT_FLOAT:
-                attr.type = types_pb2.DT_DOUBLE
-            elif attr.HasField("list") and types_pb2.DT_FLOAT in attr.list.type:
-                attr.list.type[:] = [types_pb2.DT_DOUBLE if t == types_pb2.DT_FLOAT else t
-                                     for t in attr.list.type]
-            elif attr.HasField("tensor") and attr.tensor.dtype == types_pb2.DT_FLOAT:
-                attr.tensor.CopyFrom(tf.make_tensor_proto(tf.make_ndarray(attr.tensor).astype(np.float64)))
+    island_names = {node.name for node in islands}
+    copy = v1.GraphDef()
+    copy.versions.CopyFrom(graph_def.versions)
+    copy.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in island_names:
+            copy.node.extend(_in_float32(node))
+        else:
+            copy.node.append(_in_float64(node))
     return copy
+
+
+def _in_float64(node):
+    """A copy of `node` computing in float64 (one node at a time: a constant's float32 values are
+    held twice only while it is converted)."""
+    converted = v1.NodeDef()
+    converted.CopyFrom(node)
+    for attr in converted.attr.values():
+        if attr.HasField("type") and attr.type == types_pb2.DT_FLOAT:
+            attr.type = types_pb2.DT_DOUBLE
+        elif attr.HasField("list") and types_pb2.DT_FLOAT in attr.list.type:
+            attr.list.type[:] = [types_pb2.DT_DOUBLE if t == types_pb2.DT_FLOAT else t for t in attr.list.type]
+        elif attr.HasField("tensor") and attr.tensor.dtype == types_pb2.DT_FLOAT:
+            attr.tensor.CopyFrom(tf.make_tensor_proto(tf.make_ndarray(attr.tensor).astype(np.float64)))
+    return converted
 
 
 def float64_run(graph_def, feeds: Dict[str, np.ndarray],

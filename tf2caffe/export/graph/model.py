@@ -62,11 +62,14 @@ def graph_to_intermediate(graph_def, inputs, outputs, name, source_framework, so
         reference_inputs={mapper.layer_input(node_of_tensor(i)): feeds[i] for i in inputs})
     recorded = [layer.name for layer in layers] if per_layer else model.compared_layers()
     model.reference_activations = {layer: values[mapper.tensor_of[layer]] for layer in recorded}
-    truths, why_not = float64_run(graph_def, feeds, [mapper.tensor_of[layer] for layer in recorded])
+    fetches = [mapper.tensor_of[layer] for layer in recorded]
+    # The float32 graph (every weight) goes before its float64 copy comes.
+    del graph, data_nodes, feed_dict, fetched, values, mapper
+    truths, why_not = float64_run(graph_def, feeds, fetches)
     if truths is None:
         model.attrs["float64_reference"] = "none: %s" % why_not
     else:
-        model.reference_float64 = {layer: truths[mapper.tensor_of[layer]] for layer in recorded}
+        model.reference_float64 = {layer: truths[fetch] for layer, fetch in zip(recorded, fetches)}
     return model
 
 
