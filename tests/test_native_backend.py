@@ -159,7 +159,9 @@ def test_convert_with_the_native_backend(tmp_path):
     errors = completed.stdout.split("max relative error: ", 1)[1].split(" (compared")[0]
     assert [part.split()[0] for part in errors.split(", ")] == ["OpenCV"] + [
         caffe.name for caffe in runtimes.available_caffes()]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cnn.caffemodel", "cnn.h5", "cnn.prototxt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "cnn.caffemodel", "cnn.h5", "cnn.prototxt", "cnn.reference.npy", "cnn.reference.tiff", "cnn.report.html",
+        "cnn.report.json"]
 
 
 def test_native_refuses_a_hand_written_prototxt_before_writing(tmp_path):
