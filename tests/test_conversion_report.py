@@ -87,6 +87,13 @@ def test_html_report_is_self_contained_with_diagram_tables_and_snippets(converte
     assert not re.search(r'<(script|link|img)[^>]+(src|href)=', page)  # nothing loaded from elsewhere
 
 
+def test_html_report_gives_the_deployment_options_and_what_they_changed(converted_for_deployment):
+    out, _ = converted_for_deployment
+    section = (out / "classifier.report.html").read_text().split('id="deployment-options"')[1].split("<h2")[0]
+    assert "--bgr" in section and "--mean 10.0,20.0,30.0" in section and "--scale 0.5,0.25,2.0" in section
+    assert section.count("<li>") >= 2, section  # the reversal and the preprocessing, a line each
+
+
 def snippet(page: str, which: str) -> str:
     return html.unescape(re.search(r'<pre id="%s-snippet">(.*?)</pre>' % which, page, re.S).group(1))
 

@@ -331,7 +331,16 @@ def page(imported: report.Report, result: report.FileResult, layer_order: List[s
         opencv=e(opencv_snippet(result)), pycaffe=e(pycaffe_snippet(result)),
         runtime_headers="".join("<th>max rel. error, %s</th>" % e(runtime) for runtime in per_layer),
         table_rows=table_rows, plot=error_plot_svg(layer_order, per_layer), diagram=diagram,
-        drawn_by=e(drawn_by), caffe_layers=len(layers))
+        drawn_by=e(drawn_by), caffe_layers=len(layers), deploy_options=deploy_options_html(result))
+
+
+def deploy_options_html(result: report.FileResult) -> str:
+    """The options the net was built with (caffe/deploy.py) and what each pass changed."""
+    options = DeployOptions.from_json(result.deploy_options)
+    chosen = " ".join(options.argv()) or "none"
+    applied = result.deploy_options.get("applied") or []
+    return "<p>Options: <code>%s</code>.</p>\n<ul>%s</ul>" % (html.escape(chosen), "".join(
+        "<li>%s</li>" % html.escape(line) for line in applied) or "<li>nothing changed</li>")
 
 
 def _step(step: Dict) -> str:
@@ -367,6 +376,8 @@ the runtime's default settings, asked for the model's outputs only.</p>
 <th>value range</th><th>preprocessing inside the net</th><th>left to you</th></tr>%(inputs_rows)s</table>
 <h2 id="outputs">Outputs</h2>
 <table><tr><th>TensorFlow output</th><th>Caffe blob</th><th>shape</th><th>holds</th><th>logits blob</th></tr>%(outputs_rows)s</table>
+<h2 id="deployment-options">Deployment options</h2>
+%(deploy_options)s
 <h2 id="snippets">Running it</h2>
 <h3>OpenCV</h3>
 <pre id="opencv-snippet">%(opencv)s</pre>
