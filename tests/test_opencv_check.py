@@ -13,13 +13,25 @@ def one_by_one(x, weight, bias):
     return np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x) + bias[None, :, None, None]
 
 
+def conv_weights(rng, outputs, inputs):
+    return rng.randn(outputs, inputs, 1, 1).astype(np.float32), rng.randn(outputs).astype(np.float32)
+
+
+def saved_net(tmp_path, name, layers):
+    """(net, prototxt, caffemodel) of `layers`, written by the native writer."""
+    net = NetSpec(name)
+    for layer in layers:
+        net.add(layer)
+    prototxt, caffemodel = str(tmp_path / (name + ".prototxt")), str(tmp_path / (name + ".caffemodel"))
+    native_backend.save(net, prototxt, caffemodel)
+    return net, prototxt, caffemodel
+
+
 def test_outputs_of_in_place_layers_second_tops_and_renamed_convolutions(tmp_path):
     rng = np.random.RandomState(0)
     x = rng.randn(2, 3, 4, 5).astype(np.float32)
-    w1, b1 = rng.randn(4, 3, 1, 1).astype(np.float32), rng.randn(4).astype(np.float32)
-    w2, b2 = rng.randn(2, 4, 1, 1).astype(np.float32), rng.randn(2).astype(np.float32)
-    net = NetSpec("fetch")
-    for layer in [
+    (w1, b1), (w2, b2) = conv_weights(rng, 4, 3), conv_weights(rng, 2, 4)
+    net, prototxt, caffemodel = saved_net(tmp_path, "fetch", [
         CaffeLayer("data", "Input", [], ["data"], {"input_param": {"shape": shape_param(x.shape)}}),
         CaffeLayer("conv_layer", "Convolution", ["data"], ["conv"],
                    {"convolution_param": {"num_output": 4, "kernel_size": 1}}, [w1, b1]),
@@ -29,10 +41,7 @@ def test_outputs_of_in_place_layers_second_tops_and_renamed_convolutions(tmp_pat
         # OpenCV 4.x names a Convolution after its top: found through the blob name.
         CaffeLayer("conv2_layer", "Convolution", ["rest"], ["conv2"],
                    {"convolution_param": {"num_output": 2, "kernel_size": 1}}, [w2, b2]),
-    ]:
-        net.add(layer)
-    prototxt, caffemodel = str(tmp_path / "fetch.prototxt"), str(tmp_path / "fetch.caffemodel")
-    native_backend.save(net, prototxt, caffemodel)
+    ])
 
     relu = np.maximum(one_by_one(x, w1, b1), 0)
     expected = {"relu": relu, "rest": relu[:, :, 1:], "conv2": one_by_one(relu[:, :, 1:], w2, b2)}
@@ -54,10 +63,8 @@ def test_deployed_run_sees_what_fusion_breaks_and_names_the_fused_layers(tmp_pat
     from tf2caffe import intermediate, report
     rng = np.random.RandomState(0)
     x = rng.randn(1, 3, 4, 4).astype(np.float32)
-    w1, b1 = rng.randn(2, 3, 1, 1).astype(np.float32), rng.randn(2).astype(np.float32)
-    w2, b2 = rng.randn(2, 3, 1, 1).astype(np.float32), rng.randn(2).astype(np.float32)
-    net = NetSpec("fused")
-    for layer in [
+    (w1, b1), (w2, b2) = conv_weights(rng, 2, 3), conv_weights(rng, 2, 3)
+    net, prototxt, caffemodel = saved_net(tmp_path, "fused", [
         CaffeLayer("data", "Input", [], ["data"], {"input_param": {"shape": shape_param(x.shape)}}),
         CaffeLayer("sig/logits", "Convolution", ["data"], ["sig/logits"],
                    {"convolution_param": {"num_output": 2, "kernel_size": 1}}, [w1, b1]),
@@ -65,10 +72,7 @@ def test_deployed_run_sees_what_fusion_breaks_and_names_the_fused_layers(tmp_pat
         CaffeLayer("other", "Convolution", ["data"], ["other"],
                    {"convolution_param": {"num_output": 2, "kernel_size": 1}}, [w2, b2]),
         CaffeLayer("cat", "Concat", ["sig", "other"], ["cat"]),
-    ]:
-        net.add(layer)
-    prototxt, caffemodel = str(tmp_path / "fused.prototxt"), str(tmp_path / "fused.caffemodel")
-    native_backend.save(net, prototxt, caffemodel)
+    ])
     sig = 1 / (1 + np.exp(-one_by_one(x, w1, b1)))
     cat = np.concatenate([sig, one_by_one(x, w2, b2)], axis=1)
     nhwc = lambda value: value.transpose(0, 2, 3, 1)  # noqa: E731
