@@ -122,9 +122,13 @@ lint: $(TF2CAFFE)
 # Every net is verified in both Caffes and OpenCV; the handler tests run twice, written by each
 # Caffe (they cover every layer type a Caffe writes). Test files are spread over the CPUs, each
 # whole in one process (a module fixture converts all its cases at once); the slowest are listed.
+# The Ctrl-C test runs alone: it loads every CPU itself, and its moments are timed against that.
 PYTEST_PARALLEL = -n auto --dist loadfile
+ALONE = tests/test_interrupt.py
 test: env both-caffes lint
-	.venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) --durations=25 -m "not full_zoo" tests
+	.venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) --durations=25 -m "not full_zoo" \
+	  --ignore=$(ALONE) tests
+	.venv/bin/python -m pytest -ra -p no:cacheprovider $(ALONE)
 	TF2CAFFE_CAFFE=$(OTHER_CAFFE) .venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) \
 	  tests/handlers
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tf2caffe import environments
-from test_packaging import AS_NOBODY, NOBODY, SYSTEM_PYTHON, open_to_others
+from test_packaging import AS_NOBODY, NOBODY, SYSTEM_PYTHON, copy_of_checkout, open_to_others
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tflearn_convnet_mnist"
@@ -40,12 +40,7 @@ def shared_cache(tmp_path_factory) -> Path:
 
 
 def checkout_of_nobody(folder: Path) -> Path:
-    files = subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "-z"], stdout=subprocess.PIPE,
-                           check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if (PROJECT_ROOT / name).is_file():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes((PROJECT_ROOT / name).read_bytes())
+    copy_of_checkout(folder)
     subprocess.run(["chown", "-R", "%d:%d" % (NOBODY, NOBODY), str(folder)], check=True)
     open_to_others(folder)
     return folder

@@ -35,17 +35,22 @@ def run(command, **kwargs) -> subprocess.CompletedProcess:
 def wheel(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
     # From a copy: setuptools writes build/ and *.egg-info next to pyproject.toml.
-    source = folder / "source"
-    archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "-z"], stdout=subprocess.PIPE,
-                             check=True).stdout.decode().split("\0")
-    for name in filter(None, archive):
-        if (PROJECT_ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            (source / name).write_bytes((PROJECT_ROOT / name).read_bytes())
+    source = copy_of_checkout(folder / "source")
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", folder, source])
     assert built.returncode == 0, built.stderr
     (found,) = folder.glob("tf2caffe-*.whl")
     return found
+
+
+def copy_of_checkout(folder: Path) -> Path:
+    """The checkout's tracked files, as a fresh clone has them, copied to `folder`."""
+    files = subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "-z"], stdout=subprocess.PIPE,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (PROJECT_ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes((PROJECT_ROOT / name).read_bytes())
+    return folder
 
 
 def fresh_venv(folder: Path, *requirements) -> Path:
