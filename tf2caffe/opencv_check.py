@@ -50,17 +50,22 @@ def opencv_layer_name(net, target: verify.Target, where: str) -> str:
 
 def run(net, inputs: Dict[str, np.ndarray], targets: Dict[str, verify.Target], where: str) -> Dict[str, np.ndarray]:
     """Forward `inputs` (blob -> Caffe-layout array) once; each target's output."""
-    import cv2
     names = {tf_layer: opencv_layer_name(net, target, where) for tf_layer, target in targets.items()}
     layers = sorted(set(names.values()))
+    outputs = dict(zip(layers, _forwarded(net, inputs, lambda: net.forwardAndRetrieve(layers), where)))
+    return {tf_layer: _as_blob(target, outputs[names[tf_layer]][target.top_index])
+            for tf_layer, target in targets.items()}
+
+
+def _forwarded(net, inputs: Dict[str, np.ndarray], forward, where: str):
+    """`forward()` after setting `inputs` (blob -> Caffe-layout array); OpenCV's errors as ours."""
+    import cv2
     try:
         for blob, value in inputs.items():
             net.setInput(np.ascontiguousarray(value, dtype=np.float32), blob)
-        outputs = dict(zip(layers, net.forwardAndRetrieve(layers)))
+        return forward()
     except cv2.error as error:
         raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _last_line(error)))
-    return {tf_layer: _as_blob(target, outputs[names[tf_layer]][target.top_index])
-            for tf_layer, target in targets.items()}
 
 
 def _as_blob(target: verify.Target, value) -> np.ndarray:
@@ -76,18 +81,12 @@ def deployed(model: intermediate.Model, inputs: Dict[str, str], outputs: Dict[st
     """The model's outputs (`outputs`: their targets) from a fresh net with OpenCV's default
     settings asked for them alone, fed as the net built with `deployment` takes its input:
     ({output: report.layer_error}, the groups of Caffe layers OpenCV fused)."""
-    import cv2
     net = load(prototxt, caffemodel)
     where = "%s (OpenCV as deployed)" % prototxt
 
     def forward(feeds, targets):
         names = [opencv_layer_name(net, target, where) for target in targets.values()]
-        try:
-            for blob, value in feeds.items():
-                net.setInput(np.ascontiguousarray(value, dtype=np.float32), blob)
-            values = net.forward(names)
-        except cv2.error as error:
-            raise ConversionError("%s: OpenCV cannot run the model: %s" % (where, _last_line(error)))
+        values = _forwarded(net, feeds, lambda: net.forward(names), where)
         return {tf_layer: _as_blob(target, value) for (tf_layer, target), value in zip(targets.items(), values)}
 
     _, errors, _, _ = verify.measure(model, inputs, {}, outputs, forward, where, deployment)
