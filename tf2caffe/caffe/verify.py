@@ -176,8 +176,9 @@ def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], com
     report.layer_error}, {mapped layer: relative error}). A compared layer's shape must match;
     a mapped layer's mismatch counts as infinite error. `inputs`: TF input layer -> Caffe blob;
     `deployment`: the options the net was built with (what it takes as input)."""
-    fetched = run(reference_feeds(model, inputs, deployment), dict(mapped, **compared))
-    detections = {name for name in dict(mapped, **compared) if model.layer(name).type in DETECTION_TYPES}
+    targets = dict(mapped, **compared)
+    fetched = run(reference_feeds(model, inputs, deployment), targets)
+    detections = {name for name in targets if model.layer(name).type in DETECTION_TYPES}
     expected = {name: in_caffe_layout(target, model.activation(name), where)
                 for name, target in compared.items() if name not in detections}
     for name, value in expected.items():
@@ -188,7 +189,7 @@ def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], com
     for name in detections & set(compared):
         error = detection_error(fetched[name], model.activation(name))
         errors[name] = report.layer_error(error, error)
-    return fetched, errors, per_layer, float64_errors(dict(mapped, **compared), fetched, model)
+    return fetched, errors, per_layer, float64_errors(targets, fetched, model)
 
 
 def measure_again(result: report.FileResult, run: Callable, where: str) -> Dict[str, Dict]:
