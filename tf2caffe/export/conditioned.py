@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import ConversionError
+from .graph.session import SESSION_CONFIG
 
 v1 = tf.compat.v1
 # Op type -> index of its kernel input.
@@ -85,24 +86,48 @@ def _batch_norm_output(graph, scope: str):
     return graph.get_tensor_by_name(scope + "/batchnorm/add_1:0")
 
 
-def _normalise(session, op, kernel, variables, feed, assign, rng) -> None:
+def _normalise(weights, op, kernel, rng) -> None:
     """Shift each output channel CENTRING of the way to zero mean with the layer's bias `b` (if it
     has one, plus N(0, 0.1) noise) and scale the kernel so that the output's root-mean-square over
     the batch is one (RESIDUAL_GAIN at a residual branch's end): offsets count, so a following
     tanh or sigmoid sees values of order one."""
-    y = session.run(op.outputs[0], feed)
+    y = weights.measure(op.outputs[0])
     mean = y.mean(axis=tuple(range(y.ndim - 1)))
     bias = kernel.rpartition("/")[0] + "/b"
-    has_bias = bias in variables and variables[bias].shape.as_list() == list(mean.shape)
+    has_bias = bias in weights.values and weights.values[bias].shape == mean.shape
     shift = CENTRING * mean if has_bias else np.zeros_like(mean)
     spread = float(np.sqrt(np.mean((y - shift) ** 2)))
     if _ends_residual_branch(op.outputs[0]):
         spread /= RESIDUAL_GAIN
     if spread == 0:
         return  # an output that is always zero keeps its weights
-    assign(kernel, session.run(variables[kernel]) / spread)
+    weights.assign(kernel, weights.values[kernel] / spread)
     if has_bias:
-        assign(bias, -shift / spread + rng.normal(0.0, 0.1, mean.shape))
+        weights.assign(bias, -shift / spread + rng.normal(0.0, 0.1, mean.shape))
+
+
+class _Weights:
+    """The variables' values, kept here and sent to the session together just before the next
+    measurement: every session.run with new fetches builds an executor over the graph, so one run
+    per assignment made a DenseNet's conditioning take minutes."""
+
+    def __init__(self, session, variables, feed):
+        self.session, self.variables, self.feed = session, variables, feed
+        self.values = session.run(variables)
+        self.pending = set()
+
+    def assign(self, name, value):
+        self.values[name] = np.asarray(value, np.float32)
+        self.pending.add(name)
+
+    def measure(self, tensor) -> np.ndarray:
+        if self.pending:
+            initializers = [self.variables[name].initializer for name in sorted(self.pending)]
+            # An initializer's second input is the initial value: fed, it loads ours.
+            self.session.run(initializers, {op.inputs[1]: self.values[name] for op, name in
+                                            zip(initializers, sorted(self.pending))})
+            self.pending.clear()
+        return self.session.run(tensor, self.feed)
 
 
 def conditioned_weights(build: Callable, input_shape: Sequence[int], seed: int,
@@ -120,19 +145,15 @@ def conditioned_weights(build: Callable, input_shape: Sequence[int], seed: int,
     shape = [BATCH] + list(input_shape[1:])
     batch = (sample or (lambda r, s: r.standard_normal(s)))(rng, shape).astype(np.float32)
     variables = {v.op.name: v for v in v1.global_variables()}
-    feed = {inputs[0]: batch}
-    with v1.Session(graph=graph) as session:
+    with v1.Session(graph=graph, config=SESSION_CONFIG) as session:
         session.run(v1.global_variables_initializer())
         if graph.get_collection("is_training"):
             import tflearn
             tflearn.is_training(False, session=session)
-
-        def assign(name, value):
-            variables[name].load(np.asarray(value, np.float32), session)
-
+        weights = _Weights(session, variables, {inputs[0]: batch})
         for name, variable in variables.items():
             if name.rpartition("/")[2] == "b":
-                assign(name, rng.normal(0.0, 0.1, variable.shape.as_list()))
+                weights.assign(name, rng.normal(0.0, 0.1, variable.shape.as_list()))
         batch_norms = {}  # normalised tensor -> the batch normalisation scopes reading it
         for name in variables:
             if name.endswith("/moving_mean"):
@@ -144,18 +165,18 @@ def conditioned_weights(build: Callable, input_shape: Sequence[int], seed: int,
             kernel = (_variable_behind(op.inputs[KERNEL_INPUT[op.type]])
                       if op.type in KERNEL_INPUT else None)
             if kernel is not None and kernel.name in variables:
-                _normalise(session, op, kernel.name, variables, feed, assign, rng)
+                _normalise(weights, op, kernel.name, rng)
             for scope in batch_norms.get(op.outputs[0].name if op.outputs else None, []):
-                x = session.run(op.outputs[0], feed)
+                x = weights.measure(op.outputs[0])
                 axes = tuple(range(x.ndim - 1))
                 mean, std = x.mean(axis=axes), x.std(axis=axes)
                 channels = mean.shape
                 gain = RESIDUAL_GAIN if _ends_residual_branch(_batch_norm_output(graph, scope)) else 1.0
-                assign(scope + "/moving_mean", mean + 0.1 * std * rng.standard_normal(channels))
-                assign(scope + "/moving_variance", std ** 2 * rng.uniform(0.5, 2.0, channels))
-                assign(scope + "/gamma", gain * rng.uniform(0.5, 1.5, channels))
-                assign(scope + "/beta", gain * rng.normal(0.0, 0.1, channels))
-        return session.run({name: variable for name, variable in variables.items()})
+                weights.assign(scope + "/moving_mean", mean + 0.1 * std * rng.standard_normal(channels))
+                weights.assign(scope + "/moving_variance", std ** 2 * rng.uniform(0.5, 2.0, channels))
+                weights.assign(scope + "/gamma", gain * rng.uniform(0.5, 1.5, channels))
+                weights.assign(scope + "/beta", gain * rng.normal(0.0, 0.1, channels))
+        return dict(weights.values)
 
 
 # ---------------------------------------------------------------------------------------------
