@@ -6,7 +6,6 @@
 #                        for the day Debian bullseye's packages are gone
 #   make test            lint, build both Caffes, then the whole test suite, and the handler
 #                        tests again written by the other Caffe (what CI runs)
-#   make test-zoo        all 40 keras.applications classifiers (make test converts eleven)
 #   make test-fast       lint, then the tests marked neither chroot, containers nor slow
 #                        (handlers written natively, verified in OpenCV): the edit loop, minutes
 #   make lint            ruff, and vermin's Python 3.9 floor for the code the Caffe chroot runs
@@ -41,7 +40,7 @@ OTHER_CAFFE := $(filter-out $(CAFFE),bullseye source)
 ENVIRONMENT_OF_bullseye := caffe
 ENVIRONMENT_OF_source := caffe-source
 
-.PHONY: all env caffe-env both-caffes export import convert test test-fast test-zoo lint bench clean
+.PHONY: all env caffe-env both-caffes export import convert test test-fast lint bench clean
 
 all: export import
 
@@ -120,21 +119,17 @@ lint: $(TF2CAFFE)
 	  -t=3.9- $(CHROOT_PYTHON)
 
 # Every net is verified in both Caffes and OpenCV; the handler tests run twice, written by each
-# Caffe (they cover every layer type a Caffe writes). Test files are spread over the CPUs, each
-# whole in one process (a module fixture converts all its cases at once); the slowest are listed.
+# Caffe (they cover every layer type a Caffe writes). Tests are spread over the CPUs by work
+# unit (tests/conftest.py: a file, or a batch of the 40 classifiers), slow ones first; the slowest
+# are listed.
 # The Ctrl-C test runs alone: it loads every CPU itself, and its moments are timed against that.
-PYTEST_PARALLEL = -n auto --dist loadfile
+PYTEST_PARALLEL = -n auto --no-loadscope-reorder
 ALONE = tests/test_interrupt.py
 test: env both-caffes lint
-	.venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) --durations=25 -m "not full_zoo" \
-	  --ignore=$(ALONE) tests
+	.venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) --durations=25 --ignore=$(ALONE) tests
 	.venv/bin/python -m pytest -ra -p no:cacheprovider $(ALONE)
 	TF2CAFFE_CAFFE=$(OTHER_CAFFE) .venv/bin/python -m pytest -ra -p no:cacheprovider $(PYTEST_PARALLEL) \
 	  tests/handlers
-
-# All 40 keras.applications classifiers (make test converts eleven): about 40 minutes.
-test-zoo: env both-caffes
-	.venv/bin/python -m pytest -ra -p no:cacheprovider tests/test_zoo.py
 
 # The conversions of the handler suites use no Caffe (written natively, measured in OpenCV
 # only); `make test` measures them in both Caffes too. Test files are spread over the CPUs,
