@@ -403,12 +403,10 @@ def test_anchors_of_the_sample_config():
     assert np.allclose(anchors[:3], expected, atol=1e-7)
 
 
-@pytest.mark.slow
-def test_frozen_graph_with_its_post_processing(converted, tmp_path):
-    """Form (a): the same detector frozen with the API's post-processing ops in the graph (anchors
-    as a constant, decoding, sigmoid, tf.image.combined_non_max_suppression). It converts up to
-    its heads (--outputs), the ssd block gives the rest, and the graph's own detections on the
-    photographs are the intermediate's TensorFlow reference, which DetectionOutput matches."""
+def frozen_with_post_processing(converted, path: Path):
+    """The converted case's detector frozen with the API's post-processing ops in the graph
+    (anchors as a constant, decoding, sigmoid, tf.image.combined_non_max_suppression) at `path`;
+    returns the tf.function."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -435,15 +433,26 @@ def test_frozen_graph_with_its_post_processing(converted, tmp_path):
             clip_boxes=False)
 
     frozen = convert_variables_to_constants_v2(detect.get_concrete_function())
+    path.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    return detect
+
+
+def convert_frozen(converted, tmp_path: Path, **options) -> dict:
+    """Form (a): the frozen detector converted up to its heads (--outputs), the rest from the graph
+    (or from `options`' ssd_config); the graph's own detections on the photographs are the
+    intermediate's TensorFlow reference, which DetectionOutput matches in both runtimes."""
+    import tensorflow as tf
+
     pb = tmp_path / "ssd_frozen.pb"
-    pb.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    detect = frozen_with_post_processing(converted, pb)
     started = time.monotonic()
     report = tf2caffe.convert(pb, tmp_path / "out", profile="ssd", inputs="images:0",
-                              outputs="box_encodings:0,class_logits:0", input_shape=[1, height, width, 3],
-                              reference_input=str(folder / "photographs.npy"), ssd_config=str(converted["config"]))
+                              outputs="box_encodings:0,class_logits:0",
+                              input_shape=[1] + list(converted["image_hw"]) + [3],
+                              reference_input=str(converted["folder"] / "photographs.npy"), **options)
     seconds = time.monotonic() - started
     runtimes = report.runtimes()
-    print(json.dumps(dict(form="a", case=converted["case"], seconds=round(seconds, 1),
+    print(json.dumps(dict(form="a", case=converted["case"], config="ssd_config" in options, seconds=round(seconds, 1),
                           caffe_layers=report.result.caffe_layers, runtimes=runtimes)))
     assert report.status == 0 and set(runtimes) == {"pycaffe-source", "OpenCV"}
     assert all(errors["detection_output"] <= TOLERANCE for errors in runtimes.values())
@@ -452,6 +461,8 @@ def test_frozen_graph_with_its_post_processing(converted, tmp_path):
     try:
         batch = converted_model.reference_input(converted_model.inputs[0])
         expected = detection_rows(converted_model.activation("detection_output"))
+        layer = converted_model.layer("detection_output")
+        found = dict(config=layer.config, anchors=layer.array("anchors"))
     finally:
         converted_model.file.close()
     boxes, scores, classes, counts = (np.asarray(t) for t in detect(tf.constant(batch)))
@@ -459,6 +470,131 @@ def test_frozen_graph_with_its_post_processing(converted, tmp_path):
                                for image in range(len(batch)) for k in range(counts[image])])
     assert in_graph.shape == expected.shape and np.array_equal(in_graph[:, :2], expected[:, :2])
     assert np.max(np.abs(in_graph[:, 2:] - expected[:, 2:])) <= TOLERANCE  # measured: 3.6e-6
+    return found
+
+
+@pytest.mark.slow
+def test_frozen_graph_with_its_post_processing(converted, tmp_path):
+    """Without --ssd-config, the post-processing is read from the graph: the same settings and
+    anchors (their PriorBox layout within float32 rounding) as the config gives."""
+    found = convert_frozen(converted, tmp_path)
+    model = intermediate.read(converted["report"].h5)
+    try:
+        layer = model.layer("detection_output")
+        from_config = dict(config=layer.config, anchors=layer.array("anchors"))
+    finally:
+        model.file.close()
+    assert np.max(np.abs(found["anchors"] - from_config["anchors"])) <= 2.0 ** -23
+    assert found["config"]["score_converter"] == from_config["config"]["score_converter"]
+    for key in ("coder_scales", "logit_scale", "score_threshold", "iou_threshold", "max_total_detections",
+                "image_size"):
+        assert found["config"][key] == pytest.approx(from_config["config"][key], rel=1e-6), key
+    for probed, configured in zip(found["config"]["feature_maps"], from_config["config"]["feature_maps"]):
+        assert probed["grid"] == configured["grid"] and probed["offset"] == pytest.approx(configured["offset"])
+        assert np.allclose(probed["step"], configured["step"], rtol=1e-6)
+        assert np.allclose(probed["boxes"], configured["boxes"], rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("converted", ["128"], indirect=True)
+def test_frozen_graph_with_the_config(converted, tmp_path):
+    """--ssd-config wins over the graph's own post-processing: its settings make the layer."""
+    convert_frozen(converted, tmp_path, ssd_config=str(converted["config"]))
+
+
+def tiny_detector(path: Path, decode, scores) -> None:
+    """A frozen 8x8-cell detector (1x1 convolutions of the image as heads, one anchor per cell,
+    2 classes + background) whose post-processing is decode(codes, anchors) -> boxes and
+    scores(logits) -> the NMS's scores, then CombinedNonMaxSuppression."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    random = np.random.default_rng(SEED)
+    box_kernel, class_kernel = (tf.constant(random.normal(0, 1, (1, 1, 3, k)).astype(np.float32)) for k in (4, 3))
+    centres = (np.arange(8) + 0.5) / 8
+    y, x = np.meshgrid(centres, centres, indexing="ij")
+    anchors = tf.constant(np.stack([y - 0.1, x - 0.1, y + 0.1, x + 0.1], -1).reshape(64, 4).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="images")])
+    def detect(images):
+        codes = tf.identity(tf.reshape(tf.nn.conv2d(images, box_kernel, 1, "VALID"), [-1, 64, 4]), name="box_encodings")
+        logits = tf.identity(tf.reshape(tf.nn.conv2d(images, class_kernel, 1, "VALID"), [-1, 64, 3]), name="class_logits")
+        return tf.image.combined_non_max_suppression(decode(codes, anchors)[:, :, None, :], scores(logits), 20, 20,
+                                                     0.5, 0.3, clip_boxes=False)
+
+    path.write_bytes(convert_variables_to_constants_v2(detect.get_concrete_function()).graph.as_graph_def()
+                     .SerializeToString())
+
+
+def centre_size_decode(scales):
+    def decode(codes, anchors):
+        import tensorflow as tf
+        ha, wa = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+        ty, tx, th, tw = tf.unstack(codes / scales, axis=2)
+        h, w = tf.exp(th) * ha, tf.exp(tw) * wa
+        cy, cx = ty * ha + anchors[:, 0] + ha / 2, tx * wa + anchors[:, 1] + wa / 2
+        return tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=2)
+    return decode
+
+
+def test_the_graph_post_processing_is_probed(tmp_path):
+    """Coder scales, a softmax of logits / 2 and the NMS's thresholds, read from the graph."""
+    import tensorflow as tf
+    tiny_detector(tmp_path / "tiny.pb", centre_size_decode([8.0, 6.0, 4.0, 3.0]),
+                  lambda logits: tf.nn.softmax(logits / 2.0)[:, :, 1:])
+    h5 = tf2caffe.export.export(tmp_path / "tiny.pb", tmp_path / "out", inputs="images:0",
+                                outputs="box_encodings:0,class_logits:0")
+    model = intermediate.read(h5)
+    try:
+        config = model.layer("detection_output").config
+    finally:
+        model.file.close()
+    assert config["coder_scales"] == [8.0, 6.0, 4.0, 3.0]
+    assert (config["score_converter"], config["logit_scale"]) == ("SOFTMAX", 2.0)
+    assert (config["iou_threshold"], config["score_threshold"], config["max_total_detections"]) == pytest.approx(
+        (0.5, 0.3, 20))
+    layout = config["feature_maps"][0]
+    assert layout["step"] == pytest.approx([0.125, 0.125], rel=1e-6) and layout["offset"] == pytest.approx(0.5, rel=1e-6)
+    assert layout["boxes"] == [pytest.approx([0.2, 0.2], rel=1e-6)]
+
+
+@pytest.mark.parametrize("what", ["decoding", "scores"])
+def test_graph_post_processing_that_is_not_the_api_s_is_refused(what, tmp_path):
+    import tensorflow as tf
+    if what == "decoding":  # corners moved by the encodings: not the centre-size coder
+        tiny_detector(tmp_path / "tiny.pb", lambda codes, anchors: anchors + codes * 0.1,
+                      lambda logits: tf.sigmoid(logits)[:, :, 1:])
+        reason = "the graph's box decoding is not the centre-size coder"
+    else:
+        tiny_detector(tmp_path / "tiny.pb", centre_size_decode([10.0, 10.0, 5.0, 5.0]),
+                      lambda logits: tf.sigmoid(logits)[:, :, 1:] ** 2)
+        reason = "the scores are not a sigmoid, softmax or identity of the logits / a scale"
+    with pytest.raises(ConversionError, match=re.escape("/CombinedNonMaxSuppression' (CombinedNonMaxSuppression): "
+                                                        + reason)):
+        tf2caffe.export.export(tmp_path / "tiny.pb", tmp_path / "out", inputs="images:0",
+                               outputs="box_encodings:0,class_logits:0")
+
+
+def test_nms_in_a_loop_is_refused_naming_it(tmp_path):
+    """The API's TF1 export runs its per-class NMS in a map_fn over the batch (a while loop): refused
+    in one line naming the loop, before any work."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="images")])
+    def detect(images):
+        codes = tf.identity(tf.reshape(images[..., :2] * 0.1, [-1, 32, 4]), name="box_encodings")
+        logits = tf.identity(tf.reshape(images[..., :2], [-1, 48, 2])[:, :32], name="class_logits")
+        return tf.map_fn(lambda item: tf.image.non_max_suppression(item[0], tf.sigmoid(item[1][:, 1]), 10, 0.5),
+                         (codes, logits), fn_output_signature=tf.int32)
+
+    pb = tmp_path / "looped.pb"
+    pb.write_bytes(convert_variables_to_constants_v2(detect.get_concrete_function()).graph.as_graph_def()
+                   .SerializeToString())
+    # (the frozen graph holds the loop as TF1 control flow: Enter, Exit, ...; or a While op)
+    with pytest.raises(ConversionError, match=r"looped\.pb: 'map/while/[^']*' \((Enter|While|StatelessWhile)\): "
+                                              r"the post-processing runs its NMS in a loop \(a map_fn over the batch"):
+        tf2caffe.export.export(pb, tmp_path / "out", inputs="images:0", outputs="box_encodings:0,class_logits:0")
 
 
 def test_an_unusable_config_is_one_line_before_any_work(tmp_path):

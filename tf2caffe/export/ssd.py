@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class AnchorSettings(NamedTuple):
 
 class SSDSettings(NamedTuple):
     num_classes: int
-    anchors: AnchorSettings
+    anchors: Union[AnchorSettings, np.ndarray]  # a generator's settings, or (anchors, 4) read from a graph
     coder_scales: Tuple[float, float, float, float]  # y, x, height, width
     score_converter: str
     logit_scale: float
@@ -326,10 +326,11 @@ def heads(model: intermediate.Model, output: str) -> List[intermediate.Layer]:
     return [_producer_4d(model, part) for part in parts]
 
 
-def add_detection_output(model: intermediate.Model, settings: SSDSettings, where: str) -> None:
+def add_detection_output(model: intermediate.Model, settings: SSDSettings, where: str, reference_rows=None,
+                         anchors_source: str = "MultipleGridAnchorGenerator (numpy)") -> None:
     """Append the `ssd_detection_output` layer (after the two outputs) with its config, TF's
-    anchors as its array, and TensorFlow's detections for the reference batch (`where` names the
-    model and config in errors)."""
+    anchors as its array, and TensorFlow's detections for the reference batch: `reference_rows`
+    (a graph's own), else tf_detections' (`where` names the model and config in errors)."""
     if len(model.outputs) != 2:
         raise ConversionError("%s: an SSD model has two outputs (box encodings, class predictions with "
                               "background); this one has %d" % (where, len(model.outputs)))
@@ -342,18 +343,20 @@ def add_detection_output(model: intermediate.Model, settings: SSDSettings, where
                                   where, box_name, box_shape, class_name, class_shape, classes))
     box_heads = heads(model, box_name)
     per_cell = [int(head.output_shape[3]) // 4 for head in box_heads]
-    specs = box_specs(settings.anchors)
-    if len(box_heads) != len(specs):
-        raise ConversionError("%s: %d feature maps, but the anchor generator has %d layers" % (
-            where, len(box_heads), len(specs)))
-    for head, layer_specs in zip(box_heads, specs):
-        if head.output_shape[3] != 4 * len(layer_specs):
-            raise ConversionError("%s: head '%s' has %d channels; %d anchors per cell need %d" % (
-                where, head.name, head.output_shape[3], len(layer_specs), 4 * len(layer_specs)))
+    if isinstance(settings.anchors, AnchorSettings):
+        specs = box_specs(settings.anchors)
+        if len(box_heads) != len(specs):
+            raise ConversionError("%s: %d feature maps, but the anchor generator has %d layers" % (
+                where, len(box_heads), len(specs)))
+        for head, layer_specs in zip(box_heads, specs):
+            if head.output_shape[3] != 4 * len(layer_specs):
+                raise ConversionError("%s: head '%s' has %d channels; %d anchors per cell need %d" % (
+                    where, head.name, head.output_shape[3], len(layer_specs), 4 * len(layer_specs)))
     image = model.layer(model.inputs[0])
     image_hw = tuple(int(d) for d in image.output_shape[1:3])
     grids = [tuple(int(d) for d in head.output_shape[1:3]) for head in box_heads]
-    anchors = grid_anchors(settings.anchors, grids, image_hw)
+    anchors = (grid_anchors(settings.anchors, grids, image_hw) if isinstance(settings.anchors, AnchorSettings)
+               else settings.anchors)
     counts = [grid_h * grid_w * cell for (grid_h, grid_w), cell in zip(grids, per_cell)]
     if len(anchors) != box_shape[1] or sum(counts) != box_shape[1]:
         raise ConversionError("%s: %d anchors and %d from the heads' cells, but the box encodings have %d" % (
@@ -368,10 +371,11 @@ def add_detection_output(model: intermediate.Model, settings: SSDSettings, where
         "logit_scale": settings.logit_scale, "score_threshold": settings.score_threshold,
         "iou_threshold": settings.iou_threshold, "max_total_detections": settings.max_total_detections}
     name = "detection_output"
-    rows = tf_detections(model.activation(box_name), model.activation(class_name), anchors, settings)
+    rows = (reference_rows if reference_rows is not None else
+            tf_detections(model.activation(box_name), model.activation(class_name), anchors, settings))
     layer = intermediate.Layer(name, LAYER_TYPE, [box_name, class_name, image.name] + [h.name for h in box_heads],
                                config, [1, 1, len(rows), 7], arrays={"anchors": anchors},
-                               tf_names={"anchors": "MultipleGridAnchorGenerator (numpy)"})
+                               tf_names={"anchors": anchors_source})
     model.layers.append(layer)
     model._by_name[name] = layer
     model.outputs.append(name)
