@@ -403,10 +403,12 @@ def test_anchors_of_the_sample_config():
     assert np.allclose(anchors[:3], expected, atol=1e-7)
 
 
-def frozen_with_post_processing(converted, path: Path):
+def frozen_with_post_processing(converted, path: Path, nms: str = "combined"):
     """The converted case's detector frozen with the API's post-processing ops in the graph
-    (anchors as a constant, decoding, sigmoid, tf.image.combined_non_max_suppression) at `path`;
-    returns the tf.function."""
+    (anchors as a constant, decoding, sigmoid, then tf.image.combined_non_max_suppression, or
+    per class a padded NonMaxSuppressionV4 on the first image and the best MAX_TOTAL kept boxes of
+    all classes by tf.math.top_k) at `path`; returns graph_rows(batch): the graph's detections,
+    image by image, as rows."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -428,23 +430,43 @@ def frozen_with_post_processing(converted, path: Path):
         h, w = tf.exp(th) * ha, tf.exp(tw) * wa
         cy, cx = ty * ha + constant[:, 0] + ha / 2, tx * wa + constant[:, 1] + wa / 2
         boxes = tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=2)
-        return tf.image.combined_non_max_suppression(
-            boxes[:, :, None, :], tf.sigmoid(logits)[:, :, 1:], MAX_TOTAL, MAX_TOTAL, IOU_THRESHOLD, THRESHOLD,
-            clip_boxes=False)
+        scores = tf.sigmoid(logits)[:, :, 1:]
+        if nms == "combined":
+            return tf.image.combined_non_max_suppression(boxes[:, :, None, :], scores, MAX_TOTAL, MAX_TOTAL,
+                                                         IOU_THRESHOLD, THRESHOLD, clip_boxes=False)
+        kept = [tf.raw_ops.NonMaxSuppressionV4(boxes=boxes[0], scores=scores[0, :, c], max_output_size=MAX_TOTAL,
+                                               iou_threshold=IOU_THRESHOLD, score_threshold=THRESHOLD,
+                                               pad_to_max_output_size=True) for c in range(CLASSES)]
+        valid = [tf.range(MAX_TOTAL) < count for _, count in kept]  # the padding scores -1
+        all_scores = tf.concat([tf.where(v, tf.gather(scores[0, :, c], k), -1.0)
+                                for c, ((k, _), v) in enumerate(zip(kept, valid))], 0)
+        best_scores, best = tf.math.top_k(all_scores, MAX_TOTAL)
+        all_boxes = tf.concat([tf.gather(boxes[0], k) for k, _ in kept], 0)
+        all_classes = tf.concat([tf.fill([MAX_TOTAL], float(c)) for c in range(CLASSES)], 0)
+        count = tf.minimum(tf.add_n([count for _, count in kept]), MAX_TOTAL)
+        return tf.gather(all_boxes, best)[None], best_scores[None], tf.gather(all_classes, best)[None], count[None]
 
     frozen = convert_variables_to_constants_v2(detect.get_concrete_function())
     path.write_bytes(frozen.graph.as_graph_def().SerializeToString())
-    return detect
+
+    def graph_rows(batch):
+        rows = []
+        for image in range(len(batch)):
+            per_image = batch[image:image + 1] if nms != "combined" else batch
+            boxes, scores, classes, counts = (np.asarray(t) for t in detect(tf.constant(per_image)))
+            index = 0 if nms != "combined" else image
+            rows.extend([image, classes[index, k] + 1, scores[index, k]] + list(boxes[index, k, [1, 0, 3, 2]])
+                        for k in range(counts[index]))
+        return detection_rows(rows)
+    return graph_rows
 
 
-def convert_frozen(converted, tmp_path: Path, **options) -> dict:
+def convert_frozen(converted, tmp_path: Path, nms: str = "combined", **options) -> dict:
     """Form (a): the frozen detector converted up to its heads (--outputs), the rest from the graph
     (or from `options`' ssd_config); the graph's own detections on the photographs are the
     intermediate's TensorFlow reference, which DetectionOutput matches in both runtimes."""
-    import tensorflow as tf
-
     pb = tmp_path / "ssd_frozen.pb"
-    detect = frozen_with_post_processing(converted, pb)
+    graph_rows = frozen_with_post_processing(converted, pb, nms)
     started = time.monotonic()
     report = tf2caffe.convert(pb, tmp_path / "out", profile="ssd", inputs="images:0",
                               outputs="box_encodings:0,class_logits:0",
@@ -452,7 +474,8 @@ def convert_frozen(converted, tmp_path: Path, **options) -> dict:
                               reference_input=str(converted["folder"] / "photographs.npy"), **options)
     seconds = time.monotonic() - started
     runtimes = report.runtimes()
-    print(json.dumps(dict(form="a", case=converted["case"], config="ssd_config" in options, seconds=round(seconds, 1),
+    print(json.dumps(dict(form="a", case=converted["case"], nms=nms, config="ssd_config" in options,
+                          seconds=round(seconds, 1),
                           caffe_layers=report.result.caffe_layers, runtimes=runtimes)))
     assert report.status == 0 and set(runtimes) == {"pycaffe-source", "OpenCV"}
     assert all(errors["detection_output"] <= TOLERANCE for errors in runtimes.values())
@@ -465,9 +488,7 @@ def convert_frozen(converted, tmp_path: Path, **options) -> dict:
         found = dict(config=layer.config, anchors=layer.array("anchors"))
     finally:
         converted_model.file.close()
-    boxes, scores, classes, counts = (np.asarray(t) for t in detect(tf.constant(batch)))
-    in_graph = detection_rows([[image, classes[image, k] + 1, scores[image, k]] + list(boxes[image, k, [1, 0, 3, 2]])
-                               for image in range(len(batch)) for k in range(counts[image])])
+    in_graph = graph_rows(batch)
     assert in_graph.shape == expected.shape and np.array_equal(in_graph[:, :2], expected[:, :2])
     assert np.max(np.abs(in_graph[:, 2:] - expected[:, 2:])) <= TOLERANCE  # measured: 3.6e-6
     return found
@@ -493,6 +514,15 @@ def test_frozen_graph_with_its_post_processing(converted, tmp_path):
         assert probed["grid"] == configured["grid"] and probed["offset"] == pytest.approx(configured["offset"])
         assert np.allclose(probed["step"], configured["step"], rtol=1e-6)
         assert np.allclose(probed["boxes"], configured["boxes"], rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("converted", ["128"], indirect=True)
+def test_frozen_graph_with_one_nms_per_class(converted, tmp_path):
+    """A NonMaxSuppressionV4 per class, then the best of all classes by TopKV2: read as per-class
+    NMS (image by image) capped over the classes by the TopKV2's k."""
+    found = convert_frozen(converted, tmp_path, nms="per-class")
+    assert found["config"]["max_total_detections"] == MAX_TOTAL
 
 
 @pytest.mark.slow
