@@ -461,15 +461,15 @@ def frozen_with_post_processing(converted, path: Path, nms: str = "combined"):
     return graph_rows
 
 
-def convert_frozen(converted, tmp_path: Path, nms: str = "combined", **options) -> dict:
+def convert_frozen(converted, tmp_path: Path, nms: str = "combined", outputs="box_encodings:0,class_logits:0",
+                   **options) -> dict:
     """Form (a): the frozen detector converted up to its heads (--outputs), the rest from the graph
     (or from `options`' ssd_config); the graph's own detections on the photographs are the
     intermediate's TensorFlow reference, which DetectionOutput matches in both runtimes."""
     pb = tmp_path / "ssd_frozen.pb"
     graph_rows = frozen_with_post_processing(converted, pb, nms)
     started = time.monotonic()
-    report = tf2caffe.convert(pb, tmp_path / "out", profile="ssd", inputs="images:0",
-                              outputs="box_encodings:0,class_logits:0",
+    report = tf2caffe.convert(pb, tmp_path / "out", profile="ssd", inputs="images:0", outputs=outputs,
                               input_shape=[1] + list(converted["image_hw"]) + [3],
                               reference_input=str(converted["folder"] / "photographs.npy"), **options)
     seconds = time.monotonic() - started
@@ -520,8 +520,9 @@ def test_frozen_graph_with_its_post_processing(converted, tmp_path):
 @pytest.mark.parametrize("converted", ["128"], indirect=True)
 def test_frozen_graph_with_one_nms_per_class(converted, tmp_path):
     """A NonMaxSuppressionV4 per class, then the best of all classes by TopKV2: read as per-class
-    NMS (image by image) capped over the classes by the TopKV2's k."""
-    found = convert_frozen(converted, tmp_path, nms="per-class")
+    NMS (image by image) capped over the classes by the TopKV2's k. Without --outputs: the head
+    outputs are found from the NMS ops."""
+    found = convert_frozen(converted, tmp_path, nms="per-class", outputs=None)
     assert found["config"]["max_total_detections"] == MAX_TOTAL
 
 
@@ -568,12 +569,12 @@ def centre_size_decode(scales):
 
 
 def test_the_graph_post_processing_is_probed(tmp_path):
-    """Coder scales, a softmax of logits / 2 and the NMS's thresholds, read from the graph."""
+    """Coder scales, a softmax of logits / 2 and the NMS's thresholds, read from the graph, whose
+    head outputs are found from the NMS (no --inputs, no --outputs)."""
     import tensorflow as tf
     tiny_detector(tmp_path / "tiny.pb", centre_size_decode([8.0, 6.0, 4.0, 3.0]),
                   lambda logits: tf.nn.softmax(logits / 2.0)[:, :, 1:])
-    h5 = tf2caffe.export.export(tmp_path / "tiny.pb", tmp_path / "out", inputs="images:0",
-                                outputs="box_encodings:0,class_logits:0")
+    h5 = tf2caffe.export.export(tmp_path / "tiny.pb", tmp_path / "out")
     model = intermediate.read(h5)
     try:
         config = model.layer("detection_output").config

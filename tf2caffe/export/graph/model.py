@@ -100,6 +100,8 @@ def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input
     given = outputs is not None
     source = load_source(Path(src), signature)
     post = find_post_processing(source, outputs, str(src)) if post_processing else None
+    if post is not None and outputs is None:  # found from the NMS
+        outputs = [post.box_encodings, post.class_logits]
     graph_def, inputs, outputs, reference = freeze_with_cuts(source, Path(src), inputs, outputs, input_shape,
                                                              seed, user_input)
     try:

@@ -3,7 +3,8 @@
 in a TF1 session, as the settings export/ssd.py turns into an `ssd_detection_output` layer.
 
 `--outputs` names the box encodings (N, anchors, 4) and the class logits with background (N,
-anchors, classes + 1), in that order; the graph feeds them, through any decoding and score ops,
+anchors, classes + 1), in that order (without --outputs they are found from the NMS, `_heads`);
+the graph feeds them, through any decoding and score ops,
 to one CombinedNonMaxSuppression (the batch at once), or to one NonMaxSuppressionV3/V4/V5 per
 class (one image: fed image by image), optionally followed by a TopKV2 keeping the best of all
 classes. Fed in place of the head outputs (a TF1 session feeds any tensor):
@@ -35,7 +36,7 @@ from ... import intermediate
 from ...errors import ConversionError
 from ...measure import detection_error
 from ..ssd import SCORE_CONVERTERS, SSDSettings, add_detection_output, tf_detections
-from .freeze import CALL_PREFIX, _named_in, _parse_names
+from .freeze import CALL_PREFIX, PLACEHOLDERS, _named_in, _parse_names
 from .nodes import node_of_tensor, nodes_by_name, split_input
 from .session import SESSION_CONFIG, import_graph
 
@@ -78,17 +79,20 @@ def _downstream(consumers: Dict[str, List[str]], starts: List[str]) -> set:
 
 
 def find_post_processing(source, outputs, where) -> Optional[PostProcessingGraph]:
-    """The graph of the NMS that the two --outputs feed, frozen (a TF1 checkpoint's variables
-    too: call this before its session closes), or None when no NMS follows them."""
+    """The graph of the NMS that the two --outputs feed (without --outputs: that the graph's
+    placeholders feed, the two head outputs then found by `_heads`), frozen (a TF1 checkpoint's
+    variables too: call this before its session closes), or None when no NMS follows them."""
     names = _named_in(source.graph_def, _parse_names(outputs), source.variable_names)
-    if not names or len(names) != 2:
+    if names is not None and len(names) != 2:
         return None
     nodes = nodes_by_name(source.graph_def)
     consumers: Dict[str, List[str]] = {}
     for node in source.graph_def.node:
         for name in node.input:
             consumers.setdefault(split_input(name)[0], []).append(node.name)
-    downstream = _downstream(consumers, [node_of_tensor(name) for name in names])
+    starts = [node_of_tensor(name) for name in names] if names else [
+        node.name for node in source.graph_def.node if node.op in PLACEHOLDERS]
+    downstream = _downstream(consumers, starts)
     nms = sorted(name for name in downstream if nodes[name].op in NMS_OPS)
     loops = sorted(name for name in downstream if nodes[name].op in LOOP_OPS)
     in_functions = any(node.op in NMS_OPS for function in source.graph_def.library.function
@@ -111,12 +115,52 @@ def find_post_processing(source, outputs, where) -> Optional[PostProcessingGraph
     if kinds != {"CombinedNonMaxSuppression"}:
         top_ks = sorted(name for name in _downstream(consumers, nms) if nodes[name].op == "TopKV2")
         top_k = top_ks[0] if len(top_ks) == 1 else None
+    if names is None:
+        names = _heads(source.graph_def, nms, where)
     kept = nms + ([top_k] if top_k else [])
     if source.session is not None:
         frozen = v1.graph_util.convert_variables_to_constants(source.session, source.graph_def, kept)
     else:
         frozen = v1.graph_util.extract_sub_graph(source.graph_def, kept)
     return PostProcessingGraph(frozen, nms, top_k, *names)
+
+
+def _heads(graph_def, nms: List[str], where: str) -> List[str]:
+    """The box encodings (N, anchors, 4) and class logits (N, anchors, classes + 1) that the NMS
+    ops' boxes and scores come from: of the tensors computed from the input with those shapes
+    that only the boxes' side (or only the scores' side) of the graph reaches, the one all others
+    are computed from (the heads' concatenation, before any copy or decoding)."""
+    graph = import_graph(graph_def)
+    ops = [graph.get_operation_by_name(name) for name in nms]
+    boxes, scores = ops[0].inputs[0], ops[0].inputs[1]
+    combined = ops[0].type == "CombinedNonMaxSuppression"
+    anchors = boxes.shape[1] if combined else boxes.shape[0]
+    classes = scores.shape[-1] if combined else len(ops)
+
+    def ancestors(tensor) -> set:
+        found, stack = {tensor}, [tensor]
+        while stack:
+            for parent in stack.pop().op.inputs:
+                if parent not in found:
+                    found.add(parent)
+                    stack.append(parent)
+        return found
+
+    box_side, score_side = ancestors(boxes), set().union(*(ancestors(op.inputs[1]) for op in ops))
+    heads = []
+    for side, other, depth, what in ((box_side, score_side, 4, "box encodings"),
+                                     (score_side, box_side, classes + 1, "class logits")):
+        shaped = [t for t in side - other if t.dtype.is_floating and t.shape.rank == 3
+                  and t.shape[1] == anchors and t.shape[2] == depth]
+        lineage = {t: ancestors(t) for t in shaped}
+        computed = [t for t in shaped if any(a.op.type in PLACEHOLDERS for a in lineage[t])]
+        first = [t for t in computed if all(t in lineage[other_t] for other_t in computed)]
+        if len(first) != 1:
+            raise ConversionError("%s: cannot tell the %s (N, %s, %s) that feed '%s' (found: %s): pass --outputs "
+                                  "BOX_ENCODINGS,CLASS_LOGITS" % (where, what, anchors, depth, nms[0], ", ".join(
+                                      sorted(t.name for t in computed)) or "none"))
+        heads.append(first[0].name)
+    return heads
 
 
 class _Probe:
