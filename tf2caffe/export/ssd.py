@@ -10,9 +10,12 @@ is rebuilt here from the config:
 
 - anchors: the MultipleGridAnchorGenerator of `ssd_anchor_generator`, reimplemented in numpy
   float32 op by op after tensorflow/models research/object_detection/anchor_generators/
-  multiple_grid_anchor_generator.py (create_ssd_anchors: box specs per layer) and
-  grid_anchor_generator.py (tile_anchors: centres (y, x) · stride + offset, sizes scale /
-  sqrt(ratio) and scale · sqrt(ratio), corners centre ∓ size / 2, in (y, x, anchor) order);
+  multiple_grid_anchor_generator.py (create_ssd_anchors: box specs per layer; strides and
+  offsets in pixels divided by the image's height and width, else 1 / grid and half a stride;
+  the base anchor times min(H, W) / H and / W) and grid_anchor_generator.py (tile_anchors:
+  centres (y, x) · stride + offset, sizes scale / sqrt(ratio) and scale · sqrt(ratio) times the
+  base anchor, corners centre ∓ size / 2, in (y, x, anchor) order); each feature map's anchors
+  are then fitted to PriorBox's grid (`prior_layout`), whatever made them;
 - decoding: `faster_rcnn_box_coder`'s scales (FasterRcnnBoxCoder._decode);
 - scores: `score_converter` (SIGMOID, SOFTMAX or IDENTITY, after `logit_scale`), the background
   column dropped;
@@ -21,7 +24,8 @@ is rebuilt here from the config:
   max_detections_per_class boxes, then the max_total_detections best over all classes).
 
 The layer's reference output is TensorFlow's detections for the reference batch, computed with
-those TensorFlow ops, in DetectionOutput's row format (image, label, score, xmin, ymin, xmax,
+those TensorFlow ops (or, for a graph holding its post-processing, the graph's own: settings and
+anchors probed from it by graph/post_processing.py), in DetectionOutput's row format (image, label, score, xmin, ymin, xmax,
 ymax); the import stage compares DetectionOutput's rows with them. The API finally clips the
 kept boxes to the image window (and drops boxes left with no area): DetectionOutput does not,
 so a deployment clips its rows to [0, 1] as the README's snippet does.
