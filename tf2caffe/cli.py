@@ -38,7 +38,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssd-config", metavar="PIPELINE.config",
                    help="a TF Object Detection API SSD: the pipeline config whose ssd { ... } block "
                         "(anchors, box coder, post-processing) follows the model's two outputs (box "
-                        "encodings, class predictions); becomes PriorBox + DetectionOutput (--profile ssd)")
+                        "encodings, class predictions); becomes PriorBox + DetectionOutput (--profile ssd). "
+                        "A graph holding its NMS (CombinedNonMaxSuppression, or one per class) needs none: "
+                        "its post-processing is read from the graph (the config wins when given)")
     graph = p.add_argument_group("graph sources (.pb, TF1/tflearn checkpoints, SavedModels)")
     graph.add_argument("--inputs", metavar="NAMES", help="input tensors, comma-separated (default: detected)")
     graph.add_argument("--outputs", metavar="NAMES", help="output tensors, comma-separated (default: detected)")

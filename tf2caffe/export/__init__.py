@@ -64,7 +64,8 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
            ssd_config=None) -> Path:
     """Export SRC to `out_dir/<stem>.h5` (written atomically) and return that path. `ssd_config`:
     a TF Object Detection API pipeline config whose `ssd { ... }` block adds the detector's
-    post-processing after the model's two outputs (export/ssd.py)."""
+    post-processing after the model's two outputs (export/ssd.py); without it, a graph whose two
+    `outputs` feed an NMS gets the post-processing the graph computes (graph/post_processing.py)."""
     src, out_dir = Path(src), Path(out_dir)
     shape = parse_input_shape(input_shape)
     user_input = load_user_input(reference_input) if reference_input is not None else None
@@ -93,7 +94,7 @@ def export(src: Union[str, Path], out_dir: Union[str, Path], checkpoint=None,
         if kind == "graph":
             from .graph import source_to_intermediate
             model = source_to_intermediate(src, inputs, outputs, signature, shape, per_layer, seed,
-                                           user_input)
+                                           user_input, post_processing=ssd_config is None)
         elif kind == "tflearn":
             from .architecture_errors import architecture_errors
             from .tflearn import architecture_to_intermediate

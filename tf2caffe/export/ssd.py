@@ -10,9 +10,12 @@ is rebuilt here from the config:
 
 - anchors: the MultipleGridAnchorGenerator of `ssd_anchor_generator`, reimplemented in numpy
   float32 op by op after tensorflow/models research/object_detection/anchor_generators/
-  multiple_grid_anchor_generator.py (create_ssd_anchors: box specs per layer) and
-  grid_anchor_generator.py (tile_anchors: centres (y, x) · stride + offset, sizes scale /
-  sqrt(ratio) and scale · sqrt(ratio), corners centre ∓ size / 2, in (y, x, anchor) order);
+  multiple_grid_anchor_generator.py (create_ssd_anchors: box specs per layer; strides and
+  offsets in pixels divided by the image's height and width, else 1 / grid and half a stride;
+  the base anchor times min(H, W) / H and / W) and grid_anchor_generator.py (tile_anchors:
+  centres (y, x) · stride + offset, sizes scale / sqrt(ratio) and scale · sqrt(ratio) times the
+  base anchor, corners centre ∓ size / 2, in (y, x, anchor) order); each feature map's anchors
+  are then fitted to PriorBox's grid (`prior_layout`), whatever made them;
 - decoding: `faster_rcnn_box_coder`'s scales (FasterRcnnBoxCoder._decode);
 - scores: `score_converter` (SIGMOID, SOFTMAX or IDENTITY, after `logit_scale`), the background
   column dropped;
@@ -21,7 +24,8 @@ is rebuilt here from the config:
   max_detections_per_class boxes, then the max_total_detections best over all classes).
 
 The layer's reference output is TensorFlow's detections for the reference batch, computed with
-those TensorFlow ops, in DetectionOutput's row format (image, label, score, xmin, ymin, xmax,
+those TensorFlow ops (or, for a graph holding its post-processing, the graph's own: settings and
+anchors probed from it by graph/post_processing.py), in DetectionOutput's row format (image, label, score, xmin, ymin, xmax,
 ymax); the import stage compares DetectionOutput's rows with them. The API finally clips the
 kept boxes to the image window (and drops boxes left with no area): DetectionOutput does not,
 so a deployment clips its rows to [0, 1] as the README's snippet does.
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -99,11 +103,14 @@ class AnchorSettings(NamedTuple):
     aspect_ratios: List[float]
     interpolated_scale_aspect_ratio: float
     reduce_boxes_in_lowest_layer: bool
+    base_anchor_size: Tuple[float, float]            # height, width (fractions of min(H, W))
+    strides: Optional[List[Tuple[int, int]]]          # per layer (y, x) in pixels; None: 1 / grid
+    offsets: Optional[List[Tuple[int, int]]]          # per layer (y, x) in pixels; None: stride / 2
 
 
 class SSDSettings(NamedTuple):
     num_classes: int
-    anchors: AnchorSettings
+    anchors: Union[AnchorSettings, np.ndarray]  # a generator's settings, or (anchors, 4) read from a graph
     coder_scales: Tuple[float, float, float, float]  # y, x, height, width
     score_converter: str
     logit_scale: float
@@ -126,6 +133,19 @@ def _bool(value: str) -> bool:
     return str(value).lower() in ("true", "1", "t")
 
 
+def _per_layer_pairs(anchor: Dict[str, list], y_field: str, x_field: str, num_layers: int,
+                     where: str) -> Optional[List[Tuple[int, int]]]:
+    """The (y, x) pixel pairs of `y_field` and `x_field`, one per layer, or None when `y_field` is
+    empty: the API's anchor_generator_builder uses them only then, zipped."""
+    ys, xs = ([int(v) for v in anchor.get(field, [])] for field in (y_field, x_field))
+    if not ys:
+        return None
+    if not len(ys) == len(xs) == num_layers:
+        raise ConversionError("%s: ssd_anchor_generator has %d %s and %d %s values; both need one per "
+                              "layer (num_layers %d)" % (where, len(ys), y_field, len(xs), x_field, num_layers))
+    return list(zip(ys, xs))
+
+
 def read_ssd_settings(path) -> SSDSettings:
     """The settings of a pipeline config's `model { ssd { ... } }` block (or of a file holding
     just `ssd { ... }`) that decide the detections, with the API's defaults (its .proto files)."""
@@ -144,12 +164,6 @@ def read_ssd_settings(path) -> SSDSettings:
         raise ConversionError("%s: anchor_generator %s: only ssd_anchor_generator converts to PriorBox "
                               "layers here" % (where, ", ".join(sorted(generators))))
     anchor = generators["ssd_anchor_generator"][-1]
-    for field in ("anchor_offset", "height_stride", "width_stride", "height_offset", "width_offset"):
-        if field in anchor:
-            raise ConversionError("%s: ssd_anchor_generator.%s: explicit anchor strides and offsets are "
-                                  "not supported yet" % (where, field))
-    if float(_one(anchor, "base_anchor_height", where, "1.0")) != float(_one(anchor, "base_anchor_width", where, "1.0")):
-        raise ConversionError("%s: ssd_anchor_generator: a non-square base anchor is not supported yet" % where)
     num_layers = int(_one(anchor, "num_layers", where, "6"))
     scales = [float(s) for s in anchor.get("scales", [])]
     if not scales:
@@ -161,7 +175,10 @@ def read_ssd_settings(path) -> SSDSettings:
         num_layers, scales + [1.0],
         [float(r) for r in anchor.get("aspect_ratios", [])] or [1.0, 2.0, 0.5, 3.0, 1.0 / 3],
         float(_one(anchor, "interpolated_scale_aspect_ratio", where, "1.0")),
-        _bool(_one(anchor, "reduce_boxes_in_lowest_layer", where, "true")))
+        _bool(_one(anchor, "reduce_boxes_in_lowest_layer", where, "true")),
+        (float(_one(anchor, "base_anchor_height", where, "1.0")), float(_one(anchor, "base_anchor_width", where, "1.0"))),
+        _per_layer_pairs(anchor, "height_stride", "width_stride", num_layers, where),
+        _per_layer_pairs(anchor, "height_offset", "width_offset", num_layers, where))
 
     coders = _one(ssd, "box_coder", where)
     if "faster_rcnn_box_coder" not in coders:
@@ -210,21 +227,28 @@ def box_specs(anchors: AnchorSettings) -> List[List[Tuple[float, float]]]:
     return specs
 
 
-def grid_anchors(specs: List[List[Tuple[float, float]]], grids: List[Tuple[int, int]],
-                 image_hw: Tuple[int, int]) -> np.ndarray:
-    """MultipleGridAnchorGenerator._generate with default strides and offsets: every layer's
-    tile_anchors, concatenated: (anchors, 4) float32 [ymin, xmin, ymax, xmax], normalised."""
+def grid_anchors(anchors: AnchorSettings, grids: List[Tuple[int, int]], image_hw: Tuple[int, int]) -> np.ndarray:
+    """MultipleGridAnchorGenerator._generate: every layer's tile_anchors, concatenated: (anchors,
+    4) float32 [ymin, xmin, ymax, xmax], normalised. Strides and offsets in pixels are divided by
+    the image's height and width; the base anchor is normalised to min(H, W)."""
     f32 = np.float32
     height, width = (f32(d) for d in image_hw)
     smaller = min(height, width)
-    base = (f32(smaller / height), f32(smaller / width))  # times base_anchor_size [1, 1]
+    base = (f32(smaller / height) * f32(anchors.base_anchor_size[0]),
+            f32(smaller / width) * f32(anchors.base_anchor_size[1]))
     layers = []
-    for layer_specs, (grid_h, grid_w) in zip(specs, grids):
+    for layer, (layer_specs, (grid_h, grid_w)) in enumerate(zip(box_specs(anchors), grids)):
+        if anchors.strides:
+            stride = (f32(anchors.strides[layer][0]) / height, f32(anchors.strides[layer][1]) / width)
+        else:
+            stride = (f32(1.0) / f32(grid_h), f32(1.0) / f32(grid_w))
+        if anchors.offsets:
+            offset = (f32(anchors.offsets[layer][0]) / height, f32(anchors.offsets[layer][1]) / width)
+        else:
+            offset = (f32(0.5) * stride[0], f32(0.5) * stride[1])
         scales = np.array([s for s, _ in layer_specs], f32)
         ratio_sqrts = np.sqrt(np.array([r for _, r in layer_specs], f32))
         heights, widths = scales / ratio_sqrts * base[0], scales * ratio_sqrts * base[1]
-        stride = (f32(1.0) / f32(grid_h), f32(1.0) / f32(grid_w))
-        offset = (f32(0.5) * stride[0], f32(0.5) * stride[1])
         y = np.arange(grid_h, dtype=f32) * stride[0] + offset[0]
         x = np.arange(grid_w, dtype=f32) * stride[1] + offset[1]
         y_grid, x_grid, h_grid = np.meshgrid(y, x, heights, indexing="ij")  # (H, W, anchors)
@@ -233,6 +257,57 @@ def grid_anchors(specs: List[List[Tuple[float, float]]], grids: List[Tuple[int, 
         sizes = np.stack([h_grid, w_grid], -1).reshape(-1, 2)
         layers.append(np.concatenate([centres - f32(0.5) * sizes, centres + f32(0.5) * sizes], 1))
     return np.concatenate(layers).astype(f32)
+
+
+# How far (a fraction of the image size) an anchor may lie from the regular grid fitted to its
+# feature map's anchors: well above the float32 rounding of TF's anchors (~1e-7), far below any
+# real irregularity.
+REGULAR_GRID = 1e-6
+
+
+def prior_layout(anchors: np.ndarray, grid: Tuple[int, int], where: str) -> Dict[str, object]:
+    """What PriorBox needs to place one feature map's anchors ((H·W·A, 4) [ymin, xmin, ymax,
+    xmax], normalised, cell by cell as tile_anchors orders them), fitted from the anchors
+    themselves: the grid `step` [y, x], the single `offset` (PriorBox centres a cell at (i +
+    offset)·step on both axes) and each anchor of a cell as [height, width], all fractions of the
+    image. Refused, naming `where`: anchors that are not the same boxes on such a grid."""
+    grid_h, grid_w = grid
+    count = len(anchors) // (grid_h * grid_w)
+    if count * grid_h * grid_w != len(anchors) or count == 0:
+        raise ConversionError("%s: %d anchors are not %dx%d cells of the same number of boxes" % (
+            where, len(anchors), grid_h, grid_w))
+    boxes = anchors.astype(np.float64).reshape(grid_h, grid_w, count, 4)
+    centres, sizes = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
+    cell_boxes = sizes.mean(axis=(0, 1))  # (A, 2): height, width
+    if np.any(cell_boxes <= 0):
+        raise ConversionError("%s: an anchor with no area cannot be a PriorBox" % where)
+    lines = (centres[..., 0].mean(axis=(1, 2)), centres[..., 1].mean(axis=(0, 2)))  # row, column centres
+    steps = [(line[-1] - line[0]) / (len(line) - 1) if len(line) > 1 else None for line in lines]
+    if any(step is not None and step <= 0 for step in steps):
+        raise ConversionError("%s: the anchors' centres do not advance cell by cell: not a grid" % where)
+    ratios = [line[0] / step if step is not None else None for line, step in zip(lines, steps)]
+    if None not in ratios and abs(ratios[0] - ratios[1]) * max(steps) > REGULAR_GRID:
+        raise ConversionError(
+            "%s: anchor offsets (y %.6g, x %.6g of the image) are %.6g and %.6g strides: PriorBox has one "
+            "offset for both axes (centre = (i + offset)·step), so offset_y/stride_y must equal "
+            "offset_x/stride_x" % (where, lines[0][0], lines[1][0], ratios[0], ratios[1]))
+    known = [ratio for ratio in ratios if ratio is not None]
+    offset = float(known[-1]) if known else 0.5
+    for axis, step in enumerate(steps):
+        if step is None:  # one row or column: any step puts it where the offset says
+            if abs(offset) < REGULAR_GRID:
+                raise ConversionError("%s: a single line of cells centred at %.6g cannot have the other "
+                                      "axis' offset 0" % (where, lines[axis][0]))
+            steps[axis] = lines[axis][0] / offset
+    cells = np.stack(np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij"), -1)  # (H, W, 2)
+    fitted_centres = ((cells + offset) * np.array(steps))[:, :, None, :]
+    fitted = np.concatenate([fitted_centres - cell_boxes / 2, fitted_centres + cell_boxes / 2], -1)
+    off = float(np.max(np.abs(fitted - boxes)))
+    if off > REGULAR_GRID:
+        raise ConversionError("%s: the anchors are not the same boxes on a regular grid (off by %.2g of the "
+                              "image size): PriorBox cannot place them" % (where, off))
+    return {"step": [float(step) for step in steps], "offset": offset,
+            "boxes": [[float(h), float(w)] for h, w in cell_boxes]}
 
 
 # --------------------------------------------------------------- the model's heads
@@ -255,10 +330,11 @@ def heads(model: intermediate.Model, output: str) -> List[intermediate.Layer]:
     return [_producer_4d(model, part) for part in parts]
 
 
-def add_detection_output(model: intermediate.Model, settings: SSDSettings, where: str) -> None:
+def add_detection_output(model: intermediate.Model, settings: SSDSettings, where: str, reference_rows=None,
+                         anchors_source: str = "MultipleGridAnchorGenerator (numpy)") -> None:
     """Append the `ssd_detection_output` layer (after the two outputs) with its config, TF's
-    anchors as its array, and TensorFlow's detections for the reference batch (`where` names the
-    model and config in errors)."""
+    anchors as its array, and TensorFlow's detections for the reference batch: `reference_rows`
+    (a graph's own), else tf_detections' (`where` names the model and config in errors)."""
     if len(model.outputs) != 2:
         raise ConversionError("%s: an SSD model has two outputs (box encodings, class predictions with "
                               "background); this one has %d" % (where, len(model.outputs)))
@@ -269,33 +345,41 @@ def add_detection_output(model: intermediate.Model, settings: SSDSettings, where
         raise ConversionError("%s: outputs %s %s and %s %s: expected (N, anchors, 4) box encodings, then "
                               "(N, anchors, num_classes + 1 = %d) class predictions" % (
                                   where, box_name, box_shape, class_name, class_shape, classes))
-    specs = box_specs(settings.anchors)
     box_heads = heads(model, box_name)
-    if len(box_heads) != len(specs):
-        raise ConversionError("%s: %d feature maps, but the anchor generator has %d layers" % (
-            where, len(box_heads), len(specs)))
-    for head, layer_specs in zip(box_heads, specs):
-        if head.output_shape[3] != 4 * len(layer_specs):
-            raise ConversionError("%s: head '%s' has %d channels; %d anchors per cell need %d" % (
-                where, head.name, head.output_shape[3], len(layer_specs), 4 * len(layer_specs)))
+    per_cell = [int(head.output_shape[3]) // 4 for head in box_heads]
+    if isinstance(settings.anchors, AnchorSettings):
+        specs = box_specs(settings.anchors)
+        if len(box_heads) != len(specs):
+            raise ConversionError("%s: %d feature maps, but the anchor generator has %d layers" % (
+                where, len(box_heads), len(specs)))
+        for head, layer_specs in zip(box_heads, specs):
+            if head.output_shape[3] != 4 * len(layer_specs):
+                raise ConversionError("%s: head '%s' has %d channels; %d anchors per cell need %d" % (
+                    where, head.name, head.output_shape[3], len(layer_specs), 4 * len(layer_specs)))
     image = model.layer(model.inputs[0])
     image_hw = tuple(int(d) for d in image.output_shape[1:3])
     grids = [tuple(int(d) for d in head.output_shape[1:3]) for head in box_heads]
-    anchors = grid_anchors(specs, grids, image_hw)
-    if len(anchors) != box_shape[1]:
-        raise ConversionError("%s: %d anchors, but the box encodings have %d" % (where, len(anchors), box_shape[1]))
+    anchors = (grid_anchors(settings.anchors, grids, image_hw) if isinstance(settings.anchors, AnchorSettings)
+               else settings.anchors)
+    counts = [grid_h * grid_w * cell for (grid_h, grid_w), cell in zip(grids, per_cell)]
+    if len(anchors) != box_shape[1] or sum(counts) != box_shape[1]:
+        raise ConversionError("%s: %d anchors and %d from the heads' cells, but the box encodings have %d" % (
+            where, len(anchors), sum(counts), box_shape[1]))
+    starts = np.cumsum([0] + counts)
+    feature_maps = [dict(layer=head.name, grid=list(grid),
+                         **prior_layout(anchors[start:end], grid, "%s: feature map '%s'" % (where, head.name)))
+                    for head, grid, start, end in zip(box_heads, grids, starts[:-1], starts[1:])]
     config = {
-        "image_size": list(image_hw),
-        "feature_maps": [{"layer": head.name, "grid": list(grid), "boxes": [list(spec) for spec in layer_specs]}
-                         for head, grid, layer_specs in zip(box_heads, grids, specs)],
+        "image_size": list(image_hw), "feature_maps": feature_maps,
         "coder_scales": list(settings.coder_scales), "score_converter": settings.score_converter,
         "logit_scale": settings.logit_scale, "score_threshold": settings.score_threshold,
         "iou_threshold": settings.iou_threshold, "max_total_detections": settings.max_total_detections}
     name = "detection_output"
-    rows = tf_detections(model.activation(box_name), model.activation(class_name), anchors, settings)
+    rows = (reference_rows if reference_rows is not None else
+            tf_detections(model.activation(box_name), model.activation(class_name), anchors, settings))
     layer = intermediate.Layer(name, LAYER_TYPE, [box_name, class_name, image.name] + [h.name for h in box_heads],
                                config, [1, 1, len(rows), 7], arrays={"anchors": anchors},
-                               tf_names={"anchors": "MultipleGridAnchorGenerator (numpy)"})
+                               tf_names={"anchors": anchors_source})
     model.layers.append(layer)
     model._by_name[name] = layer
     model.outputs.append(name)

@@ -1,18 +1,21 @@
 """SSD post-processing (tf2caffe/export/ssd.py writes the layer): anchors -> PriorBox layers,
 decoding + per-class NMS -> DetectionOutput.
 
-Anchors. SSD-Caffe's PriorBox emits, per cell, a min_size square, then one box per aspect ratio
-(flip off); TF's anchors of a cell are any list of (scale, ratio). Each distinct scale of a
-feature map becomes one PriorBox; where the cell's anchors are not exactly one PriorBox's boxes
-in order, each PriorBox output is viewed as (1, 2, cells, boxes · 4), Sliced into the runs TF's
-order takes (the unused boxes, such as the square of the lowest layer's (0.2, 2) and (0.2, 0.5)
-anchors, go to a Silence layer), Concatenated in TF's order and viewed back: the priors are TF's
-anchors in TF's order, so the heads need no reordering. SSD-Caffe truncates min_size to an
-integer number of pixels (prior_box_layer.cpp: `int min_size_`; TF's scales are fractions, some
-irrational), and OpenCV divides by the image blob's own size whatever img_h/img_w say: so every
-PriorBox works K = 2^k times too large (min_size = round(scale · K · min(H, W)), step = K · H /
-grid), on the real image, and the corners of all priors are then multiplied by 1/K (a Power on
-their half of the blob, Sliced off the variances): the rounding is below 1 / (K · min(H, W)) <= 2^-23.
+Anchors. The exporter fits each feature map's anchors to PriorBox's grid: centres (i + offset)·step
+(one offset for both axes) and, per cell, the same boxes [height, width]. SSD-Caffe's PriorBox
+emits, per cell, a min_size square (in pixels), then one box per aspect ratio r (flip off):
+m·sqrt(r) wide, m/sqrt(r) high. An anchor h x w (fractions of the H x W image) is the box m =
+sqrt(h·H · w·W), r = w·W / (h·H); each distinct m of a feature map becomes one PriorBox; where the
+cell's anchors are not exactly one PriorBox's boxes in order, each PriorBox output is viewed as
+(1, 2, cells, boxes · 4), Sliced into the runs TF's order takes (the unused boxes, such as the
+square of the lowest layer's (0.2, 2) and (0.2, 0.5) anchors, go to a Silence layer),
+Concatenated in TF's order and viewed back: the priors are TF's anchors in TF's order, so the
+heads need no reordering. SSD-Caffe truncates min_size to an integer number of pixels
+(prior_box_layer.cpp: `int min_size_`; TF's scales are fractions, some irrational), and OpenCV
+divides by the image blob's own size whatever img_h/img_w say: so every PriorBox works K = 2^k
+times too large (min_size = round(K · m), step = K · step · H or W), on the real image, and the
+corners of all priors are then multiplied by 1/K (a Power on their half of the blob, Sliced off
+the variances): the rounding is below 1 / (K · min(H, W)) <= 2^-23.
 
 Decoding. TF's box encodings are (ty, tx, th, tw) divided by the coder's scales; DetectionOutput's
 CENTER_SIZE reads (x, y, w, h) multiplied by the prior's variances: a Slice + Concat swaps the
@@ -26,6 +29,7 @@ after NMS cannot change the best max_total_detections overall.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Dict, List, Tuple
 
 from ..netspec import CaffeLayer, shape_param
@@ -33,6 +37,10 @@ from . import Handler, register
 
 LARGEST_EXACT = 2 ** 24  # float32 holds every integer up to this: a min_size is one of them
 SAME_RATIO = 1e-6  # PriorBox's own test for a ratio of 1 and for repeated ratios
+# Anchors whose magnified min sizes differ by at most this share a PriorBox: the float32 rounding
+# of TF's anchor corners (up to 2^-23 of the image for corners beyond 1: about two pixels of the
+# image magnified K times) makes equal sizes differ that much once fitted from them.
+SAME_SIZE = 4.0
 
 
 def variances(coder_scales) -> List[float]:
@@ -47,26 +55,41 @@ def magnification(image_size) -> int:
     return 2 ** int(math.floor(math.log2(LARGEST_EXACT / max(int(d) for d in image_size))))
 
 
-def prior_boxes(boxes: List[List[float]]) -> Tuple[List[Tuple[float, List[float]]], List[Tuple[int, int]]]:
-    """The PriorBoxes of one feature map, as (scale, aspect ratios other than 1), and where each
-    TF anchor (scale, ratio) is among their boxes: (PriorBox index, box index)."""
-    priors: List[Tuple[float, List[float]]] = []
+def as_float32(value: float) -> float:
+    """`value` rounded to float32, as Caffe reads a float parameter (printed exactly by repr)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def prior_boxes(boxes: List[List[float]], image_size, factor: int
+                ) -> Tuple[List[Tuple[float, List[float]]], List[Tuple[int, int]]]:
+    """The PriorBoxes of one feature map, as (min_size, aspect ratios other than 1) in pixels of
+    the image magnified `factor` times, and where each anchor [height, width] (fractions of the
+    image) is among their boxes: (PriorBox index, box index). PriorBox's box of size m and ratio
+    r is m·sqrt(r) wide and m/sqrt(r) high: m = sqrt(height·H · width·W) and r = width·W /
+    (height·H) in pixels; its first box is the square (r = 1)."""
+    image_h, image_w = (int(d) for d in image_size)
+    sizes: List[List[float]] = []  # the magnified sizes of each PriorBox's anchors
+    ratios: List[List[float]] = []  # its aspect ratios other than 1, as Caffe reads them
     where = []
-    for scale, ratio in boxes:
-        index = next((i for i, (s, _) in enumerate(priors) if s == scale), None)
+    for height, width in boxes:
+        size = factor * math.sqrt(height * image_h * width * image_w)
+        ratio = as_float32(width * image_w / (height * image_h))
+        index = next((i for i, known in enumerate(sizes) if abs(known[0] - size) <= SAME_SIZE), None)
         if index is None:
-            index = len(priors)
-            priors.append((scale, []))
-        ratios = priors[index][1]
+            index = len(sizes)
+            sizes.append([])
+            ratios.append([])
+        sizes[index].append(size)
         if abs(ratio - 1.0) < SAME_RATIO:
             where.append((index, 0))
             continue
-        known = next((i for i, r in enumerate(ratios) if abs(r - ratio) < SAME_RATIO), None)
+        known = next((i for i, r in enumerate(ratios[index]) if abs(r - ratio) < SAME_RATIO), None)
         if known is None:
-            known = len(ratios)
-            ratios.append(ratio)
+            known = len(ratios[index])
+            ratios[index].append(ratio)
         where.append((index, 1 + known))
-    return priors, where
+    # each size is the mean of its anchors' (their rounding errors partly cancel)
+    return [(float(round(sum(group) / len(group))), group_ratios) for group, group_ratios in zip(sizes, ratios)], where
 
 
 def runs(where: List[Tuple[int, int]]) -> List[Tuple[int, int, int]]:
@@ -87,14 +110,15 @@ class SSDDetectionOutput(Handler):
     array_layouts = {"anchors": "(anchors, 4): TF's anchors, [ymin, xmin, ymax, xmax] normalised"}
     notes = ("inputs: box encodings (N, anchors, 4) as (ty, tx, th, tw), class logits with background "
              "(N, anchors, classes + 1), the image input, then each feature map's box head; "
-             "feature_maps: per map its head `layer`, `grid` [H, W] and `boxes` [[scale, ratio], ...] "
-             "of a cell in TF's order; coder_scales: y, x, height, width; score_converter SIGMOID, "
+             "feature_maps: per map its head `layer`, `grid` [H, W], the cells' `step` [y, x] and "
+             "`offset` (centres (i + offset)·step) and a cell's `boxes` [[height, width], ...] in TF's "
+             "order, all fractions of the image; coder_scales: y, x, height, width; score_converter SIGMOID, "
              "SOFTMAX or IDENTITY of logits / logit_scale; output: (1, 1, rows, 7) detections "
              "(image, label, score, xmin, ymin, xmax, ymax)")
     caffe_layers = ("Slice", "Concat", "Flatten", "Power", "Sigmoid", "Softmax", "PriorBox", "Reshape",
                     "Silence", "DetectionOutput")
     summary = ("the TF Object Detection API's SSD post-processing: anchors as PriorBox layers (one per "
-               "scale; Reshape, Slice, Concat put them in TF's order), the coder's (y, x) pairs swapped "
+               "box size; Reshape, Slice, Concat put them in TF's order), the coder's (y, x) pairs swapped "
                "by Slice + Concat, Sigmoid/Softmax scores, DetectionOutput (CENTER_SIZE, variances = "
                "1/coder scales, background label 0)")
 
@@ -169,17 +193,18 @@ class SSDDetectionOutput(Handler):
         name = lambda suffix: ctx.name(layer, "map%d/%s" % (index, suffix))
         height, width = (int(d) for d in config["image_size"])
         grid_h, grid_w = (int(d) for d in feature_map["grid"])
+        step_y, step_x = (float(d) for d in feature_map["step"])
         head = ctx.blobs[feature_map["layer"]].name
-        priors, where = prior_boxes([[float(s), float(r)] for s, r in feature_map["boxes"]])
+        priors, where = prior_boxes(feature_map["boxes"], config["image_size"], factor)
         tops = []
-        for number, (scale, ratios) in enumerate(priors):
+        for number, (min_size, ratios) in enumerate(priors):
             top = name("prior%d" % number)
             tops.append(top)
             ctx.add(CaffeLayer(top, "PriorBox", [head, image_blob], [top], {"prior_box_param": {
-                "min_size": float(round(scale * min(height, width) * factor)), "aspect_ratio": ratios,
+                "min_size": min_size, "aspect_ratio": ratios,
                 "flip": False, "clip": False, "variance": variances(config["coder_scales"]),
-                "step_h": height * factor / float(grid_h), "step_w": width * factor / float(grid_w),
-                "offset": 0.5}}))
+                "step_h": step_y * height * factor, "step_w": step_x * width * factor,
+                "offset": float(feature_map["offset"])}}))
         taken = runs(where)
         if len(taken) == 1 and taken[0] == (0, 0, 1 + len(priors[0][1])):
             return tops[0]  # one PriorBox, all its boxes in TF's order

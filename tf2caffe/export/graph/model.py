@@ -16,6 +16,7 @@ from .inference import CONTROL_FLOW_OPS
 from .load import load_source, model_stem
 from .mapper import Mapper
 from .nodes import node_of_tensor
+from .post_processing import add_graph_detection_output, find_post_processing
 from .session import SESSION_CONFIG, full_tensor_name, import_graph, input_shapes
 from ..reference import reference_batch
 
@@ -92,19 +93,27 @@ def _source_version(framework) -> str:
 
 
 def source_to_intermediate(src, inputs=None, outputs=None, signature=None, input_shape=None,
-                           per_layer=False, seed=0, user_input=None) -> intermediate.Model:
-    """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`."""
+                           per_layer=False, seed=0, user_input=None, post_processing=True) -> intermediate.Model:
+    """Load and map a graph source (see `load_graph`); the model is named `model_stem(src)`.
+    With `post_processing`, an SSD's NMS after the two --outputs becomes an `ssd_detection_output`
+    layer (post_processing.py)."""
     given = outputs is not None
     source = load_source(Path(src), signature)
+    post = find_post_processing(source, outputs, str(src)) if post_processing else None
+    if post is not None and outputs is None:  # found from the NMS
+        outputs = [post.box_encodings, post.class_logits]
     graph_def, inputs, outputs, reference = freeze_with_cuts(source, Path(src), inputs, outputs, input_shape,
                                                              seed, user_input)
     try:
-        return graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), source.framework, src,
-                                     input_shape=None if reference else input_shape, per_layer=per_layer,
-                                     seed=seed, user_input=user_input, reference=reference,
-                                     layer_names=source.layer_tensors)
+        model = graph_to_intermediate(graph_def, inputs, outputs, model_stem(src), source.framework, src,
+                                      input_shape=None if reference else input_shape, per_layer=per_layer,
+                                      seed=seed, user_input=user_input, reference=reference,
+                                      layer_names=source.layer_tensors)
     except UnsupportedError as error:
         if not given:  # a wrongly guessed output (a loss) shows up as unsupported ops
             error.args = ("%s (output found: %s; pass --outputs to convert another tensor)" % (
                 error, ", ".join(outputs)),)
         raise
+    if post is not None:
+        add_graph_detection_output(model, post, str(src))
+    return model
