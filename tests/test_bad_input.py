@@ -375,8 +375,8 @@ BAD_INPUTS = [
     # tests/test_intermediate_fuzz.py, which prints every crashing corruption it makes).
     row("hdf5_that_crashes_hdf5", raw(flipped_byte(2893, 0x02)), HDF5_CRASH),
     row("hdf5_not_ours", not_ours, "{h5}: not a tf2caffe intermediate (no format attribute"),
-    row("newer_format_version", edited(set_attr("/", "format_version", 2)),
-        "{h5}: format version 2 is newer than this tf2caffe reads (1); upgrade tf2caffe"),
+    row("newer_format_version", edited(set_attr("/", "format_version", 3)),
+        "{h5}: format version 3 is newer than this tf2caffe reads (2); upgrade tf2caffe"),
     row("missing_kernel_dataset", edited(delete("layers/dense_1/kernel")),
         "{h5}: layer 'dense_1': missing array 'kernel'"),
     row("missing_layer_group", edited(delete("layers/dense_2")),

@@ -103,7 +103,7 @@ def test_missing_dataset(written, dataset, message):
 
 @pytest.mark.parametrize("group, attribute, value, message", [
     ("/", "format_version", intermediate.FORMAT_VERSION + 1,
-     "format version 2 is newer than this tf2caffe reads (1); upgrade tf2caffe"),
+     "format version 3 is newer than this tf2caffe reads (2); upgrade tf2caffe"),
     ("layers/dense_1%2Frelu", "type", "gelu_tanh", "layer 'dense_1/relu': unknown layer type 'gelu_tanh'"),
     ("layers/dense_1", "config", "{}", "layer 'dense_1': config lacks 'units'"),
     ("layers/dense_1", "inputs", '["dense_2"]', "layer 'dense_1' takes input 'dense_2', which is not an earlier layer"),

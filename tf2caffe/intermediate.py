@@ -19,7 +19,7 @@ from .atomic import replacing
 from .errors import ConversionError, signal_name
 
 FORMAT_NAME = "tf2caffe-intermediate"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Activations recorded for verification: every model output, and the input of an output that is
 # a squashing function (a softmax of random weights is ~1/classes and hides ordering bugs).

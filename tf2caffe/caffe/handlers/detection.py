@@ -130,6 +130,9 @@ class SSDDetectionOutput(Handler):
             return ("SSD post-processing needs PriorBox and DetectionOutput, which the '%s' profile "
                     "lacks: use --profile ssd (or opencv)" % profile.name)
         config = layer.config
+        if any("step" not in feature_map for feature_map in config["feature_maps"]):
+            return ("feature maps without a step: written by an older tf2caffe (format version 1, boxes "
+                    "as [scale, ratio]); export the model again")
         if config["score_converter"] not in ("SIGMOID", "SOFTMAX", "IDENTITY"):
             return "score_converter %s (known: SIGMOID, SOFTMAX, IDENTITY)" % config["score_converter"]
         if any(float(s) <= 0 for s in config["coder_scales"]) or len(config["coder_scales"]) != 4:

@@ -47,7 +47,7 @@ def _rename(graph_def, renames: Dict[str, str]) -> Dict[str, str]:
     return mapping
 
 
-def _parse_names(names) -> Optional[List[str]]:
+def parse_names(names) -> Optional[List[str]]:
     if names is None:
         return None
     if isinstance(names, str):
@@ -56,7 +56,7 @@ def _parse_names(names) -> Optional[List[str]]:
     return names or None
 
 
-def _named_in(graph_def, names: Optional[List[str]], renames: Dict[str, str]) -> Optional[List[str]]:
+def named_in(graph_def, names: Optional[List[str]], renames: Dict[str, str]) -> Optional[List[str]]:
     """--inputs/--outputs as the user gives them -> the graph's own names: messages name nodes as
     `_rename` does (without the call scopes), and those names are accepted back."""
     if names is None:
@@ -94,8 +94,8 @@ def freeze(source: GraphSource, path, inputs, outputs, input_shape):
     """A loaded source -> (frozen, pruned inference GraphDef, input and output tensor names),
     checked against the source run with training flags off. Closes the source's session."""
     try:
-        inputs = _named_in(source.graph_def, _parse_names(inputs), source.variable_names)
-        outputs = _named_in(source.graph_def, _parse_names(outputs), source.variable_names)
+        inputs = named_in(source.graph_def, parse_names(inputs), source.variable_names)
+        outputs = named_in(source.graph_def, parse_names(outputs), source.variable_names)
         resolved, flags = resolve_training(source.graph_def, [node_of_tensor(i) for i in inputs or []])
         if inputs is None and source.inputs is not None:
             inputs = [i for i in source.inputs if node_of_tensor(i) not in flags]
@@ -135,7 +135,7 @@ def freeze_with_cuts(source: GraphSource, path, inputs, outputs, input_shape, se
     a placeholder of its shape and dtype, and what came before it is dropped. Returns (GraphDef,
     inputs, outputs, reference): reference {cut input: batch} is what the full graph computes there
     from the seeded input (and `user_input`) for its own placeholders; None without a cut."""
-    given = _named_in(source.graph_def, _parse_names(inputs), source.variable_names) or []
+    given = named_in(source.graph_def, parse_names(inputs), source.variable_names) or []
     nodes = nodes_by_name(source.graph_def)
     cuts = [name for name in given if node_of_tensor(name) in nodes and nodes[node_of_tensor(name)].op not in PLACEHOLDERS]
     if not cuts:

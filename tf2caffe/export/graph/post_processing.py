@@ -36,7 +36,7 @@ from ... import intermediate
 from ...errors import ConversionError
 from ...measure import detection_error
 from ..ssd import SCORE_CONVERTERS, SSDSettings, add_detection_output, tf_detections
-from .freeze import CALL_PREFIX, PLACEHOLDERS, _named_in, _parse_names
+from .freeze import CALL_PREFIX, PLACEHOLDERS, named_in, parse_names
 from .nodes import node_of_tensor, nodes_by_name, split_input
 from .session import SESSION_CONFIG, import_graph
 
@@ -82,7 +82,7 @@ def find_post_processing(source, outputs, where) -> Optional[PostProcessingGraph
     """The graph of the NMS that the two --outputs feed (without --outputs: that the graph's
     placeholders feed, the two head outputs then found by `_heads`), frozen (a TF1 checkpoint's
     variables too: call this before its session closes), or None when no NMS follows them."""
-    names = _named_in(source.graph_def, _parse_names(outputs), source.variable_names)
+    names = named_in(source.graph_def, parse_names(outputs), source.variable_names)
     if names is not None and len(names) != 2:
         return None
     nodes = nodes_by_name(source.graph_def)
