@@ -55,6 +55,9 @@ def test_within():
     assert within(1.0, 1e-4, {"caffe": 5e-5, "tensorflow": 1e-7})
     assert not within(1e-3, 1e-4, {"caffe": 1e-3, "tensorflow": 1e-3 / FLOAT32_NOISE_MULTIPLE / 1.01})
     assert not within(0.5, 1e-4, {"caffe": 0.5, "tensorflow": 1e-7})  # a wrong conversion
+    # Within the bar of TensorFlow float32, though further from the truth than 3x TensorFlow's own
+    # (tiny) distance: two float32 runs, one of which happened to round closer (EfficientNetB6).
+    assert within(8.9e-6, 1e-5, {"caffe": 1.2e-5, "tensorflow": 3e-6})
 
 
 def test_ops_without_float64_kernels_stay_float32_between_casts(tmp_path):

@@ -42,11 +42,14 @@ def relative_error(value, reference) -> float:
 def within(error: float, tolerance: float, float64: Optional[Dict[str, float]] = None) -> bool:
     """The verdict on one layer. `error`: Caffe against TensorFlow's float32 output. `float64`, where
     the export computed the truth: {"caffe": Caffe's, "tensorflow": TensorFlow float32's relative
-    error against it}; Caffe then passes when it is within `tolerance` of the truth, or no further
-    from it than FLOAT32_NOISE_MULTIPLE times TensorFlow's float32 run (the model's own noise)."""
-    if not float64:
-        return error <= tolerance
-    return float64["caffe"] <= max(tolerance, FLOAT32_NOISE_MULTIPLE * float64["tensorflow"])
+    error against it}. Caffe passes within `tolerance` of TensorFlow float32 (the bar), and where
+    it is not, when it is within `tolerance` of the truth or no further from it than
+    FLOAT32_NOISE_MULTIPLE times TensorFlow's float32 run (the model's own noise): the truth only
+    tells float32 noise from a conversion error; a layer as close to TensorFlow as the bar asks
+    is no error, whichever of the two float32 runs happens to round closer to float64."""
+    if error <= tolerance:
+        return True
+    return bool(float64) and float64["caffe"] <= max(tolerance, FLOAT32_NOISE_MULTIPLE * float64["tensorflow"])
 
 
 def detection_rows(rows) -> np.ndarray:
