@@ -534,9 +534,10 @@ def test_frozen_graph_with_the_config(converted, tmp_path):
 
 
 def tiny_detector(path: Path, decode, scores) -> None:
-    """A frozen 8x8-cell detector (1x1 convolutions of the image as heads, one anchor per cell,
-    2 classes + background) whose post-processing is decode(codes, anchors) -> boxes and
-    scores(logits) -> the NMS's scores, then CombinedNonMaxSuppression."""
+    """An 8x8-cell detector (1x1 convolutions of the image as heads, one anchor per cell, 2
+    classes + background) whose post-processing is decode(codes, anchors) -> boxes and
+    scores(logits) -> the NMS's scores, then CombinedNonMaxSuppression: frozen at `path` (.pb), or
+    a SavedModel folder there."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -553,6 +554,11 @@ def tiny_detector(path: Path, decode, scores) -> None:
         return tf.image.combined_non_max_suppression(decode(codes, anchors)[:, :, None, :], scores(logits), 20, 20,
                                                      0.5, 0.3, clip_boxes=False)
 
+    if path.suffix != ".pb":
+        module = tf.Module()
+        module.detect = detect
+        tf.saved_model.save(module, str(path), signatures=detect.get_concrete_function())
+        return
     path.write_bytes(convert_variables_to_constants_v2(detect.get_concrete_function()).graph.as_graph_def()
                      .SerializeToString())
 
@@ -568,13 +574,15 @@ def centre_size_decode(scales):
     return decode
 
 
-def test_the_graph_post_processing_is_probed(tmp_path):
-    """Coder scales, a softmax of logits / 2 and the NMS's thresholds, read from the graph, whose
-    head outputs are found from the NMS (no --inputs, no --outputs)."""
+@pytest.mark.parametrize("source", ["tiny.pb", "tiny_saved_model"])
+def test_the_graph_post_processing_is_probed(source, tmp_path):
+    """Coder scales, a softmax of logits / 2 and the NMS's thresholds, read from the graph (a
+    frozen one or a SavedModel), whose head outputs are found from the NMS (no --inputs, no
+    --outputs)."""
     import tensorflow as tf
-    tiny_detector(tmp_path / "tiny.pb", centre_size_decode([8.0, 6.0, 4.0, 3.0]),
+    tiny_detector(tmp_path / source, centre_size_decode([8.0, 6.0, 4.0, 3.0]),
                   lambda logits: tf.nn.softmax(logits / 2.0)[:, :, 1:])
-    h5 = tf2caffe.export.export(tmp_path / "tiny.pb", tmp_path / "out")
+    h5 = tf2caffe.export.export(tmp_path / source, tmp_path / "out")
     model = intermediate.read(h5)
     try:
         config = model.layer("detection_output").config
