@@ -10,7 +10,6 @@ import pytest
 collect_ignore = [] if importlib.util.find_spec("caffe") else ["caffe_side"]
 
 
-
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: the chroot's pytest has no xdist
 def pytest_xdist_make_scheduler(config, log):
     """`make test` spreads work units over the CPUs: a test file, whole in one process (a module
@@ -30,10 +29,9 @@ def work_unit(nodeid: str) -> str:
     path, _, test = nodeid.partition("::")
     if not path.endswith("test_zoo.py"):
         return path
-    from zoo_batches import BATCHES
+    from zoo_batches import batch_of
 
-    name = test.partition("[")[2][:-1]
-    batch = next((batch for batch in BATCHES if name in batch), None)
+    batch = batch_of(test.partition("[")[2][:-1])
     return "%s::%s" % (path, batch[0]) if batch else path
 
 

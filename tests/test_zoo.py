@@ -170,6 +170,5 @@ def test_an_ill_conditioned_classifier_is_judged_against_the_float64_truth(tmp_p
     assert_exact(correct)
     for runtime, errors in correct.runtimes.items():
         distances = correct.float64[runtime]["predictions"]
-        print(runtime, errors["predictions"], distances)
         assert errors["predictions"] > 1e-4 and distances["tensorflow"] > 1e-4, (runtime, errors, distances)
     assert results["wrong"].report["verified"] is False, results["wrong"].report

@@ -20,4 +20,5 @@ BATCHES = [
 
 
 def batch_of(name: str):
-    return next(batch for batch in BATCHES if name in batch)
+    """The batch holding classifier `name`; None for a name that is none of the 40."""
+    return next((batch for batch in BATCHES if name in batch), None)

@@ -122,10 +122,9 @@ class _Weights:
 
     def measure(self, tensor) -> np.ndarray:
         if self.pending:
-            initializers = [self.variables[name].initializer for name in sorted(self.pending)]
             # An initializer's second input is the initial value: fed, it loads ours.
-            self.session.run(initializers, {op.inputs[1]: self.values[name] for op, name in
-                                            zip(initializers, sorted(self.pending))})
+            initializers = {self.variables[name].initializer: self.values[name] for name in self.pending}
+            self.session.run(list(initializers), {op.inputs[1]: value for op, value in initializers.items()})
             self.pending.clear()
         return self.session.run(tensor, self.feed)
 
