@@ -1,6 +1,6 @@
 """`python -m tf2caffe` = the `tf2caffe` command."""
 import sys
 
-from .cli import main
+from .command import main
 
 sys.exit(main())

@@ -468,7 +468,7 @@ def _console_script(python: Path) -> str:
     return head + ("# -*- coding: utf-8 -*-\n"
                    "import re\n"
                    "import sys\n"
-                   "from tf2caffe.cli import main\n"
+                   "from tf2caffe.command import main\n"
                    "if __name__ == \"__main__\":\n"
                    "    sys.argv[0] = re.sub(r\"(-script\\.pyw|\\.exe)?$\", \"\", sys.argv[0])\n"
                    "    sys.exit(main())\n")

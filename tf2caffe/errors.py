@@ -100,29 +100,25 @@ def reported_errors(debug: bool = False, prog: str = "tf2caffe"):
 
     With debug=True the exception propagates unchanged, traceback included.
     """
-    interrupts.keep_lost_interrupts()
+    interrupts.watch()
+    interrupted_before = interrupts.seen()
     if debug:
         yield
         return
     try:
         yield
-    except ConversionError as error:
-        message = " ".join(str(error).split())
-        sys.stderr.write("%s: error: %s\n" % (prog, message))
-        sys.exit(2)
-    except ModuleNotFoundError as error:
-        if not missing_extra(error):
-            raise
-        sys.stderr.write("%s: error: %s\n" % (prog, missing_extra(error)))
-        sys.exit(2)
     except KeyboardInterrupt as interrupt:
         _exit_interrupted(interrupt, prog)
-    except RuntimeError as error:
-        # Python < 3.12 wraps what a class's creation raises (`__set_name__`) in a RuntimeError:
-        # a Ctrl-C during a (lazy) import can come out so.
-        if not isinstance(error.__cause__, KeyboardInterrupt):
-            raise
-        _exit_interrupted(error.__cause__, prog)
+    except Exception as error:
+        if interrupts.seen() > interrupted_before:
+            _exit_interrupted(KeyboardInterrupt(), prog)
+        if isinstance(error, ConversionError):
+            sys.stderr.write("%s: error: %s\n" % (prog, " ".join(str(error).split())))
+            sys.exit(2)
+        if isinstance(error, ModuleNotFoundError) and missing_extra(error):
+            sys.stderr.write("%s: error: %s\n" % (prog, missing_extra(error)))
+            sys.exit(2)
+        raise
 
 
 def _exit_interrupted(interrupt: KeyboardInterrupt, prog: str) -> None:

@@ -19,6 +19,8 @@ HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # __del__), it is only reported as "Exception ignored in ...", and the command ran on to its end.
 _lost: List[object] = []
 _report_others = sys.unraisablehook
+# How many Ctrl-Cs (SIGINTs) came since watch().
+_seen = 0
 
 
 def _keep(unraisable) -> None:
@@ -28,19 +30,36 @@ def _keep(unraisable) -> None:
         _report_others(unraisable)
 
 
-def keep_lost_interrupts() -> None:
-    """From now on, a KeyboardInterrupt that Python ignores is raised again by the next held()."""
+def _interrupt(_number, _frame) -> None:
+    global _seen
+    _seen += 1
+    raise KeyboardInterrupt
+
+
+def watch() -> None:
+    """From now on, count every Ctrl-C (see seen()), and raise a KeyboardInterrupt that Python
+    ignored again at the next held(). A SIGINT that the command inherited as ignored stays ignored."""
     global _report_others
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
     if sys.unraisablehook is not _keep:
         _report_others = sys.unraisablehook
         sys.unraisablehook = _keep
+
+
+def seen() -> int:
+    """How many Ctrl-Cs came since watch(). Whatever fails after one failed of it: C extensions
+    turn a KeyboardInterrupt raised inside their import into an ImportError (numpy's "PyCapsule_Import
+    could not import module"), and Python < 3.12 wraps one raised by a class's creation in a
+    RuntimeError."""
+    return _seen
 
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """Run the block to its end even if Ctrl-C (or SIGTERM) comes meanwhile, then act on it as
     usual: KeyboardInterrupt, or termination. A Ctrl-C that Python lost earlier (see
-    keep_lost_interrupts) is raised before the block starts. Main thread only (Python's signal
+    watch) is raised before the block starts. Main thread only (Python's signal
     handlers run there)."""
     if _lost:
         del _lost[:]
