@@ -808,9 +808,12 @@ def input_shapes(graph, input_shape: Optional[Sequence[int]]) -> List[List[int]]
 
 
 def _float64_config(config):
-    """A layer's config with every dtype (a DTypePolicy or a dtype name) made float64."""
+    """A layer's config with every dtype (a DTypePolicy or a dtype name) made float64, and every
+    initializer zeros: the twin's weights are all set from the layer's, and drawing random ones
+    first took most of the float64 walk's time (ResNet50: 1.8 of 4 s)."""
     if isinstance(config, dict):
-        return {key: "float64" if key == "dtype" and _is_float32(value) else _float64_config(value)
+        return {key: "float64" if key == "dtype" and _is_float32(value) else
+                "zeros" if key.endswith("_initializer") and value is not None else _float64_config(value)
                 for key, value in config.items()}
     if isinstance(config, list):
         return [_float64_config(value) for value in config]
