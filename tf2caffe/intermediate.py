@@ -295,13 +295,15 @@ def _read(f, path) -> Model:
     for group in ("layers", "reference"):
         if group not in f:
             raise IntermediateError("%s: missing group '/%s'" % (path, group))
+    from .caffe.handlers import vocabulary  # the handlers declare the types (import cycle)
+    types = vocabulary()
     layers = []
     seen = set()
     for name in _load_json(f, "layer_order", path):
         if _key(name) not in f["layers"]:
             raise IntermediateError("%s: layer '%s' is listed but has no group /layers/%s" % (
                 path, name, _key(name)))
-        layer = _read_layer(f["layers"][_key(name)], name, path)
+        layer = _read_layer(f["layers"][_key(name)], name, path, types)
         for source in layer.inputs:
             if source not in seen:
                 raise IntermediateError("%s: layer '%s' takes input '%s', which is not an earlier "
@@ -369,11 +371,10 @@ def _float_dataset(group, key, what) -> h5py.Dataset:
     return data
 
 
-def _read_layer(group, name, path) -> Layer:
+def _read_layer(group, name, path, types) -> Layer:
+    """`types`: the vocabulary (handlers.vocabulary())."""
     where = "%s: layer '%s'" % (path, name)
     kind = _text(group.attrs.get("type", ""))
-    from .caffe.handlers import vocabulary  # the handlers declare the types (import cycle)
-    types = vocabulary()
     if kind not in types:
         raise IntermediateError("%s: unknown layer type '%s'" % (where, kind))
     required_config, required_arrays, optional_arrays = types[kind]
