@@ -121,10 +121,10 @@ def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
 def check_result(result: report.FileResult) -> Dict[str, Dict]:
     """One file of an import report measured in OpenCV, as deployed and layer by layer:
     `report.runtime_errors`."""
-    errors = verify.measure_again(result, _runner(result.prototxt, result.caffemodel),
-                                  "%s (OpenCV)" % result.prototxt)
-    model = intermediate.read(result.file)
+    model = intermediate.read(result.file)  # once for both runs: reading takes longer than them
     try:
+        errors = verify.measure_again(result, model, _runner(result.prototxt, result.caffemodel),
+                                      "%s (OpenCV)" % result.prototxt)
         errors["deployed"], errors["fused"] = deployed(
             model, result.inputs, output_targets(model, verify.targets_from_json(result.targets)),
             result.prototxt, result.caffemodel, DeployOptions.from_json(result.deploy_options))

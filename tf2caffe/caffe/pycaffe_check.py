@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Dict, List, Optional
 
-from .. import report
+from .. import intermediate, report
 from ..errors import ConversionError, reported_errors
 from . import pycaffe_backend, verify
 
@@ -23,7 +23,11 @@ def measure(result: report.FileResult) -> Dict[str, Dict]:
         pycaffe_backend.forward(net, feeds)
         return pycaffe_backend.fetch(net, targets)
 
-    return verify.measure_again(result, run, result.prototxt)
+    model = intermediate.read(result.file)
+    try:
+        return verify.measure_again(result, model, run, result.prototxt)
+    finally:
+        model.file.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import intermediate, report
+from .. import report
 from ..errors import ConversionError
 from ..intermediate import Model
 from ..measure import LAYER_TOLERANCE, detection_error, max_abs_error, relative_error, within
@@ -192,17 +192,14 @@ def measure(model: Model, inputs: Dict[str, str], mapped: Dict[str, Target], com
     return fetched, errors, per_layer, float64_errors(targets, fetched, model)
 
 
-def measure_again(result: report.FileResult, run: Callable, where: str) -> Dict[str, Dict]:
-    """The compared and mapped layers of a converted file (its import report entry) measured in
-    another runtime: `report.runtime_errors`. `run` as for `measure`."""
+def measure_again(result: report.FileResult, model: Model, run: Callable, where: str) -> Dict[str, Dict]:
+    """The compared and mapped layers of a converted file (its import report entry; `model`, its
+    intermediate file read) measured in another runtime: `report.runtime_errors`. `run` as for
+    `measure`."""
     targets = targets_from_json(result.targets)
-    model = intermediate.read(result.file)
-    try:
-        _, compared, per_layer, float64 = measure(model, result.inputs, {name: targets[name] for name in result.per_layer},
-                                         {name: targets[name] for name in result.compared}, run, where,
-                                         DeployOptions.from_json(result.deploy_options))
-    finally:
-        model.file.close()
+    _, compared, per_layer, float64 = measure(model, result.inputs, {name: targets[name] for name in result.per_layer},
+                                     {name: targets[name] for name in result.compared}, run, where,
+                                     DeployOptions.from_json(result.deploy_options))
     return report.runtime_errors(compared, per_layer, float64)
 
 
