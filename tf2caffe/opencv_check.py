@@ -107,17 +107,6 @@ def output_targets(model: intermediate.Model, targets: Dict[str, verify.Target])
     return {name: targets[name] for name in model.outputs}
 
 
-def check(h5_path: str, prototxt: str, caffemodel: str, inputs: Dict[str, str],
-          targets: Dict[str, verify.Target]) -> Dict[str, Dict[str, float]]:
-    """{layer: report.layer_error} between OpenCV and TensorFlow's reference for `targets`.
-    `inputs` maps each TF input layer to its Caffe input blob."""
-    model = intermediate.read(h5_path)
-    try:
-        return verify.measure(model, inputs, {}, targets, _runner(prototxt, caffemodel), "%s (OpenCV)" % prototxt)[1]
-    finally:
-        model.file.close()
-
-
 def check_result(result: report.FileResult) -> Dict[str, Dict]:
     """One file of an import report measured in OpenCV, as deployed and layer by layer:
     `report.runtime_errors`."""
